@@ -1,0 +1,145 @@
+"""The ``trunkguard`` command: ``run`` the router, ``check`` a config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, RouterConfig, load_config
+from .proxy import AttemptRecord, Proxy
+from .proxy._server import Router, serve
+
+log = logging.getLogger("trunkguard")
+
+
+def _log_attempt(record: AttemptRecord) -> None:
+    verdict = record.verdict
+    what = f"{record.status}" if record.status is not None else record.kind
+    klass = verdict.klass.value if verdict is not None else record.kind
+    pdd = record.post_dial_delay
+    pdd_text = f", first response after {pdd * 1000:.0f} ms" if pdd is not None else ""
+    if verdict is not None and verdict.failover:
+        log.info(
+            "call %s: attempt %d via %s: %s (%s)%s; failing over",
+            record.call_id,
+            record.attempt,
+            record.target,
+            what,
+            klass,
+            pdd_text,
+        )
+        if verdict.alarm:
+            log.warning(
+                "carrier %s answered %s: check its account and our credentials",
+                record.target,
+                record.status,
+            )
+    else:
+        log.debug(
+            "call %s: attempt %d via %s: %s (%s)%s",
+            record.call_id,
+            record.attempt,
+            record.target,
+            what,
+            klass,
+            pdd_text,
+        )
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config, source = load_config(args.config)
+        targets = config.targets()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    print(f"{source}: OK")
+    print(f"  listen: {', '.join(config.listen)}")
+    for i, t in enumerate(targets, 1):
+        print(f"  carrier {i}: {t.name} at {t.flow}")
+    f = config.failover
+    print(
+        f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "
+        f"within {f.time_budget}s"
+    )
+    return 0
+
+
+async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int:
+    proxy = Proxy(config.proxy_settings(), config.targets())
+    proxy.on_attempt = _log_attempt
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready(router: Router) -> None:
+        where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)
+        log.info("trunkguard listening on %s (config %s)", where, source)
+        for i, target in enumerate(proxy.targets, 1):
+            log.info("carrier %d: %s at %s", i, target.name, target.flow)
+        if ready_file:
+            with open(ready_file, "w", encoding="utf-8") as fh:
+                json.dump({"listen": [list(b) for b in router.bound]}, fh)
+
+    listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
+    try:
+        await serve(proxy, listeners, stop, ready)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", ", ".join(config.listen), exc.strerror or exc)
+        return 1
+    counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
+    log.info("stopped; counters: %s", json.dumps(counters))
+    if ready_file:
+        with open(ready_file + ".counters", "w", encoding="utf-8") as fh:
+            json.dump(counters, fh)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config, source = load_config(args.config)
+        config.targets()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    level = args.log_level or config.log.level
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import uvloop
+
+    return uvloop.run(_run(config, source, args.ready_file))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trunkguard", description="SIP failover router for call centers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the router until SIGINT/SIGTERM")
+    run.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--ready-file", help=argparse.SUPPRESS)
+    run.set_defaults(func=_cmd_run)
+    check = sub.add_parser("check", help="validate a config and print what it means")
+    check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    check.set_defaults(func=_cmd_check)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

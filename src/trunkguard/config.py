@@ -1,0 +1,289 @@
+"""The router's YAML config, validated with pydantic.
+
+Every error names the file, the YAML line, the field and why, and all errors
+are reported at once. The minimal file (listen, allow, carriers) is the
+contract: later sections are optional, with defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .health import FailureTable, OutcomeClass
+from .proxy import Flow, ProxySettings, Target
+from .sip import Limits, ParseError, TimerConfig, parse_uri
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """``udp:HOST:PORT`` or ``tcp:HOST:PORT`` (IPv6 as ``udp:[::1]:5060``)."""
+    transport, sep, rest = text.partition(":")
+    if not sep or transport.lower() not in ("udp", "tcp"):
+        raise ValueError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    host, sep, port_text = rest.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: expected a port number after the host")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+    return Listen(transport.lower(), host, int(port_text))
+
+
+class CarrierConfig(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    uri: str
+    failures: dict[int, OutcomeClass] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        try:
+            uri = parse_uri(value)
+        except ParseError as exc:
+            raise ValueError(exc.reason) from None
+        if not uri.is_sip:
+            raise ValueError(f"{value!r}: a carrier URI must be sip: or sips:")
+        transport = str(uri.params.get("transport") or "udp").lower()
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"{value!r}: transport must be udp or tcp")
+        return value
+
+    @field_validator("failures")
+    @classmethod
+    def _codes(cls, value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
+        for code in value:
+            if not 300 <= code <= 699:
+                raise ValueError(f"status {code}: only 300-699 can be classified")
+        return value
+
+
+class FailoverConfig(Strict):
+    invite_timeout: Seconds = 2.0
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    time_budget: Seconds = 10.0
+    ring_timeout: Seconds = 180.0
+
+
+class LimitsConfig(Strict):
+    max_message: int = Field(default=65_535, ge=1_024, le=1_048_576)
+    max_headers: int = Field(default=128, ge=16, le=1_024)
+    max_line: int = Field(default=8_192, ge=256, le=65_535)
+
+
+class TimersConfig(Strict):
+    t1: Seconds = 0.5
+    t2: Seconds = 4.0
+    t4: Seconds = 5.0
+
+
+class LogConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class RouterConfig(Strict):
+    listen: list[str] = Field(min_length=1)
+    advertise: str | None = None
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    carriers: list[CarrierConfig] = Field(min_length=1)
+    failover: FailoverConfig = FailoverConfig()
+    failures: dict[int, OutcomeClass] = Field(default_factory=dict)
+    limits: LimitsConfig = LimitsConfig()
+    timers: TimersConfig = TimersConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _allow(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            out = []
+            for item in value:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an address or network") from None
+            return out
+        return value
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen("udp:" + value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> RouterConfig:
+        names = [c.name for c in self.carriers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"carrier names must be unique: {', '.join(dupes)}")
+        return self
+
+    # -- what the proxy needs ------------------------------------------------------------
+    def listeners(self) -> list[Listen]:
+        return [parse_listen(item) for item in self.listen]
+
+    def advertised(self) -> tuple[str, int]:
+        lst = parse_listen("udp:" + self.advertise) if self.advertise else self.listeners()[0]
+        host = f"[{lst.host}]" if ":" in lst.host else lst.host
+        return host, lst.port
+
+    def proxy_settings(self) -> ProxySettings:
+        f = self.failover
+        return ProxySettings(
+            advertise=self.advertised(),
+            allow=tuple(self.allow),
+            invite_timeout=f.invite_timeout,
+            max_attempts=f.max_attempts,
+            time_budget=f.time_budget,
+            ring_timeout=f.ring_timeout,
+            timers=TimerConfig(t1=self.timers.t1, t2=self.timers.t2, t4=self.timers.t4),
+            limits=Limits(
+                max_message=self.limits.max_message,
+                max_headers=self.limits.max_headers,
+                max_line=self.limits.max_line,
+            ),
+        )
+
+    def targets(self) -> list[Target]:
+        """Carriers as targets, in config order; host names are resolved once, here."""
+        base = FailureTable(self.failures)
+        out = []
+        for carrier in self.carriers:
+            uri = parse_uri(carrier.uri)
+            transport = str(uri.params.get("transport") or "udp").lower()
+            host = resolve(uri.host)
+            flow = Flow(transport, (host, uri.port or 5060))
+            out.append(Target(carrier.name, uri, flow, base.with_overrides(carrier.failures)))
+        return out
+
+
+def resolve(host: str) -> str:
+    host = host.strip("[]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ConfigError([f"cannot resolve carrier host {host!r}: {exc}"]) from None
+    return str(infos[0][4][0])
+
+
+class ConfigError(Exception):
+    """Config could not be loaded; ``problems`` lists every reason with its place."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
+    node = root
+    line = None if node is None else node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    found = value
+                    line = key.start_mark.line + 1
+                    break
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+            if node is not None:
+                line = node.start_mark.line + 1
+        else:
+            break
+        if node is None:
+            break
+    return line
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>") -> RouterConfig:
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping with listen, allow, carriers"])
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+            # Union members add their type name to the path; keep only real keys.
+            loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("IPv")))
+            line = _node_line(root, loc)
+            where = f"{source}:{line}" if line else source
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {_field_path(loc)}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path | None) -> tuple[RouterConfig, str]:
+    """Load ``path``, or the embedded default config when ``path`` is None."""
+    if path is None:
+        text = default_config_text()
+        return parse_config(text, "<embedded default>"), "<embedded default>"
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(p)), str(p)
+
+
+def default_config_text() -> str:
+    return (resources.files("trunkguard") / "defaults" / "router.yaml").read_text("utf-8")

@@ -1,0 +1,668 @@
+"""The stateful proxy, sans-IO: bytes and ``now`` in, (flow, bytes) out.
+
+The asyncio adapter (``_server.py``) feeds every datagram or stream frame to
+:meth:`Proxy.receive`, reports ICMP/TCP errors to :meth:`Proxy.transport_error`,
+sends what lands in :attr:`Proxy.outbox` and keeps one timer armed for
+:meth:`Proxy.next_deadline`. Everything a SIP proxy decides happens here, so it
+is tested without sockets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from ..health import UNREACHABLE
+from ..sip import (
+    MAGIC_COOKIE,
+    ClientInvite,
+    ClientNonInvite,
+    Deliver,
+    Event,
+    ParseError,
+    Request,
+    Response,
+    Send,
+    ServerInvite,
+    ServerNonInvite,
+    TimedOut,
+    TransportFailed,
+    Uri,
+    make_ack,
+    make_cancel,
+    make_request,
+    make_response,
+    parse_message,
+)
+from ._call import Branch, Call
+from ._timers import TimerHandle, TimerQueue
+from ._types import Addr, AttemptRecord, Flow, ProxySettings, Target
+
+# Our branches carry this after the magic cookie: a request that arrives with
+# one of them in a Via at our address has looped back to us.
+BRANCH_PREFIX = MAGIC_COOKIE + "tg"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY, REFER, MESSAGE"
+OUT_OF_DIALOG_METHODS = frozenset({"INVITE", "OPTIONS"})
+
+
+def _derived_branch(seed: str) -> str:
+    # Stateless forwarding (ACK for 2xx) needs the same branch for a retransmission.
+    return BRANCH_PREFIX + hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+@dataclass(slots=True)
+class ClientEntry:
+    txn: ClientInvite | ClientNonInvite
+    flow: Flow
+    owner: Branch | Relay | None
+    key: str
+    handle: TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class ServerEntry:
+    txn: ServerInvite | ServerNonInvite
+    flow: Flow
+    key: tuple[object, ...]
+    owner: Call | Relay | None = None
+    handle: TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    caller_tag: str | None
+    callee_tag: str | None
+    caller: Flow
+    callee: Flow
+    target: str
+    created: float
+    ending: bool = False
+
+
+class Relay:
+    """A request forwarded statefully outside the call logic (BYE, re-INVITE, INFO...)."""
+
+    __slots__ = ("client", "method", "proxy", "server")
+
+    def __init__(self, proxy: Proxy, server: ServerEntry, method: str) -> None:
+        self.proxy = proxy
+        self.server = server
+        self.method = method
+        self.client: ClientEntry | None = None
+
+    def on_response(self, response: Response, now: float) -> None:
+        if response.status == 100:
+            return  # hop by hop: our own 100 already went up for INVITEs
+        self.proxy.respond(self.server, response.status, response.without_top_via(), now)
+
+    def on_failure(self, now: float) -> None:
+        txn = self.server.txn
+        if txn.state in ("TRYING", "PROCEEDING"):
+            data = make_response(txn.request, 408)
+            self.proxy.respond(self.server, 408, data, now)
+
+
+def _ack_for(request: Request, uri: str, via: str, routes: list[str], response: Response) -> bytes:
+    return make_ack(request, response, uri=uri, via=via, routes=routes)
+
+
+def server_key(request: Request, method: str) -> tuple[object, ...]:
+    """Server transaction key (RFC 3261 §17.2.3; RFC 2543 rules when the branch is old-style)."""
+    via = request.top_via
+    branch = via.branch
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return (branch, via.sent_by.lower(), method)
+    return (
+        request.call_id,
+        request.cseq.number,
+        request.from_.tag,
+        via.sent_by,
+        branch,
+        request.uri,
+        method,
+    )
+
+
+class Proxy:
+    def __init__(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
+        self.settings = settings
+        self.targets = list(targets)
+        self.outbox: list[tuple[Flow, bytes]] = []
+        self.timers = TimerQueue()
+        self.counters: Counter[str] = Counter()
+        self.clients: dict[str, ClientEntry] = {}
+        self.servers: dict[tuple[object, ...], ServerEntry] = {}
+        self.dialogs: dict[str, Dialog] = {}
+        self.on_attempt: Callable[[AttemptRecord], None] | None = None
+        self._allowed: dict[str, bool] = {}
+        self._carrier_hosts = {t.flow.addr[0] for t in targets}
+        host, port = settings.advertise
+        self._via_host = f"{host}:{port}"
+        self.record_route = f"<sip:{host}:{port};lr>"
+        self.tag = os.urandom(6).hex()
+        self._sweep = self.timers.schedule(0.0, self._sweep_dialogs)
+
+    # -- plumbing ---------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def run_timers(self, now: float) -> None:
+        self.timers.run_due(now)
+
+    def _send(self, flow: Flow, data: bytes) -> None:
+        self.outbox.append((flow, data))
+
+    def _via(self, flow: Flow, branch: str) -> str:
+        return f"SIP/2.0/{flow.transport.upper()} {self._via_host};branch={branch};rport"
+
+    def _new_branch(self) -> str:
+        return BRANCH_PREFIX + os.urandom(8).hex()
+
+    def _retime(self, entry: ClientEntry | ServerEntry) -> None:
+        deadline = entry.txn.deadline()
+        handle = entry.handle
+        if handle is not None and not handle.cancelled:
+            if handle.when == deadline:
+                return
+            handle.cancel()
+        entry.handle = None
+        if deadline is not None:
+            entry.handle = self.timers.schedule(deadline, partial(self._on_txn_timer, entry))
+
+    def _on_txn_timer(self, entry: ClientEntry | ServerEntry, now: float) -> None:
+        entry.handle = None
+        self._drive(entry, entry.txn.handle_timer(now), now)
+
+    def _drive(self, entry: ClientEntry | ServerEntry, events: Iterable[Event], now: float) -> None:
+        for event in events:
+            if isinstance(event, Send):
+                self._send(entry.flow, event.data)
+            elif isinstance(entry, ClientEntry):
+                self._client_event(entry, event, now)
+            elif isinstance(event, (TimedOut, TransportFailed)):
+                self.counters["server_txn_failed"] += 1
+            if not isinstance(event, Send) and entry.txn.state == "TERMINATED":
+                self._forget(entry)
+        self._retime(entry)
+
+    def _forget(self, entry: ClientEntry | ServerEntry) -> None:
+        if isinstance(entry, ClientEntry):
+            if self.clients.get(entry.key) is entry:
+                del self.clients[entry.key]
+        elif self.servers.get(entry.key) is entry:
+            del self.servers[entry.key]
+
+    def _client_event(self, entry: ClientEntry, event: Event, now: float) -> None:
+        owner = entry.owner
+        if isinstance(event, Deliver):
+            if isinstance(owner, Branch):
+                owner.call.on_response(owner, event.response, now)
+            elif isinstance(owner, Relay):
+                owner.on_response(event.response, now)
+        elif isinstance(event, (TimedOut, TransportFailed)):
+            kind = UNREACHABLE if isinstance(event, TransportFailed) else "timeout"
+            if isinstance(owner, Branch):
+                owner.call.on_no_response(owner, kind, now)
+            elif isinstance(owner, Relay):
+                owner.on_failure(now)
+
+    # -- input ------------------------------------------------------------------------
+    def receive(self, data: bytes, source: Flow, now: float) -> None:
+        """Handle one datagram or one stream frame from ``source``."""
+        self.counters["messages_in"] += 1
+        try:
+            message = parse_message(data, self.settings.limits)
+        except ParseError as exc:
+            self.counters["parse_errors"] += 1
+            self.counters[f"parse_error:{exc.header or 'message'}"] += 1
+            return
+        try:
+            if isinstance(message, Response):
+                self._on_response(message, source, now)
+            else:
+                self._on_request(message, source, now)
+        except ParseError as exc:
+            # A header the fast path did not validate turned out malformed.
+            self.counters["parse_errors"] += 1
+            if isinstance(message, Request) and message.method != "ACK":
+                self._reject(message, source, exc.status, str(exc))
+
+    def transport_error(self, flow: Flow, now: float) -> None:
+        """ICMP unreachable or TCP refused/reset toward ``flow``: fail its pending branches."""
+        self.counters["transport_errors"] += 1
+        for entry in [e for e in self.clients.values() if e.flow == flow]:
+            if entry.txn.state in ("CALLING", "TRYING"):
+                self._drive(entry, entry.txn.transport_error(now), now)
+
+    def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
+        self.counters[f"rejected_{status}"] += 1
+        extra = [("Warning", f'399 trunkguard "{why[:200]}"')] if why else []
+        try:
+            data = make_response(request, status, to_tag=self.tag, extra=extra)
+        except ParseError:
+            return
+        if request.raw_lines("via"):
+            self._send(source, data)
+
+    def _allowed_source(self, host: str) -> bool:
+        cached = self._allowed.get(host)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                cached = False
+            else:
+                cached = host in self._carrier_hosts or any(
+                    ip in net for net in self.settings.allow
+                )
+            if len(self._allowed) < 65_536:
+                self._allowed[host] = cached
+        return cached
+
+    def _on_request(self, request: Request, source: Flow, now: float) -> None:
+        try:
+            request.check()
+        except ParseError as exc:
+            self.counters["bad_requests"] += 1
+            if request.method != "ACK":
+                self._reject(request, source, exc.status, str(exc))
+            return
+        method = request.method
+        if method == "ACK":
+            self._on_ack(request, source, now)
+            return
+        key = server_key(request, method)
+        entry = self.servers.get(key)
+        if entry is not None:
+            self.counters["retransmissions_in"] += 1
+            self._drive(entry, entry.txn.receive_request(now), now)
+            return
+        if not self._allowed_source(source.addr[0]):
+            self.counters["forbidden_source"] += 1
+            self._reject(request, source, 403, f"source {source.addr[0]} not allowed")
+            return
+        if method == "CANCEL":
+            self._on_cancel(request, source, key, now)
+            return
+        if request.to.tag is not None:
+            self._in_dialog(request, source, key, now)
+            return
+        ruri = request.request_uri
+        if not ruri.is_sip:
+            self._reject(request, source, 416, f"cannot route scheme {ruri.scheme}")
+            return
+        if request.has("proxy-require"):
+            self.counters["rejected_420"] += 1
+            extra = [("Unsupported", ", ".join(request.values("proxy-require")))]
+            self._send(source, make_response(request, 420, to_tag=self.tag, extra=extra))
+            return
+        if method == "OPTIONS":
+            # Out-of-dialog OPTIONS are for us: a PBX's qualify of its trunk to trunkguard.
+            self.counters["options_answered"] += 1
+            extra = [("Allow", ALLOW), ("Accept", "application/sdp")]
+            self._send(source, make_response(request, 200, to_tag=self.tag, extra=extra))
+            return
+        if method != "INVITE":
+            extra = [("Allow", ALLOW)]
+            self.counters["rejected_405"] += 1
+            self._send(source, make_response(request, 405, to_tag=self.tag, extra=extra))
+            return
+        self._new_call(request, source, key, now)
+
+    def _max_forwards(self, request: Request, source: Flow) -> int | None:
+        mf = request.max_forwards
+        if mf is None:
+            return 69
+        if mf <= 0:
+            self._reject(request, source, 483, "")
+            return None
+        return mf - 1
+
+    def _looped(self, request: Request) -> bool:
+        for via in request.vias:
+            branch = via.branch or ""
+            if branch.startswith(BRANCH_PREFIX) and via.sent_by == self._via_host:
+                return True
+        return False
+
+    def _is_us(self, uri: Uri) -> bool:
+        host, port = self.settings.advertise
+        return uri.host == host and (uri.port or 5060) == port
+
+    # -- new calls --------------------------------------------------------------------------
+    def _new_call(
+        self, request: Request, source: Flow, key: tuple[object, ...], now: float
+    ) -> None:
+        if self._looped(request):
+            self._reject(request, source, 482, "")
+            return
+        mf = self._max_forwards(request, source)
+        if mf is None:
+            return
+        self.counters["calls"] += 1
+        entry = self._server(request, source, key, ServerInvite)
+        self.respond(entry, 100, make_response(request, 100), now)
+        call = Call(self, request, source, entry, self.plan(request), now)
+        entry.owner = call
+        call.start(now)
+
+    def plan(self, request: Request) -> list[Target]:
+        """The ordered targets for a new call (the carrier list; routing replaces this)."""
+        del request
+        return self.targets
+
+    def _server(
+        self,
+        request: Request,
+        source: Flow,
+        key: tuple[object, ...],
+        kind: type[ServerInvite] | type[ServerNonInvite],
+    ) -> ServerEntry:
+        txn = kind(request, reliable=source.transport != "udp", timers=self.settings.timers)
+        entry = ServerEntry(txn, source, key)
+        self.servers[key] = entry
+        return entry
+
+    def respond(self, entry: ServerEntry, status: int, data: bytes, now: float) -> None:
+        txn = entry.txn
+        if txn.state == "TERMINATED" or (status >= 200 and txn.state in ("COMPLETED", "CONFIRMED")):
+            # Too late for the transaction: a 2xx still goes up statelessly (RFC 3261 §16.7).
+            if 200 <= status < 300:
+                self._send(entry.flow, data)
+            return
+        self._drive(entry, txn.respond(status, data, now), now)
+
+    def start_branch(self, call: Call, target: Target, attempt: int, now: float) -> Branch:
+        request = call.request
+        branch_id = self._new_branch()
+        flow = target.flow
+        via = self._via(flow, branch_id)
+        ruri = request.request_uri
+        user = ruri.user
+        host = target.uri.hostport()
+        uri = f"sip:{user}@{host}" if user else f"sip:{host}"
+        if flow.transport == "tcp":
+            uri += ";transport=tcp"
+        branch = Branch(call, target, attempt, branch_id, uri, via, now)
+        routes = request.routes
+        pop = bool(routes) and self._is_us(routes[0].uri)
+        mf = request.max_forwards
+        data = request.forwarded(
+            via=via,
+            uri=uri,
+            max_forwards=69 if mf is None else mf - 1,
+            pop_route=pop,
+            record_route=self.record_route,
+        )
+        branch.routes = [v for v in request.values("route")][1 if pop else 0 :]
+        txn = ClientInvite(
+            data,
+            partial(_ack_for, request, branch.uri, branch.via, branch.routes),
+            reliable=flow.transport != "udp",
+            timers=self.settings.timers,
+        )
+        branch.txn = txn
+        entry = ClientEntry(txn, flow, branch, branch_id)
+        self.clients[branch_id] = entry
+        branch.timer = self.timers.schedule(
+            now + self.settings.invite_timeout, partial(call.on_invite_timeout, branch)
+        )
+        self.counters[f"invites_to:{target.name}"] += 1
+        self._drive(entry, txn.start(now), now)
+        return branch
+
+    def abandon_branch(self, branch: Branch, now: float) -> None:
+        entry = self.clients.get(branch.id)
+        if entry is None or branch.txn is None:
+            return
+        if branch.first_response is not None:
+            self._send_cancel(branch, now)
+        else:
+            branch.cancel_pending = True
+            self._drive(entry, branch.txn.abandon(now), now)
+
+    def _send_cancel(self, branch: Branch, now: float) -> None:
+        if branch.cancel_sent:
+            return
+        branch.cancel_sent = True
+        data = make_cancel(
+            branch.call.request, uri=branch.uri, via=branch.via, routes=branch.routes
+        )
+        txn = ClientNonInvite(
+            data, reliable=branch.flow.transport != "udp", timers=self.settings.timers
+        )
+        entry = ClientEntry(txn, branch.flow, None, branch.id + "/cancel")
+        self.clients[entry.key] = entry
+        self.counters["cancels_sent"] += 1
+        self._drive(entry, txn.start(now), now)
+
+    def clean_stray(self, branch: Branch, response: Response, now: float) -> None:
+        """A response on a branch the call no longer wants: make sure no leg is left up."""
+        status = response.status
+        if status < 200:
+            if branch.first_response is None:
+                branch.first_response = now
+            if branch.cancel_pending or branch.abandoned:
+                self._send_cancel(branch, now)
+            return
+        if status >= 300:
+            return  # the client transaction ACKs it
+        # A late 2xx: ACK it, then BYE it, so the carrier does not bill a call nobody hears.
+        self.counters["stray_2xx"] += 1
+        request = branch.call.request
+        try:
+            contacts = response.contacts
+        except ParseError:
+            contacts = []
+        target_uri = str(contacts[0].uri) if contacts else branch.uri
+        routes = [v for v in reversed(response.values("record-route"))]
+        to = response.get("to") or ""
+        from_ = request.get("from") or ""
+        ack = make_request(
+            "ACK",
+            target_uri,
+            via=self._via(branch.flow, _derived_branch(branch.id + "ack")),
+            from_=from_,
+            to=to,
+            call_id=request.call_id,
+            cseq=request.cseq.number,
+            routes=routes,
+        )
+        self._send(branch.flow, ack)
+        if branch.cleaned:
+            return
+        branch.cleaned = True
+        bye_branch = self._new_branch()
+        bye = make_request(
+            "BYE",
+            target_uri,
+            via=self._via(branch.flow, bye_branch),
+            from_=from_,
+            to=to,
+            call_id=request.call_id,
+            cseq=request.cseq.number + 1,
+            routes=routes,
+            extra=[("Reason", 'SIP;cause=200;text="Call completed elsewhere"')],
+        )
+        txn = ClientNonInvite(
+            bye, reliable=branch.flow.transport != "udp", timers=self.settings.timers
+        )
+        entry = ClientEntry(txn, branch.flow, None, bye_branch)
+        self.clients[bye_branch] = entry
+        self.counters["stray_byes_sent"] += 1
+        self._drive(entry, txn.start(now), now)
+
+    def record_attempt(self, record: AttemptRecord) -> None:
+        self.counters[f"attempts:{record.kind}"] += 1
+        if self.on_attempt is not None:
+            self.on_attempt(record)
+
+    # -- CANCEL, ACK, dialogs ----------------------------------------------------------------
+    def _on_cancel(
+        self, request: Request, source: Flow, key: tuple[object, ...], now: float
+    ) -> None:
+        invite_key = (*key[:-1], "INVITE")
+        invite = self.servers.get(invite_key)
+        if invite is None or not isinstance(invite.owner, Call):
+            self._send(source, make_response(request, 481, to_tag=self.tag))
+            return
+        entry = self._server(request, source, key, ServerNonInvite)
+        self.respond(entry, 200, make_response(request, 200, to_tag=invite.owner.to_tag), now)
+        invite.owner.cancel(now)
+
+    def _on_ack(self, request: Request, source: Flow, now: float) -> None:
+        key = server_key(request, "INVITE")
+        entry = self.servers.get(key)
+        if (
+            entry is not None
+            and isinstance(entry.txn, ServerInvite)
+            and entry.txn.state in ("COMPLETED", "CONFIRMED")
+        ):
+            self._drive(entry, entry.txn.receive_ack(now), now)
+            return
+        # ACK for a 2xx: its own transaction, forwarded statelessly along the dialog.
+        dest = self._dialog_destination(request)
+        if dest is None:
+            self.counters["acks_absorbed"] += 1
+            return
+        self._forward(request, dest, _derived_branch(request.top_via.branch or request.call_id))
+
+    def _dialog_destination(self, request: Request) -> Flow | None:
+        dialog = self.dialogs.get(request.call_id)
+        tag = request.from_.tag
+        if dialog is not None:
+            if tag == dialog.caller_tag:
+                return dialog.callee
+            if tag == dialog.callee_tag:
+                return dialog.caller
+        # Unknown dialog (e.g. after a restart): loose routing by Route, else Request-URI.
+        routes = request.routes
+        if routes and self._is_us(routes[0].uri):
+            routes = routes[1:]
+        uri = routes[0].uri if routes else request.request_uri
+        if not uri.is_sip or self._is_us(uri):
+            return None
+        try:
+            host = str(ipaddress.ip_address(uri.host.strip("[]")))
+        except ValueError:
+            return None  # no DNS on the call path
+        transport = "tcp" if str(uri.params.get("transport", "udp")).lower() == "tcp" else "udp"
+        return Flow(transport, (host, uri.port or 5060))
+
+    def _forward(self, request: Request, dest: Flow, branch: str) -> bytes:
+        routes = request.routes
+        pop = bool(routes) and self._is_us(routes[0].uri)
+        mf = request.max_forwards
+        data = request.forwarded(
+            via=self._via(dest, branch),
+            max_forwards=69 if mf is None else max(mf - 1, 0),
+            pop_route=pop,
+        )
+        self._send(dest, data)
+        return data
+
+    def _in_dialog(
+        self, request: Request, source: Flow, key: tuple[object, ...], now: float
+    ) -> None:
+        dest = self._dialog_destination(request)
+        if dest is None:
+            self._send(source, make_response(request, 481))
+            return
+        if self._max_forwards(request, source) is None:
+            return
+        method = request.method
+        kind = ServerInvite if method == "INVITE" else ServerNonInvite
+        server = self._server(request, source, key, kind)
+        relay = Relay(self, server, method)
+        server.owner = relay
+        if method == "INVITE":
+            self.respond(server, 100, make_response(request, 100), now)
+        branch = self._new_branch()
+        routes = request.routes
+        pop = bool(routes) and self._is_us(routes[0].uri)
+        mf = request.max_forwards
+        via = self._via(dest, branch)
+        data = request.forwarded(via=via, max_forwards=69 if mf is None else mf - 1, pop_route=pop)
+        reliable = dest.transport != "udp"
+        txn: ClientInvite | ClientNonInvite
+        if method == "INVITE":
+            remaining = request.values("route")[1 if pop else 0 :]
+            txn = ClientInvite(
+                data,
+                partial(_ack_for, request, request.uri, via, remaining),
+                reliable=reliable,
+                timers=self.settings.timers,
+            )
+        else:
+            txn = ClientNonInvite(data, reliable=reliable, timers=self.settings.timers)
+        entry = ClientEntry(txn, dest, relay, branch)
+        relay.client = entry
+        self.clients[branch] = entry
+        if method == "BYE":
+            dialog = self.dialogs.get(request.call_id)
+            if dialog is not None and not dialog.ending:
+                # Keep the dialog a little for retransmitted BYEs and their responses.
+                dialog.ending = True
+                self.timers.schedule(
+                    now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
+                )
+        self._drive(entry, txn.start(now), now)
+
+    def _end_dialog(self, call_id: str, now: float) -> None:
+        del now
+        self.dialogs.pop(call_id, None)
+
+    def open_dialog(self, call: Call, branch: Branch, response: Response, now: float) -> None:
+        request = call.request
+        self.dialogs[request.call_id] = Dialog(
+            call_id=request.call_id,
+            caller_tag=request.from_.tag,
+            callee_tag=response.to.tag,
+            caller=call.source,
+            callee=branch.flow,
+            target=branch.target.name,
+            created=now,
+        )
+
+    def _sweep_dialogs(self, now: float) -> None:
+        # Dialogs whose BYE never came through us must not pile up for ever.
+        limit = now - self.settings.dialog_max_age
+        stale = [cid for cid, d in self.dialogs.items() if d.created < limit]
+        for cid in stale:
+            del self.dialogs[cid]
+        self.counters["dialogs_expired"] += len(stale)
+        self._sweep = self.timers.schedule(now + 60.0, self._sweep_dialogs)
+
+    # -- responses ---------------------------------------------------------------------------
+    def _on_response(self, response: Response, source: Flow, now: float) -> None:
+        try:
+            via = response.top_via
+            response.cseq  # noqa: B018 - validates CSeq before matching
+        except ParseError:
+            self.counters["bad_responses"] += 1
+            return
+        branch = via.branch or ""
+        entry = self.clients.get(branch)
+        if entry is not None and response.cseq.method == "CANCEL":
+            entry = self.clients.get(branch + "/cancel")
+        if entry is None:
+            self.counters["stray_responses"] += 1
+            return
+        self._drive(entry, entry.txn.receive(response, now), now)
+
+    # -- introspection -----------------------------------------------------------------------
+    def active(self) -> dict[str, int]:
+        return {
+            "client_transactions": len(self.clients),
+            "server_transactions": len(self.servers),
+            "dialogs": len(self.dialogs),
+        }
+
+    def addresses(self) -> list[Addr]:
+        return [t.flow.addr for t in self.targets]
