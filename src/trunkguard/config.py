@@ -54,6 +54,13 @@ def parse_listen(text: str) -> Listen:
     return Listen(transport.lower(), host, int(port_text))
 
 
+def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
+    for code in value:
+        if not 300 <= code <= 699:
+            raise ValueError(f"status {code}: only 300-699 can be classified")
+    return value
+
+
 class CarrierConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     uri: str
@@ -76,10 +83,7 @@ class CarrierConfig(Strict):
     @field_validator("failures")
     @classmethod
     def _codes(cls, value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
-        for code in value:
-            if not 300 <= code <= 699:
-                raise ValueError(f"status {code}: only 300-699 can be classified")
-        return value
+        return _check_codes(value)
 
 
 class FailoverConfig(Strict):
@@ -115,6 +119,11 @@ class RouterConfig(Strict):
     limits: LimitsConfig = LimitsConfig()
     timers: TimersConfig = TimersConfig()
     log: LogConfig = LogConfig()
+
+    @field_validator("failures")
+    @classmethod
+    def _codes(cls, value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
+        return _check_codes(value)
 
     @field_validator("listen", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._errors import LimitError, ParseError
-from ._syntax import SINGLE_VALUED, canonical_name, is_token, split_top_level
+from ._syntax import SINGLE_VALUED, canonical_name, is_digits, is_token, split_top_level
 from ._uri import NameAddr, Uri, parse_name_addr, parse_uri, split_name_addrs
 from ._via import Via, parse_via
 
@@ -132,12 +132,13 @@ class Message:
         if cached is None:
             value = self._single("cseq", "CSeq")
             parts = value.split()
-            if len(parts) != 2 or not parts[0].isdigit() or not _METHOD_RE.match(parts[1]):
+            if len(parts) != 2 or not is_digits(parts[0]) or not _METHOD_RE.match(parts[1]):
                 raise ParseError(f"bad value {value!r}", header="CSeq")
-            number = int(parts[0])
-            if number >= 2**31:
+            # Bound the length before int(): Python refuses strings of over 4300 digits.
+            digits = parts[0].lstrip("0") or "0"
+            if len(digits) > 10 or int(digits) >= 2**31:
                 raise ParseError(f"sequence number {parts[0]} too large", header="CSeq")
-            self._cache["cseq"] = cached = CSeq(number, parts[1])
+            self._cache["cseq"] = cached = CSeq(int(digits), parts[1])
         assert isinstance(cached, CSeq)
         return cached
 
@@ -185,7 +186,7 @@ class Message:
         if not idx:
             return None
         value = self._single("max-forwards", "Max-Forwards")
-        if not value.isdigit() or len(value) > 10 or int(value) > 255:
+        if not is_digits(value) or len(value) > 10 or int(value) > 255:
             raise ParseError(f"bad value {value!r}", header="Max-Forwards")
         return int(value)
 
@@ -414,7 +415,7 @@ def _content_length(headers: list[Header]) -> int | None:
             if found is not None:
                 raise ParseError("appears more than once", header="Content-Length")
             text = h.value
-            if not text.isdigit() or len(text) > 9:
+            if not is_digits(text) or len(text) > 9:
                 raise ParseError(f"bad value {text!r}", header="Content-Length")
             found = int(text)
     return found

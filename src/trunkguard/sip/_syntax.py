@@ -53,6 +53,11 @@ def is_token(text: str) -> bool:
     return bool(_TOKEN_RE.match(text))
 
 
+def is_digits(text: str) -> bool:
+    """ASCII DIGITs only: str.isdigit() also accepts '²' and other digits int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
 def canonical_name(name: str) -> str:
     lower = name.lower()
     return COMPACT_FORMS.get(lower, lower)

@@ -140,13 +140,16 @@ class Transaction:
                 return []
             raise TransactionError(f"{type(self).__name__}: {what!r} not allowed in {self.state}")
         next_state, actions = row
+        entering = next_state == TERMINATED and self.state != TERMINATED
         self._events = []
         self._now = now
         self._message = message
         self.state = next_state
         for action in actions:
             getattr(self, "_a_" + action)()
-        if next_state == TERMINATED:
+        # Terminated is reported once, on entry: a row that stays in TERMINATED
+        # (ClientInvite's late abandon) must not announce it again.
+        if entering:
             self.timers.clear()
             self._events.append(Terminated())
         events, self._events, self._message = self._events, [], None

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from ._errors import ParseError
-from ._syntax import parse_params, split_top_level
+from ._syntax import is_digits, parse_params, split_top_level
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?\Z")
@@ -82,7 +82,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     host = _parse_host(host_text)
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not is_digits(port_text) or len(port_text) > 5 or int(port_text) > 65535:
         raise ParseError(f"bad port {port_text!r}")
     return host, int(port_text)
 

@@ -1,0 +1,102 @@
+"""Config: the minimal file works as it is; every error names file, line, field and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trunkguard.config import ConfigError, load_config, parse_config
+from trunkguard.health import OutcomeClass
+
+MINIMAL = """\
+listen: udp:127.0.0.1:5060
+allow: [127.0.0.0/8]
+carriers:
+  - {name: a, uri: "sip:127.0.0.1:5071"}
+  - {name: b, uri: "sip:127.0.0.1:5072"}
+  - {name: c, uri: "sip:127.0.0.1:5073"}
+"""
+
+
+def test_minimal_file_keeps_working() -> None:
+    config = parse_config(MINIMAL, "minimal.yaml")
+    targets = config.targets()
+    assert [t.name for t in targets] == ["a", "b", "c"]
+    assert [t.flow.addr for t in targets] == [("127.0.0.1", p) for p in (5071, 5072, 5073)]
+    settings = config.proxy_settings()
+    assert settings.advertise == ("127.0.0.1", 5060)
+    assert settings.invite_timeout == 2.0
+    assert settings.max_attempts == 3
+
+
+def test_embedded_default_loads() -> None:
+    config, source = load_config(None)
+    assert source == "<embedded default>"
+    assert len(config.targets()) == 3
+
+
+def test_overrides_and_tcp_carrier() -> None:
+    config = parse_config(
+        MINIMAL.replace(
+            '{name: c, uri: "sip:127.0.0.1:5073"}',
+            '{name: c, uri: "sip:127.0.0.1:5073;transport=tcp", failures: {480: trunk_fault}}',
+        )
+        + "failures: {486: trunk_fault}\nfailover: {invite_timeout: 0.5, max_attempts: 2}\n",
+        "x.yaml",
+    )
+    a, _, c = config.targets()
+    assert c.flow.transport == "tcp"
+    assert c.failures.klass(480) is OutcomeClass.TRUNK_FAULT
+    assert a.failures.klass(480) is OutcomeClass.DESTINATION_FINAL
+    assert a.failures.klass(486) is OutcomeClass.TRUNK_FAULT  # global override
+    assert config.proxy_settings().invite_timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("listen: [udp:127.0.0.1:5060\n", "x.yaml:2: not valid YAML"),
+        ("- 1\n", "x.yaml: expected a mapping"),
+        (MINIMAL.replace("udp:127.0.0.1:5060", "sctp:127.0.0.1:5060"), "x.yaml:1: listen:"),
+        (MINIMAL.replace("127.0.0.0/8", "not-a-net"), "x.yaml:2: allow: 'not-a-net'"),
+        (
+            MINIMAL.replace("sip:127.0.0.1:5072", "http://x"),
+            "x.yaml:5: carriers[1].uri: 'http://x': a carrier URI must be sip: or sips:",
+        ),
+        (MINIMAL.replace("name: c", "name: a"), "carrier names must be unique: a"),
+        (MINIMAL + "failover:\n  invite_timeout: 0\n", "x.yaml:8: failover.invite_timeout:"),
+        (MINIMAL + "bogus: 1\n", "x.yaml:7: bogus: Extra inputs are not permitted"),
+        (MINIMAL + "failures: {200: trunk_fault}\n", "only 300-699"),
+        (MINIMAL + "failures: {503: maybe}\n", "x.yaml:7: failures[503]: Input should be"),
+    ],
+)
+def test_errors_name_line_field_and_reason(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.yaml")
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_all_errors_reported_at_once() -> None:
+    text = MINIMAL.replace("127.0.0.0/8", "bad").replace("sip:127.0.0.1:5072", "tel:1")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.yaml")
+    assert len(info.value.problems) == 2
+
+
+def test_check_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(MINIMAL)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL.replace("sip:127.0.0.1:5071", "sip:127.0.0.1:99999"))
+    run = [sys.executable, "-m", "trunkguard", "check", "-c"]
+    ok = subprocess.run([*run, str(good)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "carrier 1: a at udp:127.0.0.1:5071" in ok.stdout
+    failed = subprocess.run([*run, str(bad)], capture_output=True, text=True, check=False)
+    assert failed.returncode == 2
+    assert f"{bad}:4: carriers[0].uri:" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    missing = subprocess.run([*run, str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
