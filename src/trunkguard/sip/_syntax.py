@@ -45,7 +45,8 @@ SINGLE_VALUED = frozenset(
     }
 )
 
-TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+# A token, or an IPv6 reference / host:port as in maddr= and received= values.
+_PVALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+\Z")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 
 
@@ -58,9 +59,17 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+_CANONICAL: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
-    lower = name.lower()
-    return COMPACT_FORMS.get(lower, lower)
+    found = _CANONICAL.get(name)
+    if found is None:
+        lower = name.lower()
+        found = COMPACT_FORMS.get(lower, lower)
+        if len(_CANONICAL) < 4096:  # bounded: names come from the network
+            _CANONICAL[name] = found
+    return found
 
 
 def split_top_level(value: str, sep: str) -> list[str]:
@@ -71,6 +80,8 @@ def split_top_level(value: str, sep: str) -> list[str]:
     """
     if sep not in value:
         return [value]
+    if '"' not in value and "<" not in value:
+        return value.split(sep)
     parts: list[str] = []
     depth = 0
     quoted = False
@@ -126,7 +137,7 @@ def parse_params(text: str, header: str | None = None) -> dict[str, str | None]:
             if value.startswith('"'):
                 if len(value) < 2 or not value.endswith('"'):
                     raise ParseError(f"parameter {name!r} has a bad quoted value", header=header)
-            elif not all(c in TOKEN_CHARS or c in "[]:" for c in value):
+            elif not _PVALUE_RE.match(value):
                 raise ParseError(f"parameter {name!r} has a bad value {value!r}", header=header)
             params[name.lower()] = value
         else:

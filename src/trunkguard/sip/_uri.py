@@ -14,7 +14,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?\Z")
 # userinfo: unreserved / escaped / user-unreserved (RFC 3261 §25.1); password likewise plus "&=+$,".
 _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
-_WS = frozenset(" \t\r\n")
+_WS_RE = re.compile(r"\s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ def split_hostport(text: str) -> tuple[str, int | None]:
 
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise :class:`ParseError` with the reason when it is malformed."""
-    if not text or any(c in _WS for c in text):
+    if not text or _WS_RE.search(text):
         raise ParseError(f"bad URI {text!r}: empty or contains whitespace")
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):

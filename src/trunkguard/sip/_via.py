@@ -10,6 +10,7 @@ from ._syntax import parse_params
 from ._uri import split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
+_WS_RE = re.compile(r"\s+")
 
 # "SIP / 2.0 / UDP" with LWS allowed around each slash, then sent-by.
 _VIA_RE = re.compile(
@@ -44,7 +45,7 @@ def parse_via(value: str) -> Via:
     if protocol.upper() != "SIP" or version != "2.0":
         raise ParseError(f"bad Via protocol {protocol}/{version}", header="Via")
     try:
-        host, port = split_hostport(re.sub(r"\s+", "", sent_by))
+        host, port = split_hostport(_WS_RE.sub("", sent_by))
     except ParseError as exc:
         raise ParseError(exc.reason, header="Via") from None
     rest = rest.strip()
