@@ -95,10 +95,11 @@ async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int
         log.error("cannot listen on %s: %s", ", ".join(config.listen), exc.strerror or exc)
         return 1
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
-    log.info("stopped; counters: %s", json.dumps(counters))
+    open_work = proxy.open_work()
+    log.info("stopped; counters: %s; still open: %s", json.dumps(counters), json.dumps(open_work))
     if ready_file:
         with open(ready_file + ".counters", "w", encoding="utf-8") as fh:
-            json.dump(counters, fh)
+            json.dump({**counters, **{f"open:{k}": v for k, v in open_work.items()}}, fh)
     return 0
 
 

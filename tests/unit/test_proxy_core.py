@@ -138,12 +138,12 @@ def test_answer_relayed_and_dialog_routes_bye_to_carrier() -> None:
     ok = [m for f, m in out if isinstance(m, Response) and m.status == 200][0]
     assert len(ok.vias) == 1 and ok.vias[0].branch == "z9hG4bK-c2"
     bye = (
-        "BYE sip:carrier@127.0.0.1:5071 SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-bye2\r\n"
-        "Route: <sip:127.0.0.1:5060;lr>\r\n"
-        "From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>;tag=carrier\r\n"
-        "Call-ID: c2\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
+        b"BYE sip:carrier@127.0.0.1:5071 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-bye2\r\n"
+        b"Route: <sip:127.0.0.1:5060;lr>\r\n"
+        b"From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>;tag=carrier\r\n"
+        b"Call-ID: c2\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
     net.feed(bye, CALLER)
     fwd = only_request(net.take(), A, "BYE")
     assert not fwd.has("route")  # our own Route entry was consumed
@@ -224,11 +224,11 @@ def test_cancel_while_ringing() -> None:
     net.feed(reply(to_a, 180), A)
     net.take()
     cancel = (
-        "CANCEL sip:15551234567@127.0.0.1:5060 SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-c6\r\n"
-        "From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>\r\n"
-        "Call-ID: c6\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
+        b"CANCEL sip:15551234567@127.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-c6\r\n"
+        b"From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>\r\n"
+        b"Call-ID: c6\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
     net.feed(cancel, CALLER)
     out = net.take()
     assert sorted(responses(out, CALLER)) == [200, 487]
@@ -337,11 +337,11 @@ def test_unknown_source_gets_403() -> None:
 def test_options_to_proxy_answered() -> None:
     net = Net()
     options = (
-        "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n"
-        "Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-o1\r\n"
-        "From: <sip:pbx@127.0.0.1>;tag=q\r\nTo: <sip:127.0.0.1>\r\n"
-        "Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
+        b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-o1\r\n"
+        b"From: <sip:pbx@127.0.0.1>;tag=q\r\nTo: <sip:127.0.0.1>\r\n"
+        b"Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
     net.feed(options, CALLER)
     out = net.take()
     assert responses(out, CALLER) == [200]

@@ -664,5 +664,27 @@ class Proxy:
             "dialogs": len(self.dialogs),
         }
 
+    def open_work(self) -> dict[str, int]:
+        """What is still unfinished: calls without a final answer, branches awaiting one."""
+        calls = sum(
+            1
+            for e in self.servers.values()
+            if isinstance(e.owner, Call) and e.owner.state == "TRYING"
+        )
+        # An abandoned branch is not waited on: a late answer on it is cleaned up (CANCEL,
+        # or ACK + BYE), and Timer B ends its transaction.
+        branches = sum(
+            1
+            for e in self.clients.values()
+            if isinstance(e.owner, Branch)
+            and not e.owner.abandoned
+            and e.txn.state in ("CALLING", "PROCEEDING")
+        )
+        return {
+            "calls_unanswered": calls,
+            "branches_pending": branches,
+            "dialogs": len(self.dialogs),
+        }
+
     def addresses(self) -> list[Addr]:
         return [t.flow.addr for t in self.targets]

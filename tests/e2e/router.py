@@ -1,0 +1,126 @@
+"""The router under test as a real process: ``trunkguard run`` on 127.0.0.1, port 0.
+
+It binds a free port itself and reports it through ``--ready-file``; on stop
+(SIGTERM) it writes its counters next to that file, so tests can check what
+the router saw and that nothing was left open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import yaml
+
+READY_TIMEOUT = 15.0
+
+
+class RouterProcess:
+    def __init__(
+        self,
+        workdir: Path,
+        carriers: list[tuple[str, int]],
+        *,
+        failover: dict[str, object] | None = None,
+        extra: dict[str, object] | None = None,
+        transport: str = "udp",
+    ) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        config: dict[str, object] = {
+            "listen": f"{transport}:127.0.0.1:0",
+            "allow": ["127.0.0.0/8"],
+            "carriers": [{"name": n, "uri": f"sip:127.0.0.1:{p}"} for n, p in carriers],
+        }
+        if failover:
+            config["failover"] = failover
+        if extra:
+            config.update(extra)
+        self.config_path = workdir / "router.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.ready_file = workdir / "ready.json"
+        self.log_path = workdir / "router.log"
+        self.port = 0
+        self.counters: dict[str, int] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.ready_file.unlink(missing_ok=True)
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trunkguard",
+                "run",
+                "-c",
+                str(self.config_path),
+                "--ready-file",
+                str(self.ready_file),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready_file.exists():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"router exited at start:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"router not ready in {READY_TIMEOUT}s:\n{self.log()}")
+            time.sleep(0.02)
+        time.sleep(0.02)  # the file is written in one call; give it a moment to be complete
+        ready = json.loads(self.ready_file.read_text())
+        self.port = int(ready["listen"][0][2])
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM, wait for a clean exit, return the router's counters."""
+        proc = self._proc
+        if proc is None:
+            return self.counters
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+                raise RuntimeError(f"router did not stop on SIGTERM:\n{self.log()}") from None
+        self._proc = None
+        counters_file = Path(str(self.ready_file) + ".counters")
+        if counters_file.exists():
+            self.counters = json.loads(counters_file.read_text())
+        self.returncode = proc.returncode
+        return self.counters
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
