@@ -135,13 +135,14 @@ def test_answer_relayed_and_dialog_routes_bye_to_carrier() -> None:
     net.feed(reply(sent, 200), A)
     out = net.take()
     assert responses(out, CALLER) == [180, 200]
-    ok = [m for f, m in out if isinstance(m, Response) and m.status == 200][0]
+    ok = next(m for f, m in out if isinstance(m, Response) and m.status == 200)
     assert len(ok.vias) == 1 and ok.vias[0].branch == "z9hG4bK-c2"
     bye = (
         b"BYE sip:carrier@127.0.0.1:5071 SIP/2.0\r\n"
         b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-bye2\r\n"
         b"Route: <sip:127.0.0.1:5060;lr>\r\n"
-        b"From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>;tag=carrier\r\n"
+        b"From: <sip:agent@127.0.0.1>;tag=caller1\r\n"
+        b"To: <sip:15551234567@127.0.0.1>;tag=carrier\r\n"
         b"Call-ID: c2\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     )
     net.feed(bye, CALLER)
