@@ -22,11 +22,16 @@ import yaml
 READY_TIMEOUT = 15.0
 
 
+def _carrier(name: str, port: int, transport: str = "udp") -> dict[str, str]:
+    suffix = ";transport=tcp" if transport == "tcp" else ""
+    return {"name": name, "uri": f"sip:127.0.0.1:{port}{suffix}"}
+
+
 class RouterProcess:
     def __init__(
         self,
         workdir: Path,
-        carriers: list[tuple[str, int]],
+        carriers: list[tuple[str, int]] | list[tuple[str, int, str]],
         *,
         failover: dict[str, object] | None = None,
         extra: dict[str, object] | None = None,
@@ -37,7 +42,7 @@ class RouterProcess:
         config: dict[str, object] = {
             "listen": f"{transport}:127.0.0.1:0",
             "allow": ["127.0.0.0/8"],
-            "carriers": [{"name": n, "uri": f"sip:127.0.0.1:{p}"} for n, p in carriers],
+            "carriers": [_carrier(*c) for c in carriers],
         }
         if failover:
             config["failover"] = failover

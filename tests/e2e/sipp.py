@@ -114,8 +114,8 @@ def free_udp_port(host: str = HOST) -> int:
         return port
 
 
-def _udp_socket_inodes(port: int, host: str = HOST) -> set[str]:
-    """Inodes of the UDP sockets bound to ``host:port`` or the wildcard (/proc/net/udp).
+def _udp_socket_inodes(port: int, host: str = HOST, table_name: str = "udp") -> set[str]:
+    """Inodes of the sockets bound to ``host:port`` or the wildcard (/proc/net/udp or tcp).
 
     Reading the kernel table does not disturb the socket's owner, unlike a test bind.
     """
@@ -124,7 +124,7 @@ def _udp_socket_inodes(port: int, host: str = HOST) -> set[str]:
         f"00000000:{port:04X}",
     }
     inodes = set()
-    with open("/proc/net/udp", encoding="ascii") as table:
+    with open(f"/proc/net/{table_name}", encoding="ascii") as table:
         next(table)
         for line in table:
             fields = line.split()
@@ -656,7 +656,9 @@ def _spawn(command: list[str], workdir: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_bound_or_exit(process: subprocess.Popen[bytes], port: int, timeout: float) -> int | None:
+def _wait_bound_or_exit(
+    process: subprocess.Popen[bytes], port: int, timeout: float, table_name: str = "udp"
+) -> int | None:
     """None once SIPp has bound ``port``; its exit status if it exits first."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -664,7 +666,7 @@ def _wait_bound_or_exit(process: subprocess.Popen[bytes], port: int, timeout: fl
         if status is not None:
             return status
         # Bound by this SIPp, not by whoever may have taken the port in the meantime.
-        bound = _udp_socket_inodes(port)
+        bound = _udp_socket_inodes(port, table_name=table_name)
         if bound and bound & _socket_inodes_of(process.pid):
             return None
         time.sleep(0.01)
@@ -705,7 +707,9 @@ def _start(
         process = _spawn(command, workdir)
         # SIPp's own -timeout ends the run; the margin leaves it time to write its files.
         deadline = time.monotonic() + lifetime_s + 3.0
-        status = _wait_bound_or_exit(process, chosen, timeout=5.0)
+        # "-t t1"/"-t tn": SIPp listens on TCP only.
+        table_name = "tcp" if "-t" in extra_args and "u1" not in extra_args else "udp"
+        status = _wait_bound_or_exit(process, chosen, timeout=5.0, table_name=table_name)
         # A caller may be done already; only a carrier has to be up and listening.
         if status is None or (cls.role == "uac" and status != EXIT_BIND_FAILED):
             return cls(path, chosen, workdir, owns, process, deadline)

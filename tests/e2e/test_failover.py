@@ -213,3 +213,35 @@ def test_100_concurrent_calls_with_half_rejected(tmp_path: Path) -> None:
     print(f"100 concurrent calls, carrier a rejecting half: {result.failed} failed at the caller")
     assert counters["failovers"] == 50
     assert_nothing_open(counters)
+
+
+def test_tcp_caller_and_carriers_with_refused_connection(tmp_path: Path) -> None:
+    """Over TCP: carrier a refuses the connection, the call completes through b at once."""
+    pa, pb = ports(2)  # nothing listens on TCP pa: connect() is refused
+    with (
+        start_uas("uas_answer", port=pb, extra_args=["-t", "t1"], tmp_root=tmp_path) as b,
+        RouterProcess(
+            tmp_path / "router",
+            [("a", pa, "tcp"), ("b", pb, "tcp")],
+            transport="tcp",
+            failover={"invite_timeout": 2.0},
+        ) as router,
+    ):
+        started = time.monotonic()
+        result = run_uac(
+            "uac_call",
+            router.address,
+            pause_ms=100,
+            timeout=10,
+            extra_args=["-t", "t1"],
+            tmp_root=tmp_path,
+        )
+        elapsed = time.monotonic() - started
+        assert result.ok, result.describe()
+        assert b.wait_received("BYE", 1, timeout=3), b.describe()
+        assert (b.received("INVITE"), b.received("ACK")) == (1, 1)
+        print(f"TCP, refused connection: call completed via b in {elapsed:.3f}s")
+        assert elapsed < 1.5
+        counters = router.stop()
+    assert counters["attempts:unreachable"] == 1
+    assert_nothing_open(counters)
