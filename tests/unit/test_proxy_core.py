@@ -386,3 +386,15 @@ def test_malformed_request_gets_400_and_garbage_is_dropped() -> None:
 )
 def test_select_final(statuses: list[int | None], expected: int) -> None:
     assert select_final(statuses) == expected
+
+
+def test_request_that_cannot_be_framed_still_gets_400() -> None:
+    net = Net()
+    lying = invite("c12").replace(b"Content-Length: ", b"Content-Length: 9", 1)
+    net.feed(lying, CALLER)
+    out = net.take()
+    assert responses(out, CALLER) == [400]
+    response = out[0][1]
+    assert isinstance(response, Response) and response.call_id == "c12"
+    assert "Content-Length" in (response.get("warning") or "")
+    assert net.sent_to(A, out) == []

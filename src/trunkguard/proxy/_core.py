@@ -221,6 +221,9 @@ class Proxy:
         except ParseError as exc:
             self.counters["parse_errors"] += 1
             self.counters[f"parse_error:{exc.header or 'message'}"] += 1
+            partial = exc.partial
+            if partial is not None and partial.method != "ACK":
+                self._reject(partial, source, exc.status, str(exc))
             return
         try:
             if isinstance(message, Response):

@@ -7,6 +7,11 @@ proxy can reply with a precise 400 and count the reason.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._message import Request
+
 
 class SipError(Exception):
     """Base of every error raised by :mod:`trunkguard.sip`."""
@@ -25,6 +30,9 @@ class ParseError(SipError):
         self.reason = reason
         self.status = status
         self.header = header
+        # A request whose header section could be read although the message is invalid:
+        # enough to address an error response to its sender.
+        self.partial: Request | None = None
 
     def __str__(self) -> str:
         if self.header:

@@ -437,14 +437,23 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     head = data[:end].decode("utf-8", "surrogateescape")
     rest = data[end + 4 :]
     start, headers = _split_head(head, limits)
-    length = _content_length(headers)
-    if length is not None:
-        if length > len(rest):
-            raise ParseError(f"says {length} bytes but {len(rest)} follow", header="Content-Length")
-        body = rest[:length]
-    else:
-        body = rest
-    return _start(start, headers, body)
+    try:
+        length = _content_length(headers)
+        if length is not None:
+            if length > len(rest):
+                raise ParseError(
+                    f"says {length} bytes but {len(rest)} follow", header="Content-Length"
+                )
+            body = rest[:length]
+        else:
+            body = rest
+        return _start(start, headers, body)
+    except ParseError as exc:
+        # The header section split cleanly: keep it, so a server can still answer 400
+        # with the request's own Via, From, To, Call-ID and CSeq (RFC 4475 §3.1.2).
+        if not start.startswith("SIP/"):
+            exc.partial = Request(start.split(" ", 1)[0], "", headers, b"")
+        raise
 
 
 def _start(start: str, headers: list[Header], body: bytes) -> Request | Response:
