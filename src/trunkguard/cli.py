@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -88,6 +89,11 @@ async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int
             with open(ready_file, "w", encoding="utf-8") as fh:
                 json.dump({"listen": [list(b) for b in router.bound]}, fh)
 
+    # Calls make many small, short-lived objects: collect the young generation less
+    # often and keep start-up objects out of every collection.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
     try:
         await serve(proxy, listeners, stop, ready)

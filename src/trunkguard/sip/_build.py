@@ -16,6 +16,7 @@ REASONS: dict[int, str] = {
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
     408: "Request Timeout",
     410: "Gone",
     415: "Unsupported Media Type",

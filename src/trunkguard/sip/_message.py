@@ -206,12 +206,22 @@ class Message:
         return split_name_addrs(value, "Contact")
 
     def check_common(self) -> None:
-        """Parse every field the proxy relies on; raise ParseError on the first bad one."""
-        _ = self.call_id, self.cseq, self.vias, self.from_, self.to, self.max_forwards
+        """Parse the fields a proxy uses (RFC 3261 §16.3 step 1); raise ParseError on a bad one.
+
+        Other headers, well-formed or not, are relayed untouched, as §16.3 asks:
+        :meth:`validate` is the strict check of every header trunkguard understands.
+        """
+        _ = self.call_id, self.cseq, self.top_via, self.from_, self.to, self.max_forwards
+        index = self._index
         for name in SINGLE_VALUED:
-            idx = self._index.get(name)
+            idx = index.get(name)
             if idx and len(idx) > 1:
                 raise ParseError("appears more than once", header=self.headers[idx[0]].name)
+
+    def validate(self) -> None:
+        """Strict check: :meth:`check` plus every Via, Route, Record-Route, Contact and Date."""
+        self.check()
+        _ = self.vias
         date = self.get("date")
         if date is not None and not _DATE_RE.match(date):
             raise ParseError(f"not an RFC 1123 date in GMT: {date!r}", header="Date")
@@ -221,6 +231,9 @@ class Message:
             _ = self.routes
         if self.has("record-route"):
             _ = self.record_routes
+
+    def check(self) -> None:
+        raise NotImplementedError
 
     # -- serialisation -----------------------------------------------------
     def start_line(self) -> str:
@@ -365,47 +378,49 @@ class Response(Message):
         return self._serialise(self.start_line(), self._lines_with_length(lines))
 
 
+# Header names seen before, raw (as on the wire) -> canonical; only valid names go in.
+_NAMES: dict[str, str] = {}
+
+
 def _split_head(head: str, limits: Limits) -> tuple[str, list[Header]]:
     lines = head.split(_CRLF)
     max_line = limits.max_line
+    max_headers = limits.max_headers
     headers: list[Header] = []
+    append = headers.append
+    names = _NAMES
     start = lines[0]
     if len(start) > max_line:
         raise LimitError(f"start line longer than {max_line} bytes")
-    raw_parts: list[str] = []
-    name = ""
-    for line in lines[1:]:
+    for i in range(1, len(lines)):
+        line = lines[i]
         if len(line) > max_line:
             raise LimitError(f"header line longer than {max_line} bytes")
-        if line and line[0] in " \t":
-            if not raw_parts:
+        first = line[:1]
+        if first == " " or first == "\t":
+            # Unfold: CRLF + whitespace becomes one space (RFC 3261 §7.3.1).
+            if not headers:
                 raise ParseError("continuation line before any header")
-            raw_parts.append(line)
+            h = headers[-1]
+            h.raw += _CRLF + line
+            h.value = f"{h.value} {line.strip()}".strip()
             continue
-        if raw_parts:
-            headers.append(_make(name, raw_parts))
         colon = line.find(":")
         if colon <= 0:
             raise ParseError(f"header line without a name and ':': {line[:40]!r}")
-        name = line[:colon].rstrip(" \t")
-        if not is_token(name):
-            raise ParseError(f"bad header name {name!r}")
-        raw_parts = [line]
-        if len(headers) >= limits.max_headers:
-            raise LimitError(f"more than {limits.max_headers} header lines")
-    if raw_parts:
-        headers.append(_make(name, raw_parts))
+        raw_name = line[:colon]
+        name = names.get(raw_name)
+        if name is None:
+            stripped = raw_name.rstrip(" \t")
+            if not is_token(stripped):
+                raise ParseError(f"bad header name {stripped!r}")
+            name = canonical_name(stripped)
+            if len(names) < 4096:  # bounded: names come from the network
+                names[raw_name] = name
+        append(Header(name, line, line[colon + 1 :].strip()))
+        if len(headers) > max_headers:
+            raise LimitError(f"more than {max_headers} header lines")
     return start, headers
-
-
-def _make(name: str, raw_parts: list[str]) -> Header:
-    first = raw_parts[0]
-    value = first[first.index(":") + 1 :]
-    if len(raw_parts) > 1:
-        # Unfold: each CRLF + whitespace becomes one space (RFC 3261 §7.3.1).
-        value = " ".join([value.strip(), *(p.strip() for p in raw_parts[1:])])
-        return Header(canonical_name(name), _CRLF.join(raw_parts), value.strip())
-    return Header(canonical_name(name), first, value.strip())
 
 
 def _content_length(headers: list[Header]) -> int | None:
