@@ -17,7 +17,9 @@ from trunkguard.sip import ParseError, Request, Response, make_response, parse_m
 
 CRLF = "\r\n"
 
-TORTURE_DIR = Path(os.environ.get("TRUNKGUARD_TORTURE_DIR", "/work/shared/sip-torture/rfc4475"))
+# The project's shared/ folder sits beside the repository (in CI too).
+_SHARED_TORTURE = Path(__file__).resolve().parents[3] / "shared" / "sip-torture" / "rfc4475"
+TORTURE_DIR = Path(os.environ.get("TRUNKGUARD_TORTURE_DIR", str(_SHARED_TORTURE)))
 
 TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 
@@ -333,6 +335,8 @@ def exercise(msg: Request | Response) -> None:
             getattr(msg, name)
     with contextlib.suppress(ParseError):
         msg.check()
+    with contextlib.suppress(ParseError):
+        msg.validate()
     for name in ("via", "route", "contact", "record-route"):
         with contextlib.suppress(ParseError):
             msg.values(name)
@@ -352,9 +356,3 @@ def exercise(msg: Request | Response) -> None:
     else:
         with contextlib.suppress(ParseError):
             msg.without_top_via()
-
-
-def parse_checked(data: bytes) -> Request | Response:
-    msg = parse_message(data)
-    msg.check()
-    return msg

@@ -7,14 +7,11 @@ for. Nothing raises, and every refusal names its reason in a Warning header.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from sipgen import TORTURE_DIR as TORTURE
 from test_proxy_core import CALLER, Net
 
 from trunkguard.sip import Response, parse_message
-
-TORTURE = Path(__file__).resolve().parents[3] / "shared" / "sip-torture" / "rfc4475"
 
 FORWARDED = "forwarded"  # 100 Trying to the caller, INVITE to the first carrier
 DROPPED = "dropped"  # a response matching no transaction, or bytes that are not SIP

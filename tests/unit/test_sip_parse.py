@@ -28,7 +28,9 @@ from trunkguard.sip import (
     Limits,
     ParseError,
     Request,
+    Response,
     StreamFramer,
+    make_response,
     parse_message,
 )
 
@@ -183,6 +185,10 @@ def _parse_and_exercise(data: bytes) -> None:
     except ParseError as exc:
         assert exc.reason
         assert str(exc)
+        if exc.partial is not None:
+            # What is left of a broken request is still enough to answer it.
+            answer = parse_message(make_response(exc.partial, 400))
+            assert isinstance(answer, Response) and answer.status == 400
         return
     exercise(msg)
 
