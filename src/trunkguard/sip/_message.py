@@ -495,10 +495,13 @@ def _start(start: str, headers: list[Header], body: bytes) -> Request | Response
 class StreamFramer:
     """Cuts a byte stream (TCP) into messages using Content-Length (RFC 3261 §18.3)."""
 
-    __slots__ = ("_buf", "limits")
+    __slots__ = ("_buf", "_total", "limits")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._buf = bytearray()
+        # Size of the message at the head of the buffer once its header section is read,
+        # so a body arriving in small pieces does not re-parse the headers each time.
+        self._total: int | None = None
         self.limits = limits
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -512,6 +515,14 @@ class StreamFramer:
         buf += data
         out: list[bytes] = []
         while True:
+            total = self._total
+            if total is not None:
+                if len(buf) < total:
+                    return out
+                out.append(bytes(buf[:total]))
+                del buf[:total]
+                self._total = None
+                continue
             # Keepalive CRLFs between messages (RFC 5626 §3.5.1).
             strip = 0
             while strip < len(buf) and buf[strip] in (13, 10):
@@ -531,7 +542,4 @@ class StreamFramer:
             total = end + 4 + length
             if total > self.limits.max_message:
                 raise LimitError(f"message larger than {self.limits.max_message} bytes")
-            if len(buf) < total:
-                return out
-            out.append(bytes(buf[:total]))
-            del buf[:total]
+            self._total = total
