@@ -8,12 +8,20 @@ import gc
 import json
 import logging
 import signal
+import sqlite3
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
 
 from .config import ConfigError, RouterConfig, load_config
-from .proxy import AttemptRecord, Proxy
+from .health import transition_table
+from .proxy import AttemptRecord
 from .proxy._server import Router, serve
+from .runtime import Runtime
+from .store import EventStore
 
 log = logging.getLogger("trunkguard")
 
@@ -73,10 +81,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int:
-    proxy = Proxy(config.proxy_settings(), config.targets())
+    try:
+        runtime = Runtime(config)
+    except sqlite3.Error as exc:
+        log.error("cannot open the event log %s: %s", config.store.path, exc)
+        return 1
+    proxy = runtime.proxy
     proxy.on_attempt = _log_attempt
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    runtime.start(loop.time())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
@@ -100,6 +114,8 @@ async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int
     except OSError as exc:
         log.error("cannot listen on %s: %s", ", ".join(config.listen), exc.strerror or exc)
         return 1
+    finally:
+        runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
     log.info("stopped; counters: %s; still open: %s", json.dumps(counters), json.dumps(open_work))
@@ -128,6 +144,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return uvloop.run(_run(config, source, args.ready_file))
 
 
+def _parse_when(text: str | None) -> float | None:
+    """``10m``, ``2h``, ``1d`` ago, or an ISO date/time (local time unless it says)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SystemExit(
+            f"trunkguard: {text!r}: expected 10m, 2h, 1d or an ISO date/time"
+        ) from None
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        path = args.db
+    else:
+        try:
+            config, _ = load_config(args.config)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 2
+        path = config.store.path
+    if not Path(path).exists():
+        print(f"trunkguard: no event log at {path}", file=sys.stderr)
+        return 1
+    store = EventStore(path)
+    try:
+        rows = store.events(
+            args.target, _parse_when(args.since), _parse_when(args.until), args.limit
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=1))
+        return 0
+    for r in rows:
+        when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        hold = f" (hold-down {r.hold_down:.0f}s)" if r.hold_down else ""
+        print(f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}")
+    if not rows:
+        print("no events")
+    return 0
+
+
+def _cmd_states(args: argparse.Namespace) -> int:
+    del args
+    print(transition_table())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trunkguard", description="SIP failover router for call centers."
@@ -141,6 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a config and print what it means")
     check.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     check.set_defaults(func=_cmd_check)
+    events = sub.add_parser("events", help="print target state changes from the event log")
+    events.add_argument("-c", "--config", help="config whose store.path to read")
+    events.add_argument("--db", help="the event log file (instead of -c)")
+    events.add_argument("--target", help="only this target")
+    events.add_argument("--since", help="10m, 2h, 1d ago, or an ISO date/time")
+    events.add_argument("--until", help="10m, 2h, 1d ago, or an ISO date/time")
+    events.add_argument("--limit", type=int, default=1000, help="most recent N (default 1000)")
+    events.add_argument("--json", action="store_true", help="JSON instead of a table")
+    events.set_defaults(func=_cmd_events)
+    states = sub.add_parser("states", help="print the target state transition table")
+    states.set_defaults(func=_cmd_states)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .health import FailureTable, OutcomeClass
+from .health import FailureTable, HealthPolicy, OutcomeClass
+from .prober import ProbeSettings
 from .proxy import Flow, ProxySettings, Target
 from .sip import Limits, ParseError, TimerConfig, parse_uri
 
@@ -105,6 +106,67 @@ class TimersConfig(Strict):
     t4: Seconds = 5.0
 
 
+class HealthConfig(Strict):
+    consecutive_faults: int = Field(default=5, ge=1, le=1000)
+    window_size: int = Field(default=20, ge=1, le=10_000)
+    window_ratio: float = Field(default=0.5, gt=0, le=1)
+    window_min_volume: int = Field(default=10, ge=1, le=10_000)
+    probe_failures: int = Field(default=3, ge=1, le=100)
+    probe_successes: int = Field(default=2, ge=0, le=100)
+    trial_calls: int = Field(default=3, ge=0, le=100)
+    hold_down: Seconds = 30.0
+    hold_down_max: Seconds = 600.0
+    hold_down_window: Seconds = 600.0
+    hold_down_jitter: float = Field(default=0.1, ge=0, lt=1)
+    retry_after_max: Seconds = 600.0
+    suspect_outstanding: int = Field(default=3, ge=1, le=1000)
+    response_timeout_floor: Seconds = 0.3
+
+    @model_validator(mode="after")
+    def _window(self) -> HealthConfig:
+        if self.window_min_volume > self.window_size:
+            raise ValueError("window_min_volume cannot exceed window_size")
+        if self.hold_down_max < self.hold_down:
+            raise ValueError("hold_down_max cannot be shorter than hold_down")
+        return self
+
+
+_DEFAULT_DEAD: list[int | str] = [408, "5xx"]
+
+
+class ProbeConfig(Strict):
+    enabled: bool = True
+    interval: Seconds = 10.0
+    interval_out: Seconds = 2.0
+    timeout: Seconds = 2.0
+    dead: list[int | str] = Field(default_factory=lambda: _DEFAULT_DEAD.copy())
+
+    @field_validator("dead")
+    @classmethod
+    def _dead(cls, value: list[int | str]) -> list[int | str]:
+        for item in value:
+            if isinstance(item, int):
+                if not 200 <= item <= 699:
+                    raise ValueError(f"{item}: a status code is 200-699")
+            elif not (len(item) == 3 and item[0] in "23456" and item[1:] == "xx"):
+                raise ValueError(f"{item!r}: expected a status code or a class like 5xx")
+        return value
+
+    def dead_codes(self) -> frozenset[int]:
+        codes: set[int] = set()
+        for item in self.dead:
+            if isinstance(item, int):
+                codes.add(item)
+            else:
+                base = int(item[0]) * 100
+                codes.update(range(base, base + 100))
+        return frozenset(codes)
+
+
+class StoreConfig(Strict):
+    path: str = "trunkguard-events.db"
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -118,6 +180,9 @@ class RouterConfig(Strict):
     failures: dict[int, OutcomeClass] = Field(default_factory=dict)
     limits: LimitsConfig = LimitsConfig()
     timers: TimersConfig = TimersConfig()
+    health: HealthConfig = HealthConfig()
+    probe: ProbeConfig = ProbeConfig()
+    store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("failures")
@@ -189,6 +254,19 @@ class RouterConfig(Strict):
                 max_headers=self.limits.max_headers,
                 max_line=self.limits.max_line,
             ),
+        )
+
+    def health_policy(self) -> HealthPolicy:
+        h = self.health
+        return HealthPolicy(**h.model_dump(), invite_timeout=self.failover.invite_timeout)
+
+    def probe_settings(self) -> ProbeSettings:
+        p = self.probe
+        return ProbeSettings(
+            interval=p.interval,
+            interval_out=p.interval_out,
+            timeout=p.timeout,
+            dead=p.dead_codes(),
         )
 
     def targets(self) -> list[Target]:

@@ -44,6 +44,8 @@ class RouterProcess:
             "allow": ["127.0.0.0/8"],
             "carriers": [_carrier(*c) for c in carriers],
         }
+        # Each router keeps its own event log, so no state leaks from one test to the next.
+        config["store"] = {"path": str(workdir / "events.db")}
         if failover:
             config["failover"] = failover
         if extra:

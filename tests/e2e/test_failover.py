@@ -206,12 +206,16 @@ def test_100_concurrent_calls_with_half_rejected(tmp_path: Path) -> None:
     ):
         result = caller.wait()
         assert result.successful == 100 and result.failed == 0, result.describe()
-        assert a.received("INVITE") == 100
-        assert b.received("INVITE") == 50
-        assert a.responses_sent(503) == 50
+        # Every call a rejected went on to b; once a's failure ratio takes it out of
+        # rotation, calls go to b directly.
+        rejected = a.responses_sent(503)
+        assert b.received("INVITE") == rejected + (100 - a.received("INVITE"))
         counters = router.stop()
-    print(f"100 concurrent calls, carrier a rejecting half: {result.failed} failed at the caller")
-    assert counters["failovers"] == 50
+    print(
+        f"100 concurrent calls, carrier a rejecting half: {result.failed} failed at the caller;"
+        f" a saw {a.received('INVITE')} INVITEs and rejected {rejected}"
+    )
+    assert counters["failovers"] == rejected
     assert_nothing_open(counters)
 
 

@@ -1,5 +1,6 @@
-"""Health engine: outcome classification (and, later, per-target state). Pure: no I/O, no clock."""
+"""Health engine: outcome classification and per-target state. Pure: no I/O, no clock."""
 
+from ._engine import HealthEngine, HealthPolicy, StateChange, TargetHealth
 from ._outcome import (
     DEFAULT_STATUS_CLASSES,
     TIMEOUT,
@@ -8,12 +9,24 @@ from ._outcome import (
     OutcomeClass,
     Verdict,
 )
+from ._rto import ResponseTimer
+from ._state import IN_ROTATION, TRANSITIONS, Input, State, transition_table
 
 __all__ = [
     "DEFAULT_STATUS_CLASSES",
+    "IN_ROTATION",
     "TIMEOUT",
+    "TRANSITIONS",
     "UNREACHABLE",
     "FailureTable",
+    "HealthEngine",
+    "HealthPolicy",
+    "Input",
     "OutcomeClass",
+    "ResponseTimer",
+    "State",
+    "StateChange",
+    "TargetHealth",
     "Verdict",
+    "transition_table",
 ]

@@ -27,6 +27,15 @@ ANSWERED = "ANSWERED"  # a 2xx went to the caller
 DONE = "DONE"  # a non-2xx final went to the caller (or the caller cancelled)
 
 
+def retry_after(response: Response) -> float | None:
+    """Seconds of a Retry-After header (RFC 3261 §20.33), ignoring comment and params."""
+    value = response.get("retry-after")
+    if not value:
+        return None
+    digits = value.split("(", 1)[0].split(";", 1)[0].strip()
+    return float(digits) if digits.isascii() and digits.isdigit() and len(digits) < 9 else None
+
+
 def select_final(statuses: list[int | None]) -> int:
     """The response for the caller when every attempt failed (RFC 3261 §16.7 steps 6-7).
 
@@ -59,7 +68,9 @@ class Branch:
         "cleaned",
         "first_response",
         "flow",
+        "health_id",
         "id",
+        "ringing",
         "routes",
         "started",
         "target",
@@ -95,6 +106,8 @@ class Branch:
         self.cleaned = False
         self.timer: TimerHandle | None = None
         self.txn: ClientInvite | None = None
+        self.health_id = 0
+        self.ringing = False
 
 
 class Call:
@@ -171,9 +184,16 @@ class Call:
         self.proxy.respond(self.server, status, data, now)
 
     def _record(
-        self, branch: Branch, status: int | None, kind: str, verdict: Verdict | None, now: float
+        self,
+        branch: Branch,
+        status: int | None,
+        kind: str,
+        verdict: Verdict | None,
+        now: float,
+        retry_after: float | None = None,
     ) -> None:
         self.proxy.record_attempt(
+            branch,
             AttemptRecord(
                 call_id=self.request.call_id,
                 target=branch.target.name,
@@ -184,7 +204,8 @@ class Call:
                 started=branch.started,
                 ended=now,
                 first_response=branch.first_response,
-            )
+                retry_after=retry_after,
+            ),
         )
 
     def _stop_branch_timer(self, branch: Branch) -> None:
@@ -195,12 +216,16 @@ class Call:
     # -- inputs from the branch ----------------------------------------------------
     def on_response(self, branch: Branch, response: Response, now: float) -> None:
         status = response.status
+        if branch.first_response is None:
+            # Any response, even on a branch given up on, shows the target is alive.
+            branch.first_response = now
+            self.proxy.branch_answered(branch, now)
         if branch is not self.branch or branch.abandoned:
             self.proxy.clean_stray(branch, response, now)
             return
         if status < 200:
-            if branch.first_response is None:
-                branch.first_response = now
+            if not branch.ringing:
+                branch.ringing = True
                 self._stop_branch_timer(branch)
                 # Timer C: a branch may ring, but not for ever (RFC 3261 §16.6 step 11).
                 branch.timer = self.proxy.timers.schedule(
@@ -231,7 +256,7 @@ class Call:
                 self.proxy.open_dialog(self, branch, response, now)
             return
         verdict = branch.target.failures.classify(status)
-        self._record(branch, status, "response", verdict, now)
+        self._record(branch, status, "response", verdict, now, retry_after(response))
         if self.state != TRYING:
             return
         if verdict.failover:

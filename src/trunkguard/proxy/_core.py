@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
-from ..health import UNREACHABLE
+from ..health import UNREACHABLE, HealthEngine, StateChange
 from ..sip import (
     MAGIC_COOKIE,
     ClientInvite,
@@ -43,6 +45,8 @@ from ._call import Branch, Call
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, ProxySettings, Target
 
+log = logging.getLogger("trunkguard.proxy")
+
 # Our branches carry this after the magic cookie: a request that arrives with
 # one of them in a Via at our address has looped back to us.
 BRANCH_PREFIX = MAGIC_COOKIE + "tg"
@@ -55,11 +59,19 @@ def _derived_branch(seed: str) -> str:
     return BRANCH_PREFIX + hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
+class TxnOwner(Protocol):
+    """Who is told how a client transaction of its own ended (relays, probes)."""
+
+    def on_response(self, response: Response, now: float) -> None: ...
+
+    def on_failure(self, kind: str, now: float) -> None: ...
+
+
 @dataclass(slots=True)
 class ClientEntry:
     txn: ClientInvite | ClientNonInvite
     flow: Flow
-    owner: Branch | Relay | None
+    owner: Branch | TxnOwner | None
     key: str
     handle: TimerHandle | None = None
 
@@ -101,7 +113,8 @@ class Relay:
             return  # hop by hop: our own 100 already went up for INVITEs
         self.proxy.respond(self.server, response.status, response.without_top_via(), now)
 
-    def on_failure(self, now: float) -> None:
+    def on_failure(self, kind: str, now: float) -> None:
+        del kind
         txn = self.server.txn
         if txn.state in ("TRYING", "PROCEEDING"):
             data = make_response(txn.request, 408)
@@ -140,6 +153,9 @@ class Proxy:
         self.servers: dict[tuple[object, ...], ServerEntry] = {}
         self.dialogs: dict[str, Dialog] = {}
         self.on_attempt: Callable[[AttemptRecord], None] | None = None
+        self.on_state_change: Callable[[StateChange], None] | None = None
+        self.health: HealthEngine | None = None
+        self._health_timer: TimerHandle | None = None
         self._allowed: dict[str, bool] = {}
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
         host, port = settings.advertise
@@ -200,17 +216,42 @@ class Proxy:
 
     def _client_event(self, entry: ClientEntry, event: Event, now: float) -> None:
         owner = entry.owner
+        if owner is None:
+            return
         if isinstance(event, Deliver):
             if isinstance(owner, Branch):
                 owner.call.on_response(owner, event.response, now)
-            elif isinstance(owner, Relay):
+            else:
                 owner.on_response(event.response, now)
         elif isinstance(event, (TimedOut, TransportFailed)):
             kind = UNREACHABLE if isinstance(event, TransportFailed) else "timeout"
             if isinstance(owner, Branch):
                 owner.call.on_no_response(owner, kind, now)
-            elif isinstance(owner, Relay):
-                owner.on_failure(now)
+            else:
+                owner.on_failure(kind, now)
+
+    def send_request(
+        self, flow: Flow, build: Callable[[str], bytes], owner: TxnOwner, now: float
+    ) -> str:
+        """Send a request of our own (an OPTIONS probe) in a client transaction.
+
+        ``build`` gets the Via value to put on top; returns the transaction key,
+        which :meth:`forget_request` takes.
+        """
+        branch = self._new_branch()
+        data = build(self._via(flow, branch))
+        txn = ClientNonInvite(data, reliable=flow.transport != "udp", timers=self.settings.timers)
+        entry = ClientEntry(txn, flow, owner, branch)
+        self.clients[branch] = entry
+        self._drive(entry, txn.start(now), now)
+        return branch
+
+    def forget_request(self, key: str) -> None:
+        """Stop a request of our own: no more retransmissions, later responses are strays."""
+        entry = self.clients.pop(key, None)
+        if entry is not None and entry.handle is not None:
+            entry.handle.cancel()
+            entry.handle = None
 
     # -- input ------------------------------------------------------------------------
     def receive(self, data: bytes, source: Flow, now: float) -> None:
@@ -356,8 +397,26 @@ class Proxy:
         call.start(now)
 
     def plan(self, request: Request) -> list[Target]:
-        """The ordered targets for a new call (the carrier list; routing replaces this)."""
+        """The ordered targets for a new call: the carriers in config order, minus those out.
+
+        Targets the health engine keeps out of rotation are skipped, so a dead
+        carrier costs a call no post-dial delay. When every target is out, the
+        panic rule uses them all in normal order: a dead route and a route we
+        merely distrust must not look the same to the caller.
+        """
         del request
+        health = self.health
+        if health is None:
+            return self.targets
+        admitted = [t for t in self.targets if health.admits(t.name)]
+        if admitted:
+            return admitted
+        self.counters["panic_plans"] += 1
+        if self.counters["panic_plans"] == 1 or self.counters["panic_plans"] % 1000 == 0:
+            log.warning(
+                "panic: every target is out of rotation (%s); trying them all in order",
+                ", ".join(f"{t.name} {health.state(t.name)}" for t in self.targets),
+            )
         return self.targets
 
     def _server(
@@ -413,9 +472,12 @@ class Proxy:
         branch.txn = txn
         entry = ClientEntry(txn, flow, branch, branch_id)
         self.clients[branch_id] = entry
-        branch.timer = self.timers.schedule(
-            now + self.settings.invite_timeout, partial(call.on_invite_timeout, branch)
-        )
+        timeout = self.settings.invite_timeout
+        if self.health is not None:
+            branch.health_id = self.health.attempt_started(target.name, now)
+            timeout = min(timeout, self.health.response_timeout(target.name))
+            self._retime_health()
+        branch.timer = self.timers.schedule(now + timeout, partial(call.on_invite_timeout, branch))
         self.counters[f"invites_to:{target.name}"] += 1
         self._drive(entry, txn.start(now), now)
         return branch
@@ -501,10 +563,59 @@ class Proxy:
         self.counters["stray_byes_sent"] += 1
         self._drive(entry, txn.start(now), now)
 
-    def record_attempt(self, record: AttemptRecord) -> None:
+    def record_attempt(self, branch: Branch, record: AttemptRecord) -> None:
         self.counters[f"attempts:{record.kind}"] += 1
         if self.on_attempt is not None:
             self.on_attempt(record)
+        health = self.health
+        if health is None:
+            return
+        now = record.ended
+        changes: list[StateChange] = []
+        if record.kind == UNREACHABLE:
+            changes += health.unreachable(record.target, now, "port unreachable")
+        what = str(record.status) if record.status is not None else record.kind
+        changes += health.attempt_ended(
+            record.target,
+            branch.health_id,
+            record.verdict,
+            now,
+            what=what,
+            retry_after=record.retry_after,
+        )
+        self.apply_health_changes(changes)
+
+    def branch_answered(self, branch: Branch, now: float) -> None:
+        """The first response on a branch: a sample for the target's adaptive timer."""
+        if self.health is not None:
+            self.apply_health_changes(
+                self.health.first_response(branch.target.name, branch.health_id, now)
+            )
+
+    def apply_health_changes(self, changes: list[StateChange]) -> None:
+        for change in changes:
+            self.counters[f"state:{change.target}:{change.new}"] += 1
+            if self.on_state_change is not None:
+                self.on_state_change(change)
+        self._retime_health()
+
+    def _retime_health(self) -> None:
+        if self.health is None:
+            return
+        deadline = self.health.next_deadline()
+        handle = self._health_timer
+        if handle is not None and not handle.cancelled:
+            if handle.when == deadline:
+                return
+            handle.cancel()
+        self._health_timer = (
+            None if deadline is None else self.timers.schedule(deadline, self._on_health_timer)
+        )
+
+    def _on_health_timer(self, now: float) -> None:
+        self._health_timer = None
+        if self.health is not None:
+            self.apply_health_changes(self.health.tick(now))
 
     # -- CANCEL, ACK, dialogs ----------------------------------------------------------------
     def _on_cancel(

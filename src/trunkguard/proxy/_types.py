@@ -59,6 +59,7 @@ class AttemptRecord:
     started: float
     ended: float
     first_response: float | None  # time of the first 100/18x, for post-dial delay
+    retry_after: float | None = None  # a 503's Retry-After, seconds
 
     @property
     def post_dial_delay(self) -> float | None:

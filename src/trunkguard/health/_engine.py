@@ -1,0 +1,358 @@
+"""The health engine: outcomes and probe results in, target states and events out.
+
+Pure and deterministic: every method takes ``now``; jitter comes from a
+``random.Random`` the caller seeds. The proxy reports each attempt (start,
+first response, end), the prober reports each OPTIONS result, and the
+engine answers with :class:`StateChange` events, each with the reason a
+person can read ("5 consecutive 503 from a").
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from ._outcome import OutcomeClass, Verdict
+from ._rto import ResponseTimer
+from ._state import TRANSITIONS, Input, State
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Thresholds; every number here has a config key of the same name."""
+
+    consecutive_faults: int = 5
+    window_size: int = 20
+    window_ratio: float = 0.5
+    window_min_volume: int = 10
+    probe_failures: int = 3
+    probe_successes: int = 2
+    trial_calls: int = 3
+    hold_down: float = 30.0
+    hold_down_max: float = 600.0
+    hold_down_window: float = 600.0
+    hold_down_jitter: float = 0.1  # +/- fraction
+    retry_after_max: float = 600.0
+    suspect_outstanding: int = 3
+    invite_timeout: float = 2.0
+    response_timeout_floor: float = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    target: str
+    old: State
+    new: State
+    reason: str
+    at: float
+    counts: dict[str, int] = field(default_factory=dict)
+    hold_down: float | None = None  # seconds, when the change starts one
+
+
+@dataclass(slots=True)
+class TargetHealth:
+    """Everything the engine knows about one target."""
+
+    name: str
+    state: State = State.UP
+    since: float = 0.0
+    reason: str = "start"
+    consecutive_faults: int = 0
+    last_fault: str = ""
+    window: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
+    probe_fail_streak: int = 0
+    probe_ok_streak: int = 0
+    trials_passed: int = 0
+    trial_in_flight: bool = False
+    trips: int = 0
+    last_trip: float | None = None
+    hold_down: float = 0.0
+    hold_down_until: float | None = None
+    retry_after: float = 0.0
+    forced_until: float | None = None
+    outstanding: dict[int, float] = field(default_factory=dict)  # attempt id -> started
+    suspect_since: float | None = None
+    timer: ResponseTimer = field(default_factory=ResponseTimer)
+    attempts: int = 0
+    faults: int = 0
+
+
+class HealthEngine:
+    def __init__(
+        self,
+        targets: list[str],
+        policy: HealthPolicy | None = None,
+        rng: random.Random | None = None,
+        probes_enabled: bool = True,
+    ) -> None:
+        self.policy = policy or HealthPolicy()
+        self.rng = rng or random.Random()
+        self.probes_enabled = probes_enabled
+        self.targets: dict[str, TargetHealth] = {}
+        for name in targets:
+            self.add_target(name)
+        self._next_attempt = 0
+
+    def add_target(self, name: str) -> TargetHealth:
+        p = self.policy
+        health = TargetHealth(name, window=deque(maxlen=p.window_size))
+        health.timer = ResponseTimer(floor=p.response_timeout_floor, cap=p.invite_timeout)
+        self.targets[name] = health
+        return health
+
+    def load_state(
+        self,
+        name: str,
+        state: State,
+        now: float,
+        *,
+        reason: str,
+        until: float | None = None,
+        hold_down: float = 0.0,
+        last_trip: float | None = None,
+    ) -> None:
+        """Put a target back in the state it had when the router stopped (from the event log).
+
+        ``until`` is the end of its hold-down or forced-down period on this
+        engine's clock. SUSPECT is transient and comes back as UP.
+        """
+        h = self.targets.get(name)
+        if h is None:
+            return
+        if state is State.SUSPECT:
+            state = State.UP
+        h.state, h.since, h.reason = state, now, f"restored after restart: {reason}"
+        h.hold_down = hold_down
+        h.last_trip = last_trip
+        if state is State.DOWN:
+            h.hold_down_until = until if until is not None else now
+        elif state is State.FORCED_DOWN:
+            h.forced_until = until
+
+    # -- reading ----------------------------------------------------------------------
+    def state(self, name: str) -> State:
+        return self.targets[name].state
+
+    def response_timeout(self, name: str) -> float:
+        """How long an INVITE to ``name`` may wait for its first response before failing over."""
+        return self.targets[name].timer.timeout()
+
+    def admits(self, name: str) -> bool:
+        """May a new call be sent to ``name`` now? PROBING admits one trial at a time."""
+        h = self.targets[name]
+        if h.state is State.UP:
+            return True
+        if h.state is State.PROBING:
+            probes_done = (
+                not self.probes_enabled or h.probe_ok_streak >= self.policy.probe_successes
+            )
+            return probes_done and not h.trial_in_flight
+        return False
+
+    def next_deadline(self) -> float | None:
+        times = [
+            t
+            for h in self.targets.values()
+            for t in (h.hold_down_until, h.forced_until)
+            if t is not None
+        ]
+        for h in self.targets.values():
+            if h.state is State.UP and h.outstanding:
+                times.append(min(h.outstanding.values()) + h.timer.timeout())
+            elif h.state is State.SUSPECT and h.suspect_since is not None:
+                times.append(h.suspect_since + self.policy.invite_timeout)
+        return min(times) if times else None
+
+    # -- moves ------------------------------------------------------------------------------
+    def _move(self, h: TargetHealth, what: Input, reason: str, now: float) -> list[StateChange]:
+        old = h.state
+        new = TRANSITIONS.get((old, what))
+        if new is None:
+            return []
+        h.state, h.since, h.reason = new, now, reason
+        hold = None
+        if new is State.DOWN:
+            hold = self._start_hold_down(h, now)
+        if new is not State.SUSPECT:
+            h.suspect_since = None
+        if new in (State.DOWN, State.PROBING):
+            h.probe_ok_streak = 0
+            h.trials_passed = 0
+            h.trial_in_flight = False
+        if new is State.UP:
+            h.consecutive_faults = 0
+            h.window.clear()
+            h.hold_down_until = None
+            h.forced_until = None
+        if old is State.FORCED_DOWN:
+            h.forced_until = None
+        counts = {
+            "consecutive_faults": h.consecutive_faults,
+            "window_failures": sum(1 for ok in h.window if not ok),
+            "window_size": len(h.window),
+            "trips": h.trips,
+        }
+        return [StateChange(h.name, old, new, reason, now, counts, hold)]
+
+    def _start_hold_down(self, h: TargetHealth, now: float) -> float:
+        p = self.policy
+        if h.last_trip is not None and now - h.last_trip <= p.hold_down_window:
+            h.hold_down = min(max(h.hold_down, p.hold_down) * 2, p.hold_down_max)
+        else:
+            h.hold_down = p.hold_down
+        h.trips += 1
+        h.last_trip = now
+        jitter = 1 + self.rng.uniform(-p.hold_down_jitter, p.hold_down_jitter)
+        hold = min(h.hold_down * jitter, p.hold_down_max)
+        # A 503's Retry-After is a floor: do not come back before the carrier asked.
+        hold = max(hold, min(h.retry_after, p.retry_after_max))
+        h.retry_after = 0.0
+        h.hold_down_until = now + hold
+        h.consecutive_faults = 0
+        h.window.clear()
+        return hold
+
+    # -- calls -------------------------------------------------------------------------------
+    def attempt_started(self, name: str, now: float) -> int:
+        """An INVITE left for ``name``; returns the attempt id for the calls below."""
+        h = self.targets[name]
+        self._next_attempt += 1
+        h.outstanding[self._next_attempt] = now
+        if h.state is State.PROBING:
+            h.trial_in_flight = True
+        return self._next_attempt
+
+    def first_response(self, name: str, attempt: int, now: float) -> list[StateChange]:
+        """The first 100/18x (or any response) for ``attempt``: the carrier is alive."""
+        h = self.targets[name]
+        started = h.outstanding.pop(attempt, None)
+        if started is not None:
+            h.timer.sample(now - started)
+        if h.state is State.SUSPECT:
+            return self._move(h, Input.ANSWERED, "answered again while suspect", now)
+        return []
+
+    def attempt_ended(
+        self,
+        name: str,
+        attempt: int,
+        verdict: Verdict | None,
+        now: float,
+        *,
+        what: str,
+        retry_after: float | None = None,
+    ) -> list[StateChange]:
+        """How the attempt ended; ``what`` names it for reasons ("503", "timeout")."""
+        h = self.targets[name]
+        h.outstanding.pop(attempt, None)
+        trial = h.state is State.PROBING and h.trial_in_flight
+        if verdict is None or verdict.klass is OutcomeClass.NEUTRAL:
+            if trial:
+                h.trial_in_flight = False
+            return []
+        h.attempts += 1
+        if verdict.klass is OutcomeClass.SUCCESS or not verdict.counts_against:
+            h.consecutive_faults = 0
+            h.window.append(True)
+            if trial and verdict.klass is OutcomeClass.SUCCESS:
+                h.trial_in_flight = False
+                h.trials_passed += 1
+                if h.trials_passed >= self.policy.trial_calls:
+                    reason = f"{h.trials_passed} trial calls answered"
+                    return self._move(h, Input.RECOVERED, reason, now)
+            elif trial:
+                h.trial_in_flight = False
+            return []
+        h.faults += 1
+        h.consecutive_faults += 1
+        h.window.append(False)
+        h.last_fault = what
+        if retry_after:
+            h.retry_after = max(h.retry_after, retry_after)
+        if trial:
+            return self._move(h, Input.TRIAL_FAILED, f"trial call failed: {what}", now)
+        return self._check_trip(h, now)
+
+    def _check_trip(self, h: TargetHealth, now: float) -> list[StateChange]:
+        p = self.policy
+        if h.consecutive_faults >= p.consecutive_faults:
+            reason = f"{h.consecutive_faults} consecutive {h.last_fault} from {h.name}"
+            return self._move(h, Input.TRIP, reason, now)
+        failures = sum(1 for ok in h.window if not ok)
+        if len(h.window) >= p.window_min_volume and failures / len(h.window) >= p.window_ratio:
+            reason = f"{failures} of the last {len(h.window)} attempts to {h.name} failed"
+            return self._move(h, Input.TRIP, reason, now)
+        return []
+
+    def unreachable(self, name: str, now: float, detail: str) -> list[StateChange]:
+        """ICMP port unreachable or TCP refused: no need to wait for a string of faults."""
+        h = self.targets[name]
+        return self._move(h, Input.TRIP, f"{name} unreachable: {detail}", now)
+
+    # -- probes ------------------------------------------------------------------------------
+    def probe_result(self, name: str, ok: bool, now: float, detail: str) -> list[StateChange]:
+        h = self.targets[name]
+        p = self.policy
+        if ok:
+            h.probe_fail_streak = 0
+            if h.state is State.PROBING:
+                h.probe_ok_streak += 1
+            return []
+        h.probe_ok_streak = 0
+        h.probe_fail_streak += 1
+        if h.state is State.PROBING:
+            return self._move(h, Input.PROBE_FAILED, f"probe failed while probing: {detail}", now)
+        if h.probe_fail_streak >= p.probe_failures and h.state in (State.UP, State.SUSPECT):
+            reason = f"{h.probe_fail_streak} OPTIONS {detail}"
+            return self._move(h, Input.TRIP, reason, now)
+        return []
+
+    # -- the operator --------------------------------------------------------------------------
+    def drain(
+        self, name: str, now: float, reason: str = "drained by operator"
+    ) -> list[StateChange]:
+        return self._move(self.targets[name], Input.DRAIN, reason, now)
+
+    def force_down(self, name: str, until: float, now: float, reason: str) -> list[StateChange]:
+        h = self.targets[name]
+        changes = self._move(h, Input.FORCE_DOWN, reason, now)
+        if h.state is State.FORCED_DOWN:
+            h.forced_until = until
+        return changes
+
+    def restore(
+        self, name: str, now: float, reason: str = "restored by operator"
+    ) -> list[StateChange]:
+        return self._move(self.targets[name], Input.RESTORE, reason, now)
+
+    # -- time ----------------------------------------------------------------------------------
+    def tick(self, now: float) -> list[StateChange]:
+        """Hold-downs that ended, forced-downs that revert, INVITEs unanswered too long."""
+        out: list[StateChange] = []
+        p = self.policy
+        for h in self.targets.values():
+            if (
+                h.state is State.FORCED_DOWN
+                and h.forced_until is not None
+                and now >= h.forced_until
+            ):
+                out += self._move(h, Input.RESTORE, "forced-down period over", now)
+            elif (
+                h.state is State.DOWN and h.hold_down_until is not None and now >= h.hold_down_until
+            ):
+                out += self._move(
+                    h, Input.HOLD_DOWN_OVER, f"hold-down of {h.hold_down:.0f}s over", now
+                )
+            elif h.state is State.SUSPECT and h.suspect_since is not None:
+                if now - h.suspect_since >= p.invite_timeout:
+                    reason = f"no answer for {p.invite_timeout:.1f}s after turning suspect"
+                    out += self._move(h, Input.SILENCE_CONFIRMED, reason, now)
+            elif h.state is State.UP and h.outstanding:
+                limit = h.timer.timeout()
+                late = sum(1 for t in h.outstanding.values() if now - t >= limit)
+                if late >= p.suspect_outstanding:
+                    reason = f"{late} INVITEs unanswered after {limit * 1000:.0f} ms"
+                    out += self._move(h, Input.SILENT, reason, now)
+                    h.suspect_since = now
+        return out

@@ -1,0 +1,100 @@
+"""The router assembled: proxy core, health engine, prober and event log, from one config.
+
+The health engine runs on the event loop's monotonic clock; the event log
+keeps wall-clock times, which still mean something after a restart. This is
+the one place that converts between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .config import RouterConfig
+from .health import HealthEngine, State, StateChange
+from .prober import Prober
+from .proxy import Proxy
+from .store import EventStore
+
+log = logging.getLogger("trunkguard.health")
+
+
+class Runtime:
+    def __init__(self, config: RouterConfig, store: EventStore | None = None) -> None:
+        self.config = config
+        self.proxy = Proxy(config.proxy_settings(), config.targets())
+        names = [t.name for t in self.proxy.targets]
+        self.health = HealthEngine(
+            names, config.health_policy(), probes_enabled=config.probe.enabled
+        )
+        self.proxy.health = self.health
+        self.proxy.on_state_change = self._on_change
+        self.store = store if store is not None else EventStore(config.store.path)
+        self.prober = (
+            Prober(self.proxy, self.health, config.probe_settings())
+            if config.probe.enabled
+            else None
+        )
+        self._clock = 0.0  # monotonic "now" of the last call into us
+        self._offset = time.time()  # wall clock minus monotonic clock
+
+    def _wall(self, mono: float) -> float:
+        return mono + self._offset
+
+    def start(self, now: float) -> None:
+        """Restore target states from the event log, then start probing."""
+        self._clock = now
+        self._offset = time.time() - now
+        wall_now = time.time()
+        for name, row in self.store.last_states().items():
+            if name not in self.health.targets:
+                continue
+            state = State(row.new)
+            if state is State.UP:
+                continue
+            until = None if row.until is None else now + (row.until - wall_now)
+            self.health.load_state(
+                name,
+                state,
+                now,
+                reason=row.reason,
+                until=until,
+                hold_down=row.hold_down or 0.0,
+                last_trip=now - (wall_now - row.at) if state is State.DOWN else None,
+            )
+            log.info("%s restored as %s (%s)", name, state, row.reason)
+        if self.prober is not None:
+            self.prober.start(now)
+        self.proxy.apply_health_changes([])  # arms the engine's first deadline
+
+    def _on_change(self, change: StateChange) -> None:
+        until = None
+        if change.new is State.DOWN and change.hold_down is not None:
+            until = self._wall(change.at + change.hold_down)
+        elif change.new is State.FORCED_DOWN:
+            forced = self.health.targets[change.target].forced_until
+            until = None if forced is None else self._wall(forced)
+        extra = f" for {change.hold_down:.0f}s" if change.hold_down else ""
+        level = logging.WARNING if change.new in (State.DOWN, State.SUSPECT) else logging.INFO
+        log.log(
+            level, "%s: %s -> %s%s: %s", change.target, change.old, change.new, extra, change.reason
+        )
+        self.store.record(change, self._wall(change.at), until)
+
+    def drain(self, name: str, now: float) -> list[StateChange]:
+        changes = self.health.drain(name, now)
+        self.proxy.apply_health_changes(changes)
+        return changes
+
+    def force_down(self, name: str, seconds: float, now: float, why: str) -> list[StateChange]:
+        changes = self.health.force_down(name, now + seconds, now, why)
+        self.proxy.apply_health_changes(changes)
+        return changes
+
+    def restore(self, name: str, now: float) -> list[StateChange]:
+        changes = self.health.restore(name, now)
+        self.proxy.apply_health_changes(changes)
+        return changes
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,5 @@
+"""Durable records: the state-change event log (SQLite, embedded)."""
+
+from ._events import EventRow, EventStore
+
+__all__ = ["EventRow", "EventStore"]
