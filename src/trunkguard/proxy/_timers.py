@@ -1,8 +1,9 @@
 """One heap of deadlines for everything the proxy waits on.
 
-The asyncio layer keeps a single ``call_at`` armed for :meth:`next_deadline`;
-cancelled entries stay in the heap and are skipped when they come up, which
-keeps both schedule and cancel O(log n).
+The asyncio layer keeps a single ``call_at`` armed for :meth:`next_deadline`.
+Cancelling only marks an entry; marked entries are skipped when they come up,
+and the heap is rebuilt without them once they are the majority, so a ring
+timer cancelled 3 minutes early does not hold memory for those 3 minutes.
 """
 
 from __future__ import annotations
@@ -11,35 +12,47 @@ import heapq
 import itertools
 from collections.abc import Callable
 
+_COMPACT_MIN = 4096
+
 
 class TimerHandle:
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "queue", "when")
 
-    def __init__(self, when: float, callback: Callable[[float], object]) -> None:
+    def __init__(self, queue: TimerQueue, when: float, callback: Callable[[float], object]) -> None:
+        self.queue = queue
         self.when = when
         self.callback = callback
         self.cancelled = False
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.queue.cancelled += 1
 
 
 class TimerQueue:
-    __slots__ = ("_count", "_heap")
+    __slots__ = ("_count", "_heap", "cancelled")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._count = itertools.count()
+        self.cancelled = 0  # cancelled entries still in the heap
 
     def schedule(self, when: float, callback: Callable[[float], object]) -> TimerHandle:
-        handle = TimerHandle(when, callback)
-        heapq.heappush(self._heap, (when, next(self._count), handle))
+        handle = TimerHandle(self, when, callback)
+        heap = self._heap
+        heapq.heappush(heap, (when, next(self._count), handle))
+        if self.cancelled > _COMPACT_MIN and self.cancelled * 2 > len(heap):
+            self._heap = [entry for entry in heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self.cancelled = 0
         return handle
 
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
+            self.cancelled -= 1
         return heap[0][0] if heap else None
 
     def run_due(self, now: float) -> int:
@@ -49,11 +62,13 @@ class TimerQueue:
         while heap and heap[0][0] <= now:
             _, _, handle = heapq.heappop(heap)
             if handle.cancelled:
+                self.cancelled -= 1
                 continue
-            handle.cancelled = True
+            handle.cancelled = True  # fired: a later cancel() is a no-op
             handle.callback(now)
             ran += 1
+            heap = self._heap  # a callback may have compacted the heap
         return ran
 
     def __len__(self) -> int:
-        return sum(1 for _, _, h in self._heap if not h.cancelled)
+        return len(self._heap) - self.cancelled
