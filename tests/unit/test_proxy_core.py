@@ -398,3 +398,13 @@ def test_request_that_cannot_be_framed_still_gets_400() -> None:
     assert isinstance(response, Response) and response.call_id == "c12"
     assert "Content-Length" in (response.get("warning") or "")
     assert net.sent_to(A, out) == []
+
+
+def test_warning_text_cannot_break_the_header() -> None:
+    net = Net()
+    bad = invite("c13").replace(b"CSeq: 1 INVITE", b'CSeq: 1 "INV\\\\ITE')
+    net.feed(bad, CALLER)
+    out = net.take()
+    assert responses(out, CALLER) == [400]
+    warning = out[0][1].get("warning") or ""
+    assert warning.startswith('399 trunkguard "') and warning.count('"') == 2

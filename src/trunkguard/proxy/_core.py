@@ -286,7 +286,9 @@ class Proxy:
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
         self.counters[f"rejected_{status}"] += 1
-        extra = [("Warning", f'399 trunkguard "{why[:200]}"')] if why else []
+        # The reason quotes bytes from the request: keep it one safe quoted-string.
+        text = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "?" for c in why[:200])
+        extra = [("Warning", f'399 trunkguard "{text}"')] if why else []
         try:
             data = make_response(request, status, to_tag=self.tag, extra=extra)
         except ParseError:
