@@ -9,6 +9,7 @@ person can read ("5 consecutive 503 from a").
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ class TargetHealth:
     last_trip: float | None = None
     hold_down: float = 0.0
     hold_down_until: float | None = None
-    retry_after: float = 0.0
+    retry_until: float | None = None  # a 503's Retry-After, as the time it names (capped)
     forced_until: float | None = None
     outstanding: dict[int, float] = field(default_factory=dict)  # attempt id -> started
     suspect_since: float | None = None
@@ -157,9 +158,12 @@ class HealthEngine:
             for t in (h.hold_down_until, h.forced_until)
             if t is not None
         ]
+        k = self.policy.suspect_outstanding
         for h in self.targets.values():
-            if h.state is State.UP and h.outstanding:
-                times.append(min(h.outstanding.values()) + h.timer.timeout())
+            if h.state is State.UP and len(h.outstanding) >= k:
+                # tick() acts when the k-th oldest INVITE is late, not the oldest alone: an
+                # earlier deadline would fire, change nothing and be re-armed in the past.
+                times.append(heapq.nsmallest(k, h.outstanding.values())[-1] + h.timer.timeout())
             elif h.state is State.SUSPECT and h.suspect_since is not None:
                 times.append(h.suspect_since + self.policy.invite_timeout)
         return min(times) if times else None
@@ -170,29 +174,32 @@ class HealthEngine:
         new = TRANSITIONS.get((old, what))
         if new is None:
             return []
+        # The counts that explain the move, taken before the hold-down clears them.
+        counts = {
+            "consecutive_faults": h.consecutive_faults,
+            "window_failures": sum(1 for ok in h.window if not ok),
+            "window_size": len(h.window),
+        }
         h.state, h.since, h.reason = new, now, reason
         hold = None
         if new is State.DOWN:
             hold = self._start_hold_down(h, now)
         if new is not State.SUSPECT:
             h.suspect_since = None
+        if new is not State.DOWN:
+            h.hold_down_until = None  # a stale deadline would fire for ever (see next_deadline)
         if new in (State.DOWN, State.PROBING):
             h.probe_ok_streak = 0
             h.trials_passed = 0
             h.trial_in_flight = False
         if new is State.UP:
             h.consecutive_faults = 0
+            h.probe_fail_streak = 0  # "K failed probes in a row" counts from here, not from DOWN
             h.window.clear()
-            h.hold_down_until = None
             h.forced_until = None
         if old is State.FORCED_DOWN:
             h.forced_until = None
-        counts = {
-            "consecutive_faults": h.consecutive_faults,
-            "window_failures": sum(1 for ok in h.window if not ok),
-            "window_size": len(h.window),
-            "trips": h.trips,
-        }
+        counts["trips"] = h.trips
         return [StateChange(h.name, old, new, reason, now, counts, hold)]
 
     def _start_hold_down(self, h: TargetHealth, now: float) -> float:
@@ -205,9 +212,11 @@ class HealthEngine:
         h.last_trip = now
         jitter = 1 + self.rng.uniform(-p.hold_down_jitter, p.hold_down_jitter)
         hold = min(h.hold_down * jitter, p.hold_down_max)
-        # A 503's Retry-After is a floor: do not come back before the carrier asked.
-        hold = max(hold, min(h.retry_after, p.retry_after_max))
-        h.retry_after = 0.0
+        # A 503's Retry-After is a floor: do not come back before the carrier asked. It
+        # counts from the 503 that carried it, so an old one does not lengthen a later trip.
+        if h.retry_until is not None:
+            hold = max(hold, h.retry_until - now)
+            h.retry_until = None
         h.hold_down_until = now + hold
         h.consecutive_faults = 0
         h.window.clear()
@@ -269,7 +278,8 @@ class HealthEngine:
         h.window.append(False)
         h.last_fault = what
         if retry_after:
-            h.retry_after = max(h.retry_after, retry_after)
+            until = now + min(retry_after, self.policy.retry_after_max)
+            h.retry_until = until if h.retry_until is None else max(h.retry_until, until)
         if trial:
             return self._move(h, Input.TRIAL_FAILED, f"trial call failed: {what}", now)
         return self._check_trip(h, now)
@@ -345,12 +355,12 @@ class HealthEngine:
                     h, Input.HOLD_DOWN_OVER, f"hold-down of {h.hold_down:.0f}s over", now
                 )
             elif h.state is State.SUSPECT and h.suspect_since is not None:
-                if now - h.suspect_since >= p.invite_timeout:
+                if now >= h.suspect_since + p.invite_timeout:
                     reason = f"no answer for {p.invite_timeout:.1f}s after turning suspect"
                     out += self._move(h, Input.SILENCE_CONFIRMED, reason, now)
             elif h.state is State.UP and h.outstanding:
                 limit = h.timer.timeout()
-                late = sum(1 for t in h.outstanding.values() if now - t >= limit)
+                late = sum(1 for t in h.outstanding.values() if now >= t + limit)
                 if late >= p.suspect_outstanding:
                     reason = f"{late} INVITEs unanswered after {limit * 1000:.0f} ms"
                     out += self._move(h, Input.SILENT, reason, now)
