@@ -80,6 +80,8 @@ class Runtime:
             level, "%s: %s -> %s%s: %s", change.target, change.old, change.new, extra, change.reason
         )
         self.store.record(change, self._wall(change.at), until)
+        if self.prober is not None:
+            self.prober.state_changed(change)
 
     def drain(self, name: str, now: float) -> list[StateChange]:
         changes = self.health.drain(name, now)

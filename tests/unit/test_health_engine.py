@@ -393,14 +393,26 @@ def test_operator_moves_on_a_down_target_leave_no_stale_deadline() -> None:
 
 def test_a_restored_target_needs_k_probe_failures_again() -> None:
     f = feed()
-    f.call("a", UNREACHABLE)
-    for _ in range(10):  # the prober keeps failing while the carrier is DOWN
+    for _ in range(2):  # lost keepalives while UP, short of the K that trips
         f.probe("a", False)
     f.engine.drain("a", 1.0)
     f.engine.restore("a", 2.0)
+    assert f.engine.state("a") is State.UP
     assert f.probe("a", False) + f.probe("a", False) == []
     [change] = f.probe("a", False)
     assert change.reason == "3 OPTIONS timeouts"
+
+
+def test_a_target_out_for_its_health_comes_back_from_the_operator_through_probing() -> None:
+    f = feed()
+    f.call("a", UNREACHABLE)
+    f.engine.drain("a", 1.0)
+    [change] = f.engine.restore("a", 2.0)
+    assert (change.old, change.new) == (State.DRAINED, State.PROBING)
+    assert not f.engine.admits("a")  # good probes first, then trial calls
+    f.engine.force_down("a", until=10.0, now=3.0, reason="drill")
+    [change] = f.engine.tick(10.0)
+    assert (change.old, change.new) == (State.FORCED_DOWN, State.PROBING)
 
 
 # -- 9. hold-down doubling -----------------------------------------------------------------------

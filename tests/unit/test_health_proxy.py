@@ -293,3 +293,16 @@ def test_a_probing_target_with_a_free_trial_slot_is_in_the_plan() -> None:
     assert {lab.health.state(n) for n in ("a", "b", "c")} == {PROBING}
     assert [t.name for t in lab.proxy.plan(_request())] == ["a", "b", "c"]
     assert lab.proxy.counters["panic_plans"] == 0
+
+
+def test_a_carrier_that_goes_out_is_probed_on_the_faster_schedule_at_once() -> None:
+    probes = ProbeSettings(interval=10.0, interval_out=2.0, timeout=1.0)
+    lab = Lab({A: answers(200), B: answers(200), C: answers(200)}, probes=probes)
+    assert lab.prober is not None
+    lab.proxy.on_state_change = lambda c: (lab.changes.append(c), lab.prober.state_changed(c))
+    lab.step(1.5)  # the first probes went out; the next ones are ~10 s away
+    before = lab.proxy.counters["probes_to:a"]
+    lab.trip("a")
+    lab.step(2.1)
+    assert lab.proxy.counters["probes_to:a"] == before + 1  # not 10 s later
+    assert lab.proxy.counters["probes_to:b"] == 1

@@ -14,9 +14,11 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from ._outcome import OutcomeClass, Verdict
+from ._outcome import TIMEOUT, OutcomeClass, Verdict
 from ._rto import ResponseTimer
 from ._state import TRANSITIONS, Input, State
+
+_OPERATOR = (State.DRAINED, State.FORCED_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class TargetHealth:
     hold_down_until: float | None = None
     retry_until: float | None = None  # a 503's Retry-After, as the time it names (capped)
     forced_until: float | None = None
+    before_operator: State = State.UP  # the health state a drain or force-down interrupted
     outstanding: dict[int, float] = field(default_factory=dict)  # attempt id -> started
     suspect_since: float | None = None
     timer: ResponseTimer = field(default_factory=ResponseTimer)
@@ -180,6 +183,8 @@ class HealthEngine:
             "window_failures": sum(1 for ok in h.window if not ok),
             "window_size": len(h.window),
         }
+        if new in _OPERATOR and old not in _OPERATOR:
+            h.before_operator = old
         h.state, h.since, h.reason = new, now, reason
         hold = None
         if new is State.DOWN:
@@ -226,11 +231,21 @@ class HealthEngine:
     def attempt_started(self, name: str, now: float) -> int:
         """An INVITE left for ``name``; returns the attempt id for the calls below."""
         h = self.targets[name]
+        self._prune(h, now)
         self._next_attempt += 1
         h.outstanding[self._next_attempt] = now
         if h.state is State.PROBING:
             h.trial_in_flight = True
         return self._next_attempt
+
+    def _prune(self, h: TargetHealth, now: float) -> None:
+        # An INVITE unanswered for twice invite_timeout has had its chance: it no longer
+        # counts as outstanding (nor, answered later, as a sample). Twice, so that one
+        # late at invite_timeout itself (before any sample) still counts as late.
+        limit = 2 * self.policy.invite_timeout
+        stale = [a for a, t in h.outstanding.items() if t + limit <= now]
+        for a in stale:
+            del h.outstanding[a]
 
     def first_response(self, name: str, attempt: int, now: float) -> list[StateChange]:
         """The first 100/18x (or any response) for ``attempt``: the carrier is alive."""
@@ -252,9 +267,15 @@ class HealthEngine:
         what: str,
         retry_after: float | None = None,
     ) -> list[StateChange]:
-        """How the attempt ended; ``what`` names it for reasons ("503", "timeout")."""
+        """How the attempt ended; ``what`` names it for reasons ("503", "timeout").
+
+        A timed-out INVITE stays outstanding: the call has moved on, but the
+        carrier may still answer it (a late sample widens its timer), and
+        several of them late at once is what makes a carrier SUSPECT.
+        """
         h = self.targets[name]
-        h.outstanding.pop(attempt, None)
+        if what != TIMEOUT:
+            h.outstanding.pop(attempt, None)
         trial = h.state is State.PROBING and h.trial_in_flight
         if verdict is None or verdict.klass is OutcomeClass.NEUTRAL:
             if trial:
@@ -334,7 +355,15 @@ class HealthEngine:
     def restore(
         self, name: str, now: float, reason: str = "restored by operator"
     ) -> list[StateChange]:
-        return self._move(self.targets[name], Input.RESTORE, reason, now)
+        return self._move(self.targets[name], self._restore_input(self.targets[name]), reason, now)
+
+    @staticmethod
+    def _restore_input(h: TargetHealth) -> Input:
+        # Back from the operator's hands: a target that was out for its health
+        # comes back through PROBING, like any other (never straight to UP).
+        if h.before_operator in (State.SUSPECT, State.DOWN, State.PROBING):
+            return Input.RESTORE_PROBING
+        return Input.RESTORE
 
     # -- time ----------------------------------------------------------------------------------
     def tick(self, now: float) -> list[StateChange]:
@@ -347,18 +376,18 @@ class HealthEngine:
                 and h.forced_until is not None
                 and now >= h.forced_until
             ):
-                out += self._move(h, Input.RESTORE, "forced-down period over", now)
+                out += self._move(h, self._restore_input(h), "forced-down period over", now)
             elif (
                 h.state is State.DOWN and h.hold_down_until is not None and now >= h.hold_down_until
             ):
-                out += self._move(
-                    h, Input.HOLD_DOWN_OVER, f"hold-down of {h.hold_down:.0f}s over", now
-                )
+                held = now - h.since
+                out += self._move(h, Input.HOLD_DOWN_OVER, f"hold-down of {held:.0f}s over", now)
             elif h.state is State.SUSPECT and h.suspect_since is not None:
                 if now >= h.suspect_since + p.invite_timeout:
                     reason = f"no answer for {p.invite_timeout:.1f}s after turning suspect"
                     out += self._move(h, Input.SILENCE_CONFIRMED, reason, now)
             elif h.state is State.UP and h.outstanding:
+                self._prune(h, now)
                 limit = h.timer.timeout()
                 late = sum(1 for t in h.outstanding.values() if now >= t + limit)
                 if late >= p.suspect_outstanding:

@@ -9,7 +9,8 @@ Invariants, in plain words:
 - DOWN is left only through PROBING, and PROBING reaches UP only after good
   probes and trial calls: a carrier never comes back on one lucky OPTIONS.
 - DRAINED and FORCED_DOWN are the operator's: health input does not move
-  them; RESTORE (or, for FORCED_DOWN, its revert time) does.
+  them; RESTORE (or, for FORCED_DOWN, its revert time) does, to UP, or to
+  PROBING when the target was out for its health before the operator took it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Input(StrEnum):
     DRAIN = "drain"
     FORCE_DOWN = "force down"
     RESTORE = "restore"
+    RESTORE_PROBING = "restore, was out"  # restore of a target that was out before the operator
 
 
 S, In = State, Input
@@ -57,6 +59,8 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     **{(s, In.FORCE_DOWN): S.FORCED_DOWN for s in (S.UP, S.SUSPECT, S.DOWN, S.PROBING)},
     (S.DRAINED, In.RESTORE): S.UP,
     (S.FORCED_DOWN, In.RESTORE): S.UP,
+    (S.DRAINED, In.RESTORE_PROBING): S.PROBING,
+    (S.FORCED_DOWN, In.RESTORE_PROBING): S.PROBING,
 }
 
 # States in which a target takes new calls (PROBING: only its trial calls, one at a time).

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from functools import partial
 
-from ..health import HealthEngine, State
+from ..health import HealthEngine, State, StateChange
 from ..proxy import Proxy, Target
 from ..proxy._timers import TimerHandle
 from ..sip import Response, make_request
@@ -81,12 +81,29 @@ class Prober:
         self.sent = 0
         self._cseq = 0
         self._tag = os.urandom(4).hex()
+        self._next: dict[str, TimerHandle] = {}
 
     def start(self, now: float) -> None:
-        # Spread the first probes over one interval so targets are not probed in a burst.
+        # Spread the first probes over a second so targets are not probed in a burst.
         for target in self.proxy.targets:
             delay = self.rng.uniform(0, min(self.settings.interval, 1.0))
-            self.proxy.timers.schedule(now + delay, partial(self._probe, target))
+            self._schedule(target, now + delay)
+
+    def _schedule(self, target: Target, when: float) -> None:
+        old = self._next.get(target.name)
+        if old is not None:
+            old.cancel()
+        self._next[target.name] = self.proxy.timers.schedule(when, partial(self._probe, target))
+
+    def state_changed(self, change: StateChange) -> None:
+        """A target just went out (or came back): probe it on its new schedule from now on."""
+        target = next((t for t in self.proxy.targets if t.name == change.target), None)
+        handle = self._next.get(change.target)
+        if target is None or handle is None:
+            return
+        when = change.at + self._interval(target)
+        if when < handle.when:
+            self._schedule(target, when)
 
     def _interval(self, target: Target) -> float:
         state = self.health.state(target.name)
@@ -94,7 +111,7 @@ class Prober:
         return self.settings.interval_out if out else self.settings.interval
 
     def _probe(self, target: Target, now: float) -> None:
-        self.proxy.timers.schedule(now + self._interval(target), partial(self._probe, target))
+        self._schedule(target, now + self._interval(target))
         if self.health.state(target.name) in (State.DRAINED, State.FORCED_DOWN):
             return  # the operator's: probes would not change it
         probe = _Probe(self, target, now)

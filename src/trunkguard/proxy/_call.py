@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..health import TIMEOUT, UNREACHABLE, FailureTable, Verdict
 from ..sip import ClientInvite, Request, Response, make_response
 from ._timers import TimerHandle
-from ._types import AttemptRecord, Flow, Target
+from ._types import AttemptRecord, Flow, Plan, Target
 
 if TYPE_CHECKING:
     from ._core import Proxy, ServerEntry
@@ -134,7 +134,7 @@ class Call:
         request: Request,
         source: Flow,
         server: ServerEntry,
-        plan: list[Target],
+        plan: Plan,
         now: float,
     ) -> None:
         self.proxy = proxy
@@ -163,8 +163,13 @@ class Call:
             and self.attempts < settings.max_attempts
             and now < self.started + settings.time_budget
         ):
-            target = self.plan[self.plan_index]
+            target = self.plan.targets[self.plan_index]
             self.plan_index += 1
+            if self.attempts and not self.plan.panic and not self.proxy.admits(target):
+                # Out of rotation since the plan was made (tripped by another call, or
+                # its one trial slot taken): do not spend this call on it.
+                self.proxy.counters["skipped_since_plan"] += 1
+                continue
             self.attempts += 1
             if self.attempts > 1:
                 self.proxy.counters["failovers"] += 1

@@ -43,7 +43,7 @@ from ..sip import (
 )
 from ._call import Branch, Call
 from ._timers import TimerHandle, TimerQueue
-from ._types import Addr, AttemptRecord, Flow, ProxySettings, Target
+from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
 log = logging.getLogger("trunkguard.proxy")
 
@@ -398,7 +398,7 @@ class Proxy:
         entry.owner = call
         call.start(now)
 
-    def plan(self, request: Request) -> list[Target]:
+    def plan(self, request: Request) -> Plan:
         """The ordered targets for a new call: the carriers in config order, minus those out.
 
         Targets the health engine keeps out of rotation are skipped, so a dead
@@ -409,17 +409,21 @@ class Proxy:
         del request
         health = self.health
         if health is None:
-            return self.targets
+            return Plan(self.targets)
         admitted = [t for t in self.targets if health.admits(t.name)]
         if admitted:
-            return admitted
+            return Plan(admitted)
         self.counters["panic_plans"] += 1
         if self.counters["panic_plans"] == 1 or self.counters["panic_plans"] % 1000 == 0:
             log.warning(
                 "panic: every target is out of rotation (%s); trying them all in order",
                 ", ".join(f"{t.name} {health.state(t.name)}" for t in self.targets),
             )
-        return self.targets
+        return Plan(self.targets, panic=True)
+
+    def admits(self, target: Target) -> bool:
+        """May a call be sent to ``target`` right now (for a failover, later than its plan)?"""
+        return self.health is None or self.health.admits(target.name)
 
     def _server(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..health import FailureTable, Verdict
@@ -31,6 +32,20 @@ class Target:
     uri: Uri
     flow: Flow
     failures: FailureTable = field(default_factory=FailureTable)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The targets a call will try, in order; ``panic`` when all were out of rotation."""
+
+    targets: list[Target]
+    panic: bool = False
+
+    def __iter__(self) -> Iterator[Target]:
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
 
 
 @dataclass(frozen=True, slots=True)
