@@ -34,7 +34,7 @@ def assert_nothing_open(counters: dict[str, int]) -> None:
 def test_normal_call_through_first_carrier(tmp_path: Path) -> None:
     pa, pb = ports(2)
     with (
-        start_uas("uas_answer", port=pa, tmp_root=tmp_path) as a,
+        start_uas("uas_answer", port=pa, trace_messages=True, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
         RouterProcess(tmp_path / "router", [("a", pa), ("b", pb)]) as router,
     ):
@@ -44,6 +44,13 @@ def test_normal_call_through_first_carrier(tmp_path: Path) -> None:
         assert a.wait_received("BYE", 1, timeout=3), a.describe()
         assert (a.received("INVITE"), a.received("ACK"), a.received("BYE")) == (1, 1, 1)
         assert b.received("INVITE") == 0
+        received = [m for m in a.messages() if m.direction == "R"]
+        invite = next(m for m in received if m.first_line.startswith("INVITE"))
+        # The router put its real address (it listens on port 0) in Record-Route and Via.
+        assert invite.header("Record-Route") == f"<sip:127.0.0.1:{router.port};lr>"
+        assert f"SIP/2.0/UDP 127.0.0.1:{router.port};branch=" in (invite.header("Via") or "")
+        bye = next(m for m in received if m.first_line.startswith("BYE"))
+        assert bye.header("Route") is None  # the caller's Route to the router was consumed
         counters = router.stop()
     assert counters["calls_answered"] == 1
     assert_nothing_open(counters)

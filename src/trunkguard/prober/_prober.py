@@ -62,6 +62,7 @@ class _Probe:
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
+            self.timer = None  # its callback is our own method: a reference cycle
         self.prober.proxy.forget_request(self.key)
         self.prober.result(self.target, ok, detail, now)
 

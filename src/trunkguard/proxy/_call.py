@@ -62,7 +62,6 @@ class Branch:
     __slots__ = (
         "abandoned",
         "attempt",
-        "call",
         "cancel_pending",
         "cancel_sent",
         "cleaned",
@@ -82,7 +81,6 @@ class Branch:
 
     def __init__(
         self,
-        call: Call,
         target: Target,
         attempt: int,
         branch_id: str,
@@ -90,7 +88,6 @@ class Branch:
         via: str,
         now: float,
     ) -> None:
-        self.call = call
         self.target = target
         self.flow: Flow = target.flow
         self.attempt = attempt
@@ -150,7 +147,9 @@ class Call:
         self.started = now
         self.state = TRYING
         self.to_tag = proxy.tag
-        self.budget_timer = proxy.timers.schedule(now + proxy.settings.time_budget, self._on_budget)
+        self.budget_timer: TimerHandle | None = proxy.timers.schedule(
+            now + proxy.settings.time_budget, self._on_budget
+        )
 
     # -- the failover loop ----------------------------------------------------------
     def start(self, now: float) -> None:
@@ -184,7 +183,7 @@ class Call:
 
     def _final(self, status: int, now: float) -> None:
         self.state = DONE
-        self.budget_timer.cancel()
+        self._stop_budget()
         data = make_response(self.request, status, to_tag=self.to_tag)
         self.proxy.respond(self.server, status, data, now)
 
@@ -213,6 +212,12 @@ class Call:
             ),
         )
 
+    def _stop_budget(self) -> None:
+        # Dropping the handle matters: it refers back to this call (a reference cycle).
+        if self.budget_timer is not None:
+            self.budget_timer.cancel()
+            self.budget_timer = None
+
     def _stop_branch_timer(self, branch: Branch) -> None:
         if branch.timer is not None:
             branch.timer.cancel()
@@ -226,7 +231,7 @@ class Call:
             branch.first_response = now
             self.proxy.branch_answered(branch, now)
         if branch is not self.branch or branch.abandoned:
-            self.proxy.clean_stray(branch, response, now)
+            self.proxy.clean_stray(self, branch, response, now)
             return
         if status < 200:
             if not branch.ringing:
@@ -247,11 +252,11 @@ class Call:
         self._stop_branch_timer(branch)
         if status < 300:
             if self.state == DONE:
-                self.proxy.clean_stray(branch, response, now)
+                self.proxy.clean_stray(self, branch, response, now)
                 return
             first = self.state == TRYING
             self.state = ANSWERED
-            self.budget_timer.cancel()
+            self._stop_budget()
             self.proxy.respond(self.server, status, response.without_top_via(), now)
             if first:
                 self.proxy.counters["calls_answered"] += 1
@@ -270,7 +275,7 @@ class Call:
         else:
             self.proxy.counters["calls_final"] += 1
             self.state = DONE
-            self.budget_timer.cancel()
+            self._stop_budget()
             self.proxy.respond(self.server, status, response.without_top_via(), now)
 
     def on_no_response(self, branch: Branch, kind: str, now: float) -> None:
@@ -297,6 +302,7 @@ class Call:
         self._final(408, now)
 
     def _on_budget(self, now: float) -> None:
+        self.budget_timer = None
         if self.state != TRYING:
             return
         branch = self.branch
@@ -310,7 +316,7 @@ class Call:
         """Give up on a branch: stop retransmitting, CANCEL it if it rang, clean up late answers."""
         branch.abandoned = True
         self._stop_branch_timer(branch)
-        self.proxy.abandon_branch(branch, now)
+        self.proxy.abandon_branch(self, branch, now)
 
     # -- the caller -------------------------------------------------------------------
     def cancel(self, now: float) -> None:

@@ -9,6 +9,7 @@ is tested without sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -74,6 +75,7 @@ class ClientEntry:
     owner: Branch | TxnOwner | None
     key: str
     handle: TimerHandle | None = None
+    call: Call | None = None  # for a branch: the call it belongs to
 
 
 @dataclass(slots=True)
@@ -158,11 +160,16 @@ class Proxy:
         self._health_timer: TimerHandle | None = None
         self._allowed: dict[str, bool] = {}
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
-        host, port = settings.advertise
-        self._via_host = f"{host}:{port}"
-        self.record_route = f"<sip:{host}:{port};lr>"
+        self.set_advertise(settings.advertise)
         self.tag = os.urandom(6).hex()
         self._sweep = self.timers.schedule(0.0, self._sweep_dialogs)
+
+    def set_advertise(self, addr: Addr) -> None:
+        """The address put in Via and Record-Route (known only after binding port 0)."""
+        self.settings = dataclasses.replace(self.settings, advertise=addr)
+        host, port = addr
+        self._via_host = f"{host}:{port}"
+        self.record_route = f"<sip:{host}:{port};lr>"
 
     # -- plumbing ---------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -211,8 +218,16 @@ class Proxy:
         if isinstance(entry, ClientEntry):
             if self.clients.get(entry.key) is entry:
                 del self.clients[entry.key]
+            entry.call = None
         elif self.servers.get(entry.key) is entry:
             del self.servers[entry.key]
+        # The owner (a call, relay or probe) refers back to this entry, and the timer
+        # handle's callback does too: break both cycles, so reference counting frees the
+        # call at once and the cyclic collector never has to walk it.
+        entry.owner = None
+        if entry.handle is not None:
+            entry.handle.cancel()
+            entry.handle = None
 
     def _client_event(self, entry: ClientEntry, event: Event, now: float) -> None:
         owner = entry.owner
@@ -220,13 +235,15 @@ class Proxy:
             return
         if isinstance(event, Deliver):
             if isinstance(owner, Branch):
-                owner.call.on_response(owner, event.response, now)
+                if entry.call is not None:
+                    entry.call.on_response(owner, event.response, now)
             else:
                 owner.on_response(event.response, now)
         elif isinstance(event, (TimedOut, TransportFailed)):
             kind = UNREACHABLE if isinstance(event, TransportFailed) else "timeout"
             if isinstance(owner, Branch):
-                owner.call.on_no_response(owner, kind, now)
+                if entry.call is not None:
+                    entry.call.on_no_response(owner, kind, now)
             else:
                 owner.on_failure(kind, now)
 
@@ -457,7 +474,7 @@ class Proxy:
         uri = f"sip:{user}@{host}" if user else f"sip:{host}"
         if flow.transport == "tcp":
             uri += ";transport=tcp"
-        branch = Branch(call, target, attempt, branch_id, uri, via, now)
+        branch = Branch(target, attempt, branch_id, uri, via, now)
         routes = request.routes
         pop = bool(routes) and self._is_us(routes[0].uri)
         mf = request.max_forwards
@@ -476,7 +493,7 @@ class Proxy:
             timers=self.settings.timers,
         )
         branch.txn = txn
-        entry = ClientEntry(txn, flow, branch, branch_id)
+        entry = ClientEntry(txn, flow, branch, branch_id, call=call)
         self.clients[branch_id] = entry
         timeout = self.settings.invite_timeout
         if self.health is not None:
@@ -488,23 +505,21 @@ class Proxy:
         self._drive(entry, txn.start(now), now)
         return branch
 
-    def abandon_branch(self, branch: Branch, now: float) -> None:
+    def abandon_branch(self, call: Call, branch: Branch, now: float) -> None:
         entry = self.clients.get(branch.id)
         if entry is None or branch.txn is None:
             return
         if branch.first_response is not None:
-            self._send_cancel(branch, now)
+            self._send_cancel(call, branch, now)
         else:
             branch.cancel_pending = True
             self._drive(entry, branch.txn.abandon(now), now)
 
-    def _send_cancel(self, branch: Branch, now: float) -> None:
+    def _send_cancel(self, call: Call, branch: Branch, now: float) -> None:
         if branch.cancel_sent:
             return
         branch.cancel_sent = True
-        data = make_cancel(
-            branch.call.request, uri=branch.uri, via=branch.via, routes=branch.routes
-        )
+        data = make_cancel(call.request, uri=branch.uri, via=branch.via, routes=branch.routes)
         txn = ClientNonInvite(
             data, reliable=branch.flow.transport != "udp", timers=self.settings.timers
         )
@@ -513,20 +528,20 @@ class Proxy:
         self.counters["cancels_sent"] += 1
         self._drive(entry, txn.start(now), now)
 
-    def clean_stray(self, branch: Branch, response: Response, now: float) -> None:
+    def clean_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
         """A response on a branch the call no longer wants: make sure no leg is left up."""
         status = response.status
         if status < 200:
             if branch.first_response is None:
                 branch.first_response = now
             if branch.cancel_pending or branch.abandoned:
-                self._send_cancel(branch, now)
+                self._send_cancel(call, branch, now)
             return
         if status >= 300:
             return  # the client transaction ACKs it
         # A late 2xx: ACK it, then BYE it, so the carrier does not bill a call nobody hears.
         self.counters["stray_2xx"] += 1
-        request = branch.call.request
+        request = call.request
         try:
             contacts = response.contacts
         except ParseError:

@@ -132,6 +132,10 @@ class Router:
                 )
                 self._servers.append(server)
                 self.bound.append(("tcp", host, server.sockets[0].getsockname()[1]))
+        host, port = self.proxy.settings.advertise
+        if port == 0:
+            # Listening on port 0 (tests): advertise the port the kernel picked.
+            self.proxy.set_advertise((host, self.bound[0][2]))
         for target in self.proxy.targets:
             if target.flow.transport == "udp" and target.flow.addr not in self.carriers:
                 await self._connect_carrier(target.flow)
