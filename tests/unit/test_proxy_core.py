@@ -408,3 +408,38 @@ def test_warning_text_cannot_break_the_header() -> None:
     assert responses(out, CALLER) == [400]
     warning = out[0][1].get("warning") or ""
     assert warning.startswith('399 trunkguard "') and warning.count('"') == 2
+
+
+def test_call_ringing_on_a_carrier_whose_port_closes_moves_on() -> None:
+    net = Net()
+    net.feed(invite("c14"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 180), A)
+    assert responses(net.take(), CALLER) == [180]
+    net.proxy.transport_error(A, net.now)  # ICMP: a's port is closed now
+    to_b = only_request(net.take(), B, "INVITE")
+    net.feed(reply(to_b, 180), B)
+    net.feed(reply(to_b, 200), B)
+    assert responses(net.take(), CALLER) == [200]  # one 180 went up already
+    assert [(a.target, a.kind) for a in net.attempts] == [("a", "unreachable"), ("b", "response")]
+
+
+def test_time_budget_does_not_cut_a_ringing_call() -> None:
+    net = Net(time_budget=2.0)
+    net.feed(invite("c15"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 180), A)
+    net.take()
+    net.advance(30.0)  # rings well past the budget
+    out = net.take()
+    assert responses(out, CALLER) == [] and net.sent_to(A, out) == []
+    net.feed(reply(to_a, 200), A)
+    assert responses(net.take(), CALLER) == [200]
+    # Past the budget, a ringing branch that then fails is not followed by another attempt.
+    net.feed(invite("c16"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 180), A)
+    net.advance(5.0)
+    net.feed(reply(to_a, 503), A)
+    out = net.take()
+    assert net.sent_to(B, out) == [] and responses(out, CALLER) == [180, 500]

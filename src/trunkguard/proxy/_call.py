@@ -306,6 +306,10 @@ class Call:
         if self.state != TRYING:
             return
         branch = self.branch
+        if branch is not None and branch.ringing and not branch.abandoned:
+            # The budget is for failing over; a ringing call is up to the callee now (Timer
+            # C ends it). Should this branch still fail, _next() will not try another.
+            return
         if branch is not None and not branch.abandoned:
             self._abandon(branch, now)
             self._record(branch, None, "budget", None, now)

@@ -295,10 +295,15 @@ class Proxy:
                 self._reject(message, source, exc.status, str(exc))
 
     def transport_error(self, flow: Flow, now: float) -> None:
-        """ICMP unreachable or TCP refused/reset toward ``flow``: fail its pending branches."""
+        """ICMP unreachable or TCP refused/reset toward ``flow``: fail its pending branches.
+
+        Ringing branches too (PROCEEDING): a carrier whose port is closed will
+        never answer the calls it was ringing, and they can still complete
+        through the next carrier.
+        """
         self.counters["transport_errors"] += 1
         for entry in [e for e in self.clients.values() if e.flow == flow]:
-            if entry.txn.state in ("CALLING", "TRYING"):
+            if entry.txn.state in ("CALLING", "TRYING", "PROCEEDING"):
                 self._drive(entry, entry.txn.transport_error(now), now)
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
