@@ -66,6 +66,10 @@ class CarrierConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     uri: str
     failures: dict[int, OutcomeClass] = Field(default_factory=dict)
+    q850: dict[int, OutcomeClass] = Field(default_factory=dict)
+    dialstatus: dict[str, OutcomeClass] = Field(default_factory=dict)
+    max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_cps: float | None = Field(default=None, gt=0, le=100_000)
 
     @field_validator("uri")
     @classmethod
@@ -178,6 +182,8 @@ class RouterConfig(Strict):
     carriers: list[CarrierConfig] = Field(min_length=1)
     failover: FailoverConfig = FailoverConfig()
     failures: dict[int, OutcomeClass] = Field(default_factory=dict)
+    q850: dict[int, OutcomeClass] = Field(default_factory=dict)
+    dialstatus: dict[str, OutcomeClass] = Field(default_factory=dict)
     limits: LimitsConfig = LimitsConfig()
     timers: TimersConfig = TimersConfig()
     health: HealthConfig = HealthConfig()
@@ -271,14 +277,17 @@ class RouterConfig(Strict):
 
     def targets(self) -> list[Target]:
         """Carriers as targets, in config order; host names are resolved once, here."""
-        base = FailureTable(self.failures)
+        base = FailureTable(self.failures, q850=self.q850, dialstatus=self.dialstatus)
         out = []
         for carrier in self.carriers:
             uri = parse_uri(carrier.uri)
             transport = str(uri.params.get("transport") or "udp").lower()
             host = resolve(uri.host)
             flow = Flow(transport, (host, uri.port or 5060))
-            out.append(Target(carrier.name, uri, flow, base.with_overrides(carrier.failures)))
+            table = base.with_overrides(
+                carrier.failures, q850=carrier.q850, dialstatus=carrier.dialstatus
+            )
+            out.append(Target(carrier.name, uri, flow, table))
         return out
 
 

@@ -265,7 +265,7 @@ def test_with_every_target_out_the_plan_uses_them_all_in_config_order() -> None:
     lab = Lab({A: answers(200), B: answers(200), C: answers(200)})
     for name in ("c", "a", "b"):
         lab.trip(name)
-    plan = lab.proxy.plan(_request())
+    plan = lab.proxy.plan(_request(), lab.now)
     assert [t.name for t in plan] == ["a", "b", "c"]
     assert lab.proxy.counters["panic_plans"] == 1
     call_id, sent = lab.dial()  # a dead route still carries the call, starting with a
@@ -277,11 +277,11 @@ def test_with_one_target_up_the_plan_is_only_that_target() -> None:
     lab = Lab({A: answers(200), B: answers(200), C: answers(200)})
     lab.trip("a")
     lab.trip("c")
-    assert [t.name for t in lab.proxy.plan(_request())] == ["b"]
+    assert [t.name for t in lab.proxy.plan(_request(), lab.now)] == ["b"]
     lab.proxy.apply_health_changes(lab.health.drain("b", lab.now))
-    assert [t.name for t in lab.proxy.plan(_request())] == ["a", "b", "c"]
+    assert [t.name for t in lab.proxy.plan(_request(), lab.now)] == ["a", "b", "c"]
     lab.proxy.apply_health_changes(lab.health.restore("b", lab.now))
-    assert [t.name for t in lab.proxy.plan(_request())] == ["b"]
+    assert [t.name for t in lab.proxy.plan(_request(), lab.now)] == ["b"]
     assert lab.proxy.counters["panic_plans"] == 1
 
 
@@ -291,7 +291,7 @@ def test_a_probing_target_with_a_free_trial_slot_is_in_the_plan() -> None:
         lab.trip(name)
     lab.step(34.0)  # past every first hold-down (30 s + 10 %)
     assert {lab.health.state(n) for n in ("a", "b", "c")} == {PROBING}
-    assert [t.name for t in lab.proxy.plan(_request())] == ["a", "b", "c"]
+    assert [t.name for t in lab.proxy.plan(_request(), lab.now)] == ["a", "b", "c"]
     assert lab.proxy.counters["panic_plans"] == 0
 
 

@@ -2,19 +2,26 @@
 
 from ._engine import HealthEngine, HealthPolicy, StateChange, TargetHealth
 from ._outcome import (
+    DEFAULT_DIALSTATUS_CLASSES,
+    DEFAULT_Q850_CLASSES,
     DEFAULT_STATUS_CLASSES,
+    Q850_TO_STATUS,
     TIMEOUT,
     UNREACHABLE,
     FailureTable,
     OutcomeClass,
     Verdict,
+    q850_cause,
 )
 from ._rto import ResponseTimer
 from ._state import IN_ROTATION, TRANSITIONS, Input, State, transition_table
 
 __all__ = [
+    "DEFAULT_DIALSTATUS_CLASSES",
+    "DEFAULT_Q850_CLASSES",
     "DEFAULT_STATUS_CLASSES",
     "IN_ROTATION",
+    "Q850_TO_STATUS",
     "TIMEOUT",
     "TRANSITIONS",
     "UNREACHABLE",
@@ -28,5 +35,6 @@ __all__ = [
     "StateChange",
     "TargetHealth",
     "Verdict",
+    "q850_cause",
     "transition_table",
 ]

@@ -14,6 +14,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from ._capacity import Capacity
 from ._outcome import TIMEOUT, OutcomeClass, Verdict
 from ._rto import ResponseTimer
 from ._state import TRANSITIONS, Input, State
@@ -78,6 +79,7 @@ class TargetHealth:
     outstanding: dict[int, float] = field(default_factory=dict)  # attempt id -> started
     suspect_since: float | None = None
     timer: ResponseTimer = field(default_factory=ResponseTimer)
+    capacity: Capacity = field(default_factory=Capacity)
     attempts: int = 0
     faults: int = 0
 
@@ -97,6 +99,20 @@ class HealthEngine:
         for name in targets:
             self.add_target(name)
         self._next_attempt = 0
+
+    def set_capacity(self, name: str, max_calls: int | None, max_cps: float | None) -> None:
+        h = self.targets[name]
+        h.capacity.max_calls, h.capacity.max_cps = max_calls, max_cps
+
+    def overflow(self, name: str, now: float) -> str | None:
+        """Why ``name`` has no room for a new call now (not a fault), or None."""
+        return self.targets[name].capacity.full(now)
+
+    def call_ended(self, name: str) -> None:
+        """An answered call through ``name`` hung up: its capacity is free again."""
+        target = self.targets.get(name)
+        if target is not None:
+            target.capacity.release()
 
     def add_target(self, name: str) -> TargetHealth:
         p = self.policy
@@ -232,6 +248,7 @@ class HealthEngine:
         """An INVITE left for ``name``; returns the attempt id for the calls below."""
         h = self.targets[name]
         self._prune(h, now)
+        h.capacity.take(now)
         self._next_attempt += 1
         h.outstanding[self._next_attempt] = now
         if h.state is State.PROBING:
@@ -276,6 +293,8 @@ class HealthEngine:
         h = self.targets[name]
         if what != TIMEOUT:
             h.outstanding.pop(attempt, None)
+        if verdict is None or verdict.klass is not OutcomeClass.SUCCESS:
+            h.capacity.release()  # an answered call holds its place until call_ended()
         trial = h.state is State.PROBING and h.trial_in_flight
         if verdict is None or verdict.klass is OutcomeClass.NEUTRAL:
             if trial:

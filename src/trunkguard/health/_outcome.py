@@ -8,6 +8,7 @@ override globally and per carrier ("this carrier sends 480 when congested").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -65,32 +66,87 @@ def _fallback(status: int) -> OutcomeClass:
     return F
 
 
+# Q.850 causes in a Reason header (RFC 3326) and Asterisk's DIALSTATUS values mean the
+# same classes: the network failed (trunk fault) or the called party answered (final).
+DEFAULT_Q850_CLASSES: dict[int, OutcomeClass] = {
+    27: T, 34: T, 38: T, 41: T, 42: T, 44: T, 47: T, 102: T,
+    1: F, 16: F, 17: F, 19: F, 21: F, 22: F, 28: F,
+}  # fmt: skip
+DEFAULT_DIALSTATUS_CLASSES: dict[str, OutcomeClass] = {
+    "CONGESTION": T, "CHANUNAVAIL": T,
+    "BUSY": F, "NOANSWER": F,
+    "ANSWER": OutcomeClass.SUCCESS, "CANCEL": OutcomeClass.NEUTRAL,
+}  # fmt: skip
+
+# RFC 3398 §8.2.6.1: the SIP status that says what a final Q.850 cause says, for relaying a
+# destination's answer that a carrier wrapped in a 5xx.
+Q850_TO_STATUS: dict[int, int] = {1: 404, 16: 480, 17: 486, 19: 480, 21: 603, 22: 410, 28: 484}
+
+_CAUSE_RE = re.compile(r"(?:^|,)\s*Q\.850\s*;(?:[^,]*?;)?\s*cause\s*=\s*(\d{1,3})", re.I)
+
+
+def q850_cause(reason: str | None) -> int | None:
+    """The Q.850 cause of a Reason header value (``Q.850;cause=34;text="..."``), if any."""
+    if not reason:
+        return None
+    m = _CAUSE_RE.search(reason)
+    return int(m.group(1)) if m else None
+
+
 class FailureTable:
-    """The default table plus overrides; ``classify`` is all the proxy calls."""
+    """Default tables plus overrides; ``classify`` is all the proxy calls."""
 
-    __slots__ = ("_table",)
+    __slots__ = ("_dialstatus", "_q850", "_table")
 
-    def __init__(self, overrides: Mapping[int, OutcomeClass] | None = None) -> None:
-        self._table = dict(DEFAULT_STATUS_CLASSES)
-        if overrides:
-            self._table.update(overrides)
+    def __init__(
+        self,
+        overrides: Mapping[int, OutcomeClass] | None = None,
+        *,
+        q850: Mapping[int, OutcomeClass] | None = None,
+        dialstatus: Mapping[str, OutcomeClass] | None = None,
+    ) -> None:
+        self._table = {**DEFAULT_STATUS_CLASSES, **(overrides or {})}
+        self._q850 = {**DEFAULT_Q850_CLASSES, **(q850 or {})}
+        self._dialstatus = {**DEFAULT_DIALSTATUS_CLASSES, **(dialstatus or {})}
 
-    def with_overrides(self, overrides: Mapping[int, OutcomeClass]) -> FailureTable:
-        if not overrides:
+    def with_overrides(
+        self,
+        overrides: Mapping[int, OutcomeClass] | None = None,
+        *,
+        q850: Mapping[int, OutcomeClass] | None = None,
+        dialstatus: Mapping[str, OutcomeClass] | None = None,
+    ) -> FailureTable:
+        if not overrides and not q850 and not dialstatus:
             return self
-        table = FailureTable(self._table)
-        table._table.update(overrides)
-        return table
+        return FailureTable(
+            {**self._table, **(overrides or {})},
+            q850={**self._q850, **(q850 or {})},
+            dialstatus={
+                **self._dialstatus,
+                **{k.upper(): v for k, v in (dialstatus or {}).items()},
+            },
+        )
 
     def klass(self, status: int) -> OutcomeClass:
         found = self._table.get(status)
         return found if found is not None else _fallback(status)
 
-    def classify(self, status: int) -> Verdict:
+    def classify(self, status: int, reason: str | None = None) -> Verdict:
+        """The verdict on a final response; a Q.850 cause in its Reason header wins."""
         klass = self.klass(status)
+        if reason is not None and status >= 300:
+            cause = q850_cause(reason)
+            if cause is not None and cause in self._q850:
+                klass = self._q850[cause]
         failover, counts = _POLICY[klass]
         alarm = klass is OutcomeClass.TRUNK_FAULT and status in AUTH_ALARM_CODES
         return Verdict(klass, failover, counts, alarm)
+
+    def classify_dialstatus(self, value: str) -> Verdict:
+        """The verdict on an Asterisk DIALSTATUS (unknown values count as trunk faults)."""
+        klass = self._dialstatus.get(value.strip().upper(), T)
+        failover, counts = _POLICY[klass]
+        return Verdict(klass, failover, counts)
 
     @staticmethod
     def local_failure(kind: str) -> Verdict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..health import TIMEOUT, UNREACHABLE, FailureTable, Verdict
+from ..health import Q850_TO_STATUS, TIMEOUT, UNREACHABLE, FailureTable, Verdict, q850_cause
 from ..sip import ClientInvite, Request, Response, make_response
 from ._timers import TimerHandle
 from ._types import AttemptRecord, Flow, Plan, Target
@@ -153,6 +153,19 @@ class Call:
 
     # -- the failover loop ----------------------------------------------------------
     def start(self, now: float) -> None:
+        if not self.plan.targets and self.plan.overflow:
+            # Every healthy route is at capacity: our own 503 (not a carrier's), so the
+            # dialer retries shortly instead of taking the number for dead.
+            self.proxy.counters["calls_overflow"] += 1
+            self._final(
+                503,
+                now,
+                extra=[
+                    ("Retry-After", "1"),
+                    ("Warning", '399 trunkguard "every route at capacity"'),
+                ],
+            )
+            return
         self._next(now)
 
     def _next(self, now: float) -> None:
@@ -164,7 +177,7 @@ class Call:
         ):
             target = self.plan.targets[self.plan_index]
             self.plan_index += 1
-            if self.attempts and not self.plan.panic and not self.proxy.admits(target):
+            if self.attempts and not self.plan.panic and not self.proxy.admits(target, now):
                 # Out of rotation since the plan was made (tripped by another call, or
                 # its one trial slot taken): do not spend this call on it.
                 self.proxy.counters["skipped_since_plan"] += 1
@@ -181,10 +194,10 @@ class Call:
         self.proxy.counters["calls_failed"] += 1
         self._final(status, now)
 
-    def _final(self, status: int, now: float) -> None:
+    def _final(self, status: int, now: float, extra: list[tuple[str, str]] | None = None) -> None:
         self.state = DONE
         self._stop_budget()
-        data = make_response(self.request, status, to_tag=self.to_tag)
+        data = make_response(self.request, status, to_tag=self.to_tag, extra=extra or ())
         self.proxy.respond(self.server, status, data, now)
 
     def _record(
@@ -265,18 +278,29 @@ class Call:
                 )
                 self.proxy.open_dialog(self, branch, response, now)
             return
-        verdict = branch.target.failures.classify(status)
+        reason = response.get("reason")
+        verdict = branch.target.failures.classify(status, reason)
         self._record(branch, status, "response", verdict, now, retry_after(response))
         if self.state != TRYING:
             return
         if verdict.failover:
             self.results.append(status)
             self._next(now)
-        else:
-            self.proxy.counters["calls_final"] += 1
-            self.state = DONE
-            self._stop_budget()
-            self.proxy.respond(self.server, status, response.without_top_via(), now)
+            return
+        self.proxy.counters["calls_final"] += 1
+        self.state = DONE
+        self._stop_budget()
+        if status >= 500 and reason is not None:
+            # A destination's answer (busy, no answer...) that the carrier sent as a 5xx,
+            # known by its Q.850 cause: relay the status that says so, never the 5xx.
+            cause = q850_cause(reason)
+            mapped = Q850_TO_STATUS.get(cause, 500) if cause is not None else 500
+            data = make_response(
+                self.request, mapped, to_tag=self.to_tag, extra=[("Reason", reason)]
+            )
+            self.proxy.respond(self.server, mapped, data, now)
+            return
+        self.proxy.respond(self.server, status, response.without_top_via(), now)
 
     def on_no_response(self, branch: Branch, kind: str, now: float) -> None:
         """The branch timed out or its target is unreachable: a trunk fault, try the next."""

@@ -416,11 +416,11 @@ class Proxy:
         self.counters["calls"] += 1
         entry = self._server(request, source, key, ServerInvite)
         self.respond(entry, 100, make_response(request, 100), now)
-        call = Call(self, request, source, entry, self.plan(request), now)
+        call = Call(self, request, source, entry, self.plan(request, now), now)
         entry.owner = call
         call.start(now)
 
-    def plan(self, request: Request) -> Plan:
+    def plan(self, request: Request, now: float) -> Plan:
         """The ordered targets for a new call: the carriers in config order, minus those out.
 
         Targets the health engine keeps out of rotation are skipped, so a dead
@@ -434,7 +434,15 @@ class Proxy:
             return Plan(self.targets)
         admitted = [t for t in self.targets if health.admits(t.name)]
         if admitted:
-            return Plan(admitted)
+            room, full = [], []
+            for t in admitted:
+                why = health.overflow(t.name, now)
+                if why is None:
+                    room.append(t)
+                else:
+                    full.append(f"{t.name}: {why}")
+                    self.counters[f"overflow:{t.name}"] += 1
+            return Plan(room, overflow=full)
         self.counters["panic_plans"] += 1
         if self.counters["panic_plans"] == 1 or self.counters["panic_plans"] % 1000 == 0:
             log.warning(
@@ -443,9 +451,12 @@ class Proxy:
             )
         return Plan(self.targets, panic=True)
 
-    def admits(self, target: Target) -> bool:
+    def admits(self, target: Target, now: float) -> bool:
         """May a call be sent to ``target`` right now (for a failover, later than its plan)?"""
-        return self.health is None or self.health.admits(target.name)
+        health = self.health
+        if health is None:
+            return True
+        return health.admits(target.name) and health.overflow(target.name, now) is None
 
     def _server(
         self,
@@ -749,6 +760,8 @@ class Proxy:
             if dialog is not None and not dialog.ending:
                 # Keep the dialog a little for retransmitted BYEs and their responses.
                 dialog.ending = True
+                if self.health is not None:
+                    self.health.call_ended(dialog.target)
                 self.timers.schedule(
                     now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
                 )
@@ -775,7 +788,9 @@ class Proxy:
         limit = now - self.settings.dialog_max_age
         stale = [cid for cid, d in self.dialogs.items() if d.created < limit]
         for cid in stale:
-            del self.dialogs[cid]
+            dialog = self.dialogs.pop(cid)
+            if self.health is not None and not dialog.ending:
+                self.health.call_ended(dialog.target)
         self.counters["dialogs_expired"] += len(stale)
         self._sweep = self.timers.schedule(now + 60.0, self._sweep_dialogs)
 

@@ -40,6 +40,7 @@ class Plan:
 
     targets: list[Target]
     panic: bool = False
+    overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
 
     def __iter__(self) -> Iterator[Target]:
         return iter(self.targets)
