@@ -20,7 +20,8 @@ from ._timers import TimerHandle
 from ._types import AttemptRecord, Flow, Plan, Target
 
 if TYPE_CHECKING:
-    from ._core import Proxy, ServerEntry
+    from ._core import Proxy
+    from ._entries import ServerEntry
 
 TRYING = "TRYING"  # looking for a target that answers
 ANSWERED = "ANSWERED"  # a 2xx went to the caller
@@ -276,7 +277,7 @@ class Call:
                 self._record(
                     branch, status, "response", branch.target.failures.classify(status), now
                 )
-                self.proxy.open_dialog(self, branch, response, now)
+                self.proxy.dialogs.open(self, branch, response, now)
             return
         reason = response.get("reason")
         verdict = branch.target.failures.classify(status, reason)

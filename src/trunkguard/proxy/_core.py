@@ -10,19 +10,15 @@ is tested without sockets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 from ..health import UNREACHABLE, HealthEngine, StateChange
 from ..sip import (
-    MAGIC_COOKIE,
     ClientInvite,
     ClientNonInvite,
     Deliver,
@@ -36,112 +32,27 @@ from ..sip import (
     TimedOut,
     TransportFailed,
     Uri,
-    make_ack,
     make_cancel,
     make_request,
     make_response,
     parse_message,
 )
 from ._call import Branch, Call
+from ._dialog import Dialogs
+from ._entries import (
+    ALLOW,
+    BRANCH_PREFIX,
+    ClientEntry,
+    ServerEntry,
+    TxnOwner,
+    ack_for,
+    derived_branch,
+    server_key,
+)
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
 log = logging.getLogger("trunkguard.proxy")
-
-# Our branches carry this after the magic cookie: a request that arrives with
-# one of them in a Via at our address has looped back to us.
-BRANCH_PREFIX = MAGIC_COOKIE + "tg"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, NOTIFY, REFER, MESSAGE"
-OUT_OF_DIALOG_METHODS = frozenset({"INVITE", "OPTIONS"})
-
-
-def _derived_branch(seed: str) -> str:
-    # Stateless forwarding (ACK for 2xx) needs the same branch for a retransmission.
-    return BRANCH_PREFIX + hashlib.sha1(seed.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-
-
-class TxnOwner(Protocol):
-    """Who is told how a client transaction of its own ended (relays, probes)."""
-
-    def on_response(self, response: Response, now: float) -> None: ...
-
-    def on_failure(self, kind: str, now: float) -> None: ...
-
-
-@dataclass(slots=True)
-class ClientEntry:
-    txn: ClientInvite | ClientNonInvite
-    flow: Flow
-    owner: Branch | TxnOwner | None
-    key: str
-    handle: TimerHandle | None = None
-    call: Call | None = None  # for a branch: the call it belongs to
-
-
-@dataclass(slots=True)
-class ServerEntry:
-    txn: ServerInvite | ServerNonInvite
-    flow: Flow
-    key: tuple[object, ...]
-    owner: Call | Relay | None = None
-    handle: TimerHandle | None = None
-
-
-@dataclass(slots=True)
-class Dialog:
-    call_id: str
-    caller_tag: str | None
-    callee_tag: str | None
-    caller: Flow
-    callee: Flow
-    target: str
-    created: float
-    ending: bool = False
-
-
-class Relay:
-    """A request forwarded statefully outside the call logic (BYE, re-INVITE, INFO...)."""
-
-    __slots__ = ("client", "method", "proxy", "server")
-
-    def __init__(self, proxy: Proxy, server: ServerEntry, method: str) -> None:
-        self.proxy = proxy
-        self.server = server
-        self.method = method
-        self.client: ClientEntry | None = None
-
-    def on_response(self, response: Response, now: float) -> None:
-        if response.status == 100:
-            return  # hop by hop: our own 100 already went up for INVITEs
-        self.proxy.respond(self.server, response.status, response.without_top_via(), now)
-
-    def on_failure(self, kind: str, now: float) -> None:
-        del kind
-        txn = self.server.txn
-        if txn.state in ("TRYING", "PROCEEDING"):
-            data = make_response(txn.request, 408)
-            self.proxy.respond(self.server, 408, data, now)
-
-
-def _ack_for(request: Request, uri: str, via: str, routes: list[str], response: Response) -> bytes:
-    return make_ack(request, response, uri=uri, via=via, routes=routes)
-
-
-def server_key(request: Request, method: str) -> tuple[object, ...]:
-    """Server transaction key (RFC 3261 §17.2.3; RFC 2543 rules when the branch is old-style)."""
-    via = request.top_via
-    branch = via.branch
-    if branch and branch.startswith(MAGIC_COOKIE):
-        return (branch, via.sent_by.lower(), method)
-    return (
-        request.call_id,
-        request.cseq.number,
-        request.from_.tag,
-        via.sent_by,
-        branch,
-        request.uri,
-        method,
-    )
 
 
 class Proxy:
@@ -153,7 +64,7 @@ class Proxy:
         self.counters: Counter[str] = Counter()
         self.clients: dict[str, ClientEntry] = {}
         self.servers: dict[tuple[object, ...], ServerEntry] = {}
-        self.dialogs: dict[str, Dialog] = {}
+        self.dialogs = Dialogs(self)
         self.on_attempt: Callable[[AttemptRecord], None] | None = None
         self.on_state_change: Callable[[StateChange], None] | None = None
         self.health: HealthEngine | None = None
@@ -162,7 +73,7 @@ class Proxy:
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
         self.set_advertise(settings.advertise)
         self.tag = os.urandom(6).hex()
-        self._sweep = self.timers.schedule(0.0, self._sweep_dialogs)
+        self._sweep = self.timers.schedule(0.0, self.dialogs.sweep)
 
     def set_advertise(self, addr: Addr) -> None:
         """The address put in Via and Record-Route (known only after binding port 0)."""
@@ -178,13 +89,13 @@ class Proxy:
     def run_timers(self, now: float) -> None:
         self.timers.run_due(now)
 
-    def _send(self, flow: Flow, data: bytes) -> None:
+    def send(self, flow: Flow, data: bytes) -> None:
         self.outbox.append((flow, data))
 
-    def _via(self, flow: Flow, branch: str) -> str:
+    def via(self, flow: Flow, branch: str) -> str:
         return f"SIP/2.0/{flow.transport.upper()} {self._via_host};branch={branch};rport"
 
-    def _new_branch(self) -> str:
+    def new_branch(self) -> str:
         return BRANCH_PREFIX + os.urandom(8).hex()
 
     def _retime(self, entry: ClientEntry | ServerEntry) -> None:
@@ -200,12 +111,12 @@ class Proxy:
 
     def _on_txn_timer(self, entry: ClientEntry | ServerEntry, now: float) -> None:
         entry.handle = None
-        self._drive(entry, entry.txn.handle_timer(now), now)
+        self.drive(entry, entry.txn.handle_timer(now), now)
 
-    def _drive(self, entry: ClientEntry | ServerEntry, events: Iterable[Event], now: float) -> None:
+    def drive(self, entry: ClientEntry | ServerEntry, events: Iterable[Event], now: float) -> None:
         for event in events:
             if isinstance(event, Send):
-                self._send(entry.flow, event.data)
+                self.send(entry.flow, event.data)
             elif isinstance(entry, ClientEntry):
                 self._client_event(entry, event, now)
             elif isinstance(event, (TimedOut, TransportFailed)):
@@ -255,12 +166,12 @@ class Proxy:
         ``build`` gets the Via value to put on top; returns the transaction key,
         which :meth:`forget_request` takes.
         """
-        branch = self._new_branch()
-        data = build(self._via(flow, branch))
+        branch = self.new_branch()
+        data = build(self.via(flow, branch))
         txn = ClientNonInvite(data, reliable=flow.transport != "udp", timers=self.settings.timers)
         entry = ClientEntry(txn, flow, owner, branch)
         self.clients[branch] = entry
-        self._drive(entry, txn.start(now), now)
+        self.drive(entry, txn.start(now), now)
         return branch
 
     def forget_request(self, key: str) -> None:
@@ -304,7 +215,7 @@ class Proxy:
         self.counters["transport_errors"] += 1
         for entry in [e for e in self.clients.values() if e.flow == flow]:
             if entry.txn.state in ("CALLING", "TRYING", "PROCEEDING"):
-                self._drive(entry, entry.txn.transport_error(now), now)
+                self.drive(entry, entry.txn.transport_error(now), now)
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
         self.counters[f"rejected_{status}"] += 1
@@ -316,7 +227,7 @@ class Proxy:
         except ParseError:
             return
         if request.raw_lines("via"):
-            self._send(source, data)
+            self.send(source, data)
 
     def _allowed_source(self, host: str) -> bool:
         cached = self._allowed.get(host)
@@ -343,13 +254,13 @@ class Proxy:
             return
         method = request.method
         if method == "ACK":
-            self._on_ack(request, source, now)
+            self.dialogs.ack(request, now)
             return
         key = server_key(request, method)
         entry = self.servers.get(key)
         if entry is not None:
             self.counters["retransmissions_in"] += 1
-            self._drive(entry, entry.txn.receive_request(now), now)
+            self.drive(entry, entry.txn.receive_request(now), now)
             return
         if not self._allowed_source(source.addr[0]):
             self.counters["forbidden_source"] += 1
@@ -359,7 +270,7 @@ class Proxy:
             self._on_cancel(request, source, key, now)
             return
         if request.to.tag is not None:
-            self._in_dialog(request, source, key, now)
+            self.dialogs.relay(request, source, key, now)
             return
         ruri = request.request_uri
         if not ruri.is_sip:
@@ -368,22 +279,22 @@ class Proxy:
         if request.has("proxy-require"):
             self.counters["rejected_420"] += 1
             extra = [("Unsupported", ", ".join(request.values("proxy-require")))]
-            self._send(source, make_response(request, 420, to_tag=self.tag, extra=extra))
+            self.send(source, make_response(request, 420, to_tag=self.tag, extra=extra))
             return
         if method == "OPTIONS":
             # Out-of-dialog OPTIONS are for us: a PBX's qualify of its trunk to trunkguard.
             self.counters["options_answered"] += 1
             extra = [("Allow", ALLOW), ("Accept", "application/sdp")]
-            self._send(source, make_response(request, 200, to_tag=self.tag, extra=extra))
+            self.send(source, make_response(request, 200, to_tag=self.tag, extra=extra))
             return
         if method != "INVITE":
             extra = [("Allow", ALLOW)]
             self.counters["rejected_405"] += 1
-            self._send(source, make_response(request, 405, to_tag=self.tag, extra=extra))
+            self.send(source, make_response(request, 405, to_tag=self.tag, extra=extra))
             return
         self._new_call(request, source, key, now)
 
-    def _max_forwards(self, request: Request, source: Flow) -> int | None:
+    def max_forwards_or_reject(self, request: Request, source: Flow) -> int | None:
         mf = request.max_forwards
         if mf is None:
             return 69
@@ -399,7 +310,7 @@ class Proxy:
                 return True
         return False
 
-    def _is_us(self, uri: Uri) -> bool:
+    def is_us(self, uri: Uri) -> bool:
         host, port = self.settings.advertise
         return uri.host == host and (uri.port or 5060) == port
 
@@ -410,11 +321,11 @@ class Proxy:
         if self._looped(request):
             self._reject(request, source, 482, "")
             return
-        mf = self._max_forwards(request, source)
+        mf = self.max_forwards_or_reject(request, source)
         if mf is None:
             return
         self.counters["calls"] += 1
-        entry = self._server(request, source, key, ServerInvite)
+        entry = self.server_entry(request, source, key, ServerInvite)
         self.respond(entry, 100, make_response(request, 100), now)
         call = Call(self, request, source, entry, self.plan(request, now), now)
         entry.owner = call
@@ -458,7 +369,7 @@ class Proxy:
             return True
         return health.admits(target.name) and health.overflow(target.name, now) is None
 
-    def _server(
+    def server_entry(
         self,
         request: Request,
         source: Flow,
@@ -475,15 +386,15 @@ class Proxy:
         if txn.state == "TERMINATED" or (status >= 200 and txn.state in ("COMPLETED", "CONFIRMED")):
             # Too late for the transaction: a 2xx still goes up statelessly (RFC 3261 §16.7).
             if 200 <= status < 300:
-                self._send(entry.flow, data)
+                self.send(entry.flow, data)
             return
-        self._drive(entry, txn.respond(status, data, now), now)
+        self.drive(entry, txn.respond(status, data, now), now)
 
     def start_branch(self, call: Call, target: Target, attempt: int, now: float) -> Branch:
         request = call.request
-        branch_id = self._new_branch()
+        branch_id = self.new_branch()
         flow = target.flow
-        via = self._via(flow, branch_id)
+        via = self.via(flow, branch_id)
         ruri = request.request_uri
         user = ruri.user
         host = target.uri.hostport()
@@ -492,7 +403,7 @@ class Proxy:
             uri += ";transport=tcp"
         branch = Branch(target, attempt, branch_id, uri, via, now)
         routes = request.routes
-        pop = bool(routes) and self._is_us(routes[0].uri)
+        pop = bool(routes) and self.is_us(routes[0].uri)
         mf = request.max_forwards
         data = request.forwarded(
             via=via,
@@ -504,7 +415,7 @@ class Proxy:
         branch.routes = [v for v in request.values("route")][1 if pop else 0 :]
         txn = ClientInvite(
             data,
-            partial(_ack_for, request, branch.uri, branch.via, branch.routes),
+            partial(ack_for, request, branch.uri, branch.via, branch.routes),
             reliable=flow.transport != "udp",
             timers=self.settings.timers,
         )
@@ -518,7 +429,7 @@ class Proxy:
             self._retime_health()
         branch.timer = self.timers.schedule(now + timeout, partial(call.on_invite_timeout, branch))
         self.counters[f"invites_to:{target.name}"] += 1
-        self._drive(entry, txn.start(now), now)
+        self.drive(entry, txn.start(now), now)
         return branch
 
     def abandon_branch(self, call: Call, branch: Branch, now: float) -> None:
@@ -529,7 +440,7 @@ class Proxy:
             self._send_cancel(call, branch, now)
         else:
             branch.cancel_pending = True
-            self._drive(entry, branch.txn.abandon(now), now)
+            self.drive(entry, branch.txn.abandon(now), now)
 
     def _send_cancel(self, call: Call, branch: Branch, now: float) -> None:
         if branch.cancel_sent:
@@ -542,7 +453,7 @@ class Proxy:
         entry = ClientEntry(txn, branch.flow, None, branch.id + "/cancel")
         self.clients[entry.key] = entry
         self.counters["cancels_sent"] += 1
-        self._drive(entry, txn.start(now), now)
+        self.drive(entry, txn.start(now), now)
 
     def clean_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
         """A response on a branch the call no longer wants: make sure no leg is left up."""
@@ -569,22 +480,22 @@ class Proxy:
         ack = make_request(
             "ACK",
             target_uri,
-            via=self._via(branch.flow, _derived_branch(branch.id + "ack")),
+            via=self.via(branch.flow, derived_branch(branch.id + "ack")),
             from_=from_,
             to=to,
             call_id=request.call_id,
             cseq=request.cseq.number,
             routes=routes,
         )
-        self._send(branch.flow, ack)
+        self.send(branch.flow, ack)
         if branch.cleaned:
             return
         branch.cleaned = True
-        bye_branch = self._new_branch()
+        bye_branch = self.new_branch()
         bye = make_request(
             "BYE",
             target_uri,
-            via=self._via(branch.flow, bye_branch),
+            via=self.via(branch.flow, bye_branch),
             from_=from_,
             to=to,
             call_id=request.call_id,
@@ -598,7 +509,7 @@ class Proxy:
         entry = ClientEntry(txn, branch.flow, None, bye_branch)
         self.clients[bye_branch] = entry
         self.counters["stray_byes_sent"] += 1
-        self._drive(entry, txn.start(now), now)
+        self.drive(entry, txn.start(now), now)
 
     def record_attempt(self, branch: Branch, record: AttemptRecord) -> None:
         self.counters[f"attempts:{record.kind}"] += 1
@@ -661,138 +572,11 @@ class Proxy:
         invite_key = (*key[:-1], "INVITE")
         invite = self.servers.get(invite_key)
         if invite is None or not isinstance(invite.owner, Call):
-            self._send(source, make_response(request, 481, to_tag=self.tag))
+            self.send(source, make_response(request, 481, to_tag=self.tag))
             return
-        entry = self._server(request, source, key, ServerNonInvite)
+        entry = self.server_entry(request, source, key, ServerNonInvite)
         self.respond(entry, 200, make_response(request, 200, to_tag=invite.owner.to_tag), now)
         invite.owner.cancel(now)
-
-    def _on_ack(self, request: Request, source: Flow, now: float) -> None:
-        key = server_key(request, "INVITE")
-        entry = self.servers.get(key)
-        if (
-            entry is not None
-            and isinstance(entry.txn, ServerInvite)
-            and entry.txn.state in ("COMPLETED", "CONFIRMED")
-        ):
-            self._drive(entry, entry.txn.receive_ack(now), now)
-            return
-        # ACK for a 2xx: its own transaction, forwarded statelessly along the dialog.
-        dest = self._dialog_destination(request)
-        if dest is None:
-            self.counters["acks_absorbed"] += 1
-            return
-        self._forward(request, dest, _derived_branch(request.top_via.branch or request.call_id))
-
-    def _dialog_destination(self, request: Request) -> Flow | None:
-        dialog = self.dialogs.get(request.call_id)
-        tag = request.from_.tag
-        if dialog is not None:
-            if tag == dialog.caller_tag:
-                return dialog.callee
-            if tag == dialog.callee_tag:
-                return dialog.caller
-        # Unknown dialog (e.g. after a restart): loose routing by Route, else Request-URI.
-        routes = request.routes
-        if routes and self._is_us(routes[0].uri):
-            routes = routes[1:]
-        uri = routes[0].uri if routes else request.request_uri
-        if not uri.is_sip or self._is_us(uri):
-            return None
-        try:
-            host = str(ipaddress.ip_address(uri.host.strip("[]")))
-        except ValueError:
-            return None  # no DNS on the call path
-        transport = "tcp" if str(uri.params.get("transport", "udp")).lower() == "tcp" else "udp"
-        return Flow(transport, (host, uri.port or 5060))
-
-    def _forward(self, request: Request, dest: Flow, branch: str) -> bytes:
-        routes = request.routes
-        pop = bool(routes) and self._is_us(routes[0].uri)
-        mf = request.max_forwards
-        data = request.forwarded(
-            via=self._via(dest, branch),
-            max_forwards=69 if mf is None else max(mf - 1, 0),
-            pop_route=pop,
-        )
-        self._send(dest, data)
-        return data
-
-    def _in_dialog(
-        self, request: Request, source: Flow, key: tuple[object, ...], now: float
-    ) -> None:
-        dest = self._dialog_destination(request)
-        if dest is None:
-            self._send(source, make_response(request, 481))
-            return
-        if self._max_forwards(request, source) is None:
-            return
-        method = request.method
-        kind = ServerInvite if method == "INVITE" else ServerNonInvite
-        server = self._server(request, source, key, kind)
-        relay = Relay(self, server, method)
-        server.owner = relay
-        if method == "INVITE":
-            self.respond(server, 100, make_response(request, 100), now)
-        branch = self._new_branch()
-        routes = request.routes
-        pop = bool(routes) and self._is_us(routes[0].uri)
-        mf = request.max_forwards
-        via = self._via(dest, branch)
-        data = request.forwarded(via=via, max_forwards=69 if mf is None else mf - 1, pop_route=pop)
-        reliable = dest.transport != "udp"
-        txn: ClientInvite | ClientNonInvite
-        if method == "INVITE":
-            remaining = request.values("route")[1 if pop else 0 :]
-            txn = ClientInvite(
-                data,
-                partial(_ack_for, request, request.uri, via, remaining),
-                reliable=reliable,
-                timers=self.settings.timers,
-            )
-        else:
-            txn = ClientNonInvite(data, reliable=reliable, timers=self.settings.timers)
-        entry = ClientEntry(txn, dest, relay, branch)
-        relay.client = entry
-        self.clients[branch] = entry
-        if method == "BYE":
-            dialog = self.dialogs.get(request.call_id)
-            if dialog is not None and not dialog.ending:
-                # Keep the dialog a little for retransmitted BYEs and their responses.
-                dialog.ending = True
-                if self.health is not None:
-                    self.health.call_ended(dialog.target)
-                self.timers.schedule(
-                    now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
-                )
-        self._drive(entry, txn.start(now), now)
-
-    def _end_dialog(self, call_id: str, now: float) -> None:
-        del now
-        self.dialogs.pop(call_id, None)
-
-    def open_dialog(self, call: Call, branch: Branch, response: Response, now: float) -> None:
-        request = call.request
-        self.dialogs[request.call_id] = Dialog(
-            call_id=request.call_id,
-            caller_tag=request.from_.tag,
-            callee_tag=response.to.tag,
-            caller=call.source,
-            callee=branch.flow,
-            target=branch.target.name,
-            created=now,
-        )
-
-    def _sweep_dialogs(self, now: float) -> None:
-        # Dialogs whose BYE never came through us must not pile up for ever.
-        limit = now - self.settings.dialog_max_age
-        stale = [cid for cid, d in self.dialogs.items() if d.created < limit]
-        for cid in stale:
-            dialog = self.dialogs.pop(cid)
-            if self.health is not None and not dialog.ending:
-                self.health.call_ended(dialog.target)
-        self.counters["dialogs_expired"] += len(stale)
-        self._sweep = self.timers.schedule(now + 60.0, self._sweep_dialogs)
 
     # -- responses ---------------------------------------------------------------------------
     def _on_response(self, response: Response, source: Flow, now: float) -> None:
@@ -809,7 +593,7 @@ class Proxy:
         if entry is None:
             self.counters["stray_responses"] += 1
             return
-        self._drive(entry, entry.txn.receive(response, now), now)
+        self.drive(entry, entry.txn.receive(response, now), now)
 
     # -- introspection -----------------------------------------------------------------------
     def active(self) -> dict[str, int]:
