@@ -206,13 +206,16 @@ def _cmd_events(args: argparse.Namespace) -> int:
     if not Path(path).exists():
         print(f"trunkguard: no event log at {path}", file=sys.stderr)
         return 1
-    store = EventStore(path)
+    since, until = _parse_when(args.since), _parse_when(args.until)
     try:
-        rows = store.events(
-            args.target, _parse_when(args.since), _parse_when(args.until), args.limit
-        )
-    finally:
-        store.close()
+        store = EventStore(path)
+        try:
+            rows = store.events(args.target, since, until, args.limit)
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        print(f"trunkguard: cannot read the event log {path}: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
         return 0

@@ -18,6 +18,8 @@ from .store import EventStore
 
 log = logging.getLogger("trunkguard.health")
 
+_OPERATOR = (State.DRAINED.value, State.FORCED_DOWN.value)
+
 
 class Runtime:
     def __init__(self, config: RouterConfig, store: EventStore | None = None) -> None:
@@ -27,6 +29,8 @@ class Runtime:
         self.health = HealthEngine(
             names, config.health_policy(), probes_enabled=config.probe.enabled
         )
+        for carrier in config.carriers:
+            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
         self.proxy.health = self.health
         self.proxy.on_state_change = self._on_change
         self.store = store if store is not None else EventStore(config.store.path)
@@ -62,10 +66,27 @@ class Runtime:
                 hold_down=row.hold_down or 0.0,
                 last_trip=now - (wall_now - row.at) if state is State.DOWN else None,
             )
+            h = self.health.targets[name]
+            if h.state is state:  # not SUSPECT, which comes back UP
+                # In this state since the logged change, not since the restart.
+                h.since = now - (wall_now - row.at)
+            if state in _OPERATOR:
+                h.before_operator = self._before_operator(name)
             log.info("%s restored as %s (%s)", name, state, row.reason)
         if self.prober is not None:
             self.prober.start(now)
         self.proxy.apply_health_changes([])  # arms the engine's first deadline
+
+    def _before_operator(self, name: str) -> State:
+        """The health state the operator's drain or force-down interrupted, from the log.
+
+        Restore (or a forced-down period's end) sends a target that was out for its
+        health through PROBING: the engine keeps that state in memory only.
+        """
+        for row in reversed(self.store.events(name, limit=10)):
+            if row.old not in _OPERATOR:
+                return State(row.old)
+        return State.UP
 
     def _on_change(self, change: StateChange) -> None:
         until = None
