@@ -21,6 +21,7 @@ from .config import ConfigError, RouterConfig, load_config
 from .health import transition_table
 from .proxy import AttemptRecord
 from .proxy._server import Router, serve
+from .routing import NumberRules, RoutingTable
 from .runtime import Runtime
 from .store import EventStore
 
@@ -65,14 +66,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config, source = load_config(args.config)
         targets = config.targets()
+        routing, _ = config.routing()
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
     print(f"{source}: OK")
     print(f"  listen: {', '.join(config.listen)}")
+    decks = {c.name: c.deck for c in routing.carriers} if routing is not None else {}
     for i, t in enumerate(targets, 1):
-        print(f"  carrier {i}: {t.name} at {t.flow}")
+        deck = decks.get(t.name)
+        rates = f", {len(deck)} prefixes from {deck.source}" if deck is not None else ""
+        print(f"  carrier {i}: {t.name} at {t.flow}{rates}")
     f = config.failover
     print(
         f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "
@@ -110,9 +115,14 @@ class _GcPolicy:
             self.handle = None
 
 
-async def _run(config: RouterConfig, source: str, ready_file: str | None) -> int:
+async def _run(
+    config: RouterConfig,
+    source: str,
+    ready_file: str | None,
+    routing: tuple[RoutingTable | None, NumberRules | None],
+) -> int:
     try:
-        runtime = Runtime(config)
+        runtime = Runtime(config, routing=routing)
     except sqlite3.Error as exc:
         log.error("cannot open the event log %s: %s", config.store.path, exc)
         return 1
@@ -156,6 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config, source = load_config(args.config)
         config.targets()
+        routing = config.routing()
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -168,7 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
-    code = uvloop.run(_run(config, source, args.ready_file))
+    code = uvloop.run(_run(config, source, args.ready_file, routing))
     # Everything is closed, flushed and logged. Tearing down a heap of millions of
     # objects one by one takes seconds at full CPU and achieves nothing: leave now.
     logging.shutdown()

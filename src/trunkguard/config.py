@@ -15,11 +15,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
 from .proxy import Flow, ProxySettings, Target
+from .routing import (
+    CarrierRoute,
+    DeckColumns,
+    DeckError,
+    NumberRules,
+    RouteRule,
+    RoutingTable,
+    load_deck,
+)
 from .sip import Limits, ParseError, TimerConfig, parse_uri
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -62,6 +79,54 @@ def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
     return value
 
 
+_DIGITS = r"^[0-9]{1,20}$"
+
+
+class DeckConfig(Strict):
+    """A carrier's CSV rate deck and which columns hold what (header names)."""
+
+    path: str
+    prefix: str = "prefix"
+    rate: str = "rate"
+    connection_fee: str | None = None
+    increment: str | None = None
+    effective: str | None = None
+    description: str | None = None
+
+    def columns(self) -> DeckColumns:
+        return DeckColumns(
+            prefix=self.prefix,
+            rate=self.rate,
+            connection_fee=self.connection_fee,
+            increment=self.increment,
+            effective=self.effective,
+            description=self.description,
+        )
+
+
+class NumbersConfig(Strict):
+    country_code: str = Field(default="", pattern=r"^[0-9]{0,4}$")
+    national_prefix: str = Field(default="", pattern=r"^[0-9]{0,3}$")
+    international_prefixes: list[str] = Field(default_factory=lambda: ["011", "00"])
+    national_lengths: list[int] = Field(default_factory=list)
+    tech_prefixes: list[str] = Field(default_factory=list)
+
+    def rules(self) -> NumberRules:
+        return NumberRules(
+            country_code=self.country_code,
+            national_prefix=self.national_prefix,
+            international_prefixes=tuple(self.international_prefixes),
+            national_lengths=tuple(self.national_lengths),
+            tech_prefixes=tuple(self.tech_prefixes),
+        )
+
+
+class RouteConfig(Strict):
+    prefix: str = Field(pattern=_DIGITS)
+    pin: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
 class CarrierConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     uri: str
@@ -70,6 +135,9 @@ class CarrierConfig(Strict):
     dialstatus: dict[str, OutcomeClass] = Field(default_factory=dict)
     max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
     max_cps: float | None = Field(default=None, gt=0, le=100_000)
+    deck: DeckConfig | None = None
+    priority: int = Field(default=0, ge=0, le=1000)
+    weight: int = Field(default=1, ge=0, le=1000)
 
     @field_validator("uri")
     @classmethod
@@ -190,6 +258,11 @@ class RouterConfig(Strict):
     probe: ProbeConfig = ProbeConfig()
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
+    numbers: NumbersConfig | None = None
+    routes: list[RouteConfig] = Field(default_factory=list)
+    blocked: list[str] = Field(default_factory=list)
+    typical_call_seconds: Seconds = 90.0
+    _base: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("failures")
     @classmethod
@@ -234,7 +307,41 @@ class RouterConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"carrier names must be unique: {', '.join(dupes)}")
+        known = set(names)
+        for route in self.routes:
+            unknown = sorted({*route.pin, *route.exclude} - known)
+            if unknown:
+                raise ValueError(f"route {route.prefix}: no carrier named {', '.join(unknown)}")
+        for prefix in self.blocked:
+            if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 20):
+                raise ValueError(f"blocked prefix {prefix!r}: expected 1-20 digits")
         return self
+
+    def routing(self) -> tuple[RoutingTable | None, NumberRules | None]:
+        """The routing table with every carrier's deck loaded, or (None, None) without decks.
+
+        Deck paths are relative to the config file. Raises ConfigError with every
+        problem of every deck.
+        """
+        if not any(c.deck for c in self.carriers) and not self.routes and not self.blocked:
+            return None, None
+        problems: list[str] = []
+        carriers = []
+        for carrier in self.carriers:
+            deck = None
+            if carrier.deck is not None:
+                path = self._base / carrier.deck.path
+                try:
+                    deck = load_deck(path, carrier.deck.columns(), carrier.name)
+                except DeckError as exc:
+                    problems += exc.problems
+            carriers.append(CarrierRoute(carrier.name, deck, carrier.priority, carrier.weight))
+        if problems:
+            raise ConfigError(problems)
+        rules = [RouteRule(r.prefix, tuple(r.pin), tuple(r.exclude)) for r in self.routes]
+        table = RoutingTable(carriers, rules, list(self.blocked), self.typical_call_seconds)
+        numbers = (self.numbers or NumbersConfig()).rules()
+        return table, numbers
 
     # -- what the proxy needs ------------------------------------------------------------
     def listeners(self) -> list[Listen]:
@@ -378,7 +485,9 @@ def load_config(path: str | Path | None) -> tuple[RouterConfig, str]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(p)), str(p)
+    config = parse_config(text, str(p))
+    config._base = p.resolve().parent
+    return config, str(p)
 
 
 def default_config_text() -> str:

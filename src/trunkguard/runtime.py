@@ -14,6 +14,7 @@ from .config import RouterConfig
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
 from .proxy import Proxy
+from .routing import NumberRules, RoutingTable
 from .store import EventStore
 
 log = logging.getLogger("trunkguard.health")
@@ -22,9 +23,16 @@ _OPERATOR = (State.DRAINED.value, State.FORCED_DOWN.value)
 
 
 class Runtime:
-    def __init__(self, config: RouterConfig, store: EventStore | None = None) -> None:
+    def __init__(
+        self,
+        config: RouterConfig,
+        store: EventStore | None = None,
+        routing: tuple[RoutingTable | None, NumberRules | None] | None = None,
+    ) -> None:
         self.config = config
         self.proxy = Proxy(config.proxy_settings(), config.targets())
+        # Decks may be large: a caller that loaded them already passes them in.
+        self.proxy.routing, self.proxy.numbers = routing or config.routing()
         names = [t.name for t in self.proxy.targets]
         self.health = HealthEngine(
             names, config.health_policy(), probes_enabled=config.probe.enabled

@@ -11,6 +11,7 @@ says (never a carrier's 503 as 503).
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from ._types import AttemptRecord, Flow, Plan, Target
 if TYPE_CHECKING:
     from ._core import Proxy
     from ._entries import ServerEntry
+
+log = logging.getLogger("trunkguard.proxy")
 
 TRYING = "TRYING"  # looking for a target that answers
 ANSWERED = "ANSWERED"  # a 2xx went to the caller
@@ -154,6 +157,18 @@ class Call:
 
     # -- the failover loop ----------------------------------------------------------
     def start(self, now: float) -> None:
+        rejected = self.plan.rejected
+        if rejected is not None:
+            status, why = rejected
+            log.warning(
+                "call %s to %s refused with %d: %s",
+                self.request.call_id,
+                self.request.request_uri.user,
+                status,
+                why,
+            )
+            self._final(status, now, extra=[("Warning", f'399 trunkguard "{why}"')])
+            return
         if not self.plan.targets and self.plan.overflow:
             # Every healthy route is at capacity: our own 503 (not a carrier's), so the
             # dialer retries shortly instead of taking the number for dead.

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from ..health import UNREACHABLE, HealthEngine, StateChange
+from ..routing import NumberRules, RoutingTable
 from ..sip import (
     ClientInvite,
     ClientNonInvite,
@@ -49,6 +50,7 @@ from ._entries import (
     derived_branch,
     server_key,
 )
+from ._plan import build_plan
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
@@ -68,6 +70,8 @@ class Proxy:
         self.on_attempt: Callable[[AttemptRecord], None] | None = None
         self.on_state_change: Callable[[StateChange], None] | None = None
         self.health: HealthEngine | None = None
+        self.routing: RoutingTable | None = None
+        self.numbers: NumberRules | None = None
         self._health_timer: TimerHandle | None = None
         self._allowed: dict[str, bool] = {}
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
@@ -332,35 +336,16 @@ class Proxy:
         call.start(now)
 
     def plan(self, request: Request, now: float) -> Plan:
-        """The ordered targets for a new call: the carriers in config order, minus those out.
-
-        Targets the health engine keeps out of rotation are skipped, so a dead
-        carrier costs a call no post-dial delay. When every target is out, the
-        panic rule uses them all in normal order: a dead route and a route we
-        merely distrust must not look the same to the caller.
-        """
-        del request
-        health = self.health
-        if health is None:
-            return Plan(self.targets)
-        admitted = [t for t in self.targets if health.admits(t.name)]
-        if admitted:
-            room, full = [], []
-            for t in admitted:
-                why = health.overflow(t.name, now)
-                if why is None:
-                    room.append(t)
-                else:
-                    full.append(f"{t.name}: {why}")
-                    self.counters[f"overflow:{t.name}"] += 1
-            return Plan(room, overflow=full)
-        self.counters["panic_plans"] += 1
-        if self.counters["panic_plans"] == 1 or self.counters["panic_plans"] % 1000 == 0:
-            log.warning(
-                "panic: every target is out of rotation (%s); trying them all in order",
-                ", ".join(f"{t.name} {health.state(t.name)}" for t in self.targets),
-            )
-        return Plan(self.targets, panic=True)
+        """The ordered targets for a new call, each with the reason (see ``_plan.py``)."""
+        return build_plan(
+            request.request_uri.user or "",
+            self.targets,
+            now,
+            routing=self.routing,
+            numbers=self.numbers,
+            health=self.health,
+            counters=self.counters,
+        )
 
     def admits(self, target: Target, now: float) -> bool:
         """May a call be sent to ``target`` right now (for a failover, later than its plan)?"""
@@ -395,8 +380,7 @@ class Proxy:
         branch_id = self.new_branch()
         flow = target.flow
         via = self.via(flow, branch_id)
-        ruri = request.request_uri
-        user = ruri.user
+        user = call.plan.number or request.request_uri.user
         host = target.uri.hostport()
         uri = f"sip:{user}@{host}" if user else f"sip:{host}"
         if flow.transport == "tcp":

@@ -41,6 +41,9 @@ class Plan:
     targets: list[Target]
     panic: bool = False
     overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
+    number: str | None = None  # the E.164 number to dial, when routing normalised it
+    rejected: tuple[int, str] | None = None  # (status, why): blocked or undialable
+    explain: list[str] = field(default_factory=list)  # one line per candidate target
 
     def __iter__(self) -> Iterator[Target]:
         return iter(self.targets)
