@@ -18,8 +18,9 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import ConfigError, RouterConfig, load_config
-from .health import transition_table
-from .proxy import AttemptRecord
+from .health import HealthEngine, State, transition_table
+from .proxy import AttemptRecord, Plan
+from .proxy._plan import build_plan
 from .proxy._server import Router, serve
 from .routing import NumberRules, RoutingTable
 from .runtime import Runtime
@@ -124,7 +125,7 @@ async def _run(
     try:
         runtime = Runtime(config, routing=routing)
     except sqlite3.Error as exc:
-        log.error("cannot open the event log %s: %s", config.store.path, exc)
+        log.error("cannot open the event log %s: %s", config.store_path(), exc)
         return 1
     proxy = runtime.proxy
     proxy.on_attempt = _log_attempt
@@ -213,7 +214,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             return 2
-        path = config.store.path
+        path = str(config.store_path())
     if not Path(path).exists():
         print(f"trunkguard: no event log at {path}", file=sys.stderr)
         return 1
@@ -237,6 +238,56 @@ def _cmd_events(args: argparse.Namespace) -> int:
     if not rows:
         print("no events")
     return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    """The plan for a number: from config, and from the live states in the event log."""
+    try:
+        config, source = load_config(args.config)
+        targets = config.targets()
+        routing, numbers = config.routing()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    plan = build_plan(args.number, targets, 0.0, routing=routing, numbers=numbers)
+    print(f"{args.number} from config ({source}):")
+    _print_plan(plan)
+    path = config.store_path()
+    if not path.exists():
+        print(f"no event log at {path}: no live states to apply (is a router running?)")
+        return 0 if plan.rejected is None else 1
+    health = HealthEngine(
+        [t.name for t in targets], config.health_policy(), probes_enabled=config.probe.enabled
+    )
+    store = EventStore(path)
+    try:
+        last = store.last_states()
+    finally:
+        store.close()
+    wall = time.time()
+    for name, row in last.items():
+        if name in health.targets:
+            health.load_state(name, State(row.new), 0.0, reason=row.reason)
+            health.targets[name].since = row.at - wall  # seconds ago, on this plan's clock
+            health.targets[name].reason = row.reason
+    live = build_plan(args.number, targets, 0.0, routing=routing, numbers=numbers, health=health)
+    print(f"with the live states in {path}:")
+    _print_plan(live)
+    return 0 if live.rejected is None else 1
+
+
+def _print_plan(plan: Plan) -> None:
+    if plan.number is not None:
+        print(f"  number: {plan.number}")
+    if plan.rejected is not None:
+        status, why = plan.rejected
+        print(f"  refused with {status}: {why}")
+        return
+    order = ", ".join(t.name for t in plan.targets) or "(none)"
+    print(f"  try in order: {order}" + ("  [panic: all out of rotation]" if plan.panic else ""))
+    for line in plan.explain:
+        print(f"    {line}")
 
 
 def _cmd_states(args: argparse.Namespace) -> int:
@@ -267,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     events.add_argument("--limit", type=int, default=1000, help="most recent N (default 1000)")
     events.add_argument("--json", action="store_true", help="JSON instead of a table")
     events.set_defaults(func=_cmd_events)
+    route = sub.add_parser("route", help="print the plan for a number and why")
+    route.add_argument("number", help="the number as the dialer sends it")
+    route.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
+    route.set_defaults(func=_cmd_route)
     states = sub.add_parser("states", help="print the target state transition table")
     states.set_defaults(func=_cmd_states)
     args = parser.parse_args(argv)

@@ -317,6 +317,14 @@ class RouterConfig(Strict):
                 raise ValueError(f"blocked prefix {prefix!r}: expected 1-20 digits")
         return self
 
+    @property
+    def base_dir(self) -> Path:
+        """The config file's folder: relative paths in it are relative to this."""
+        return self._base
+
+    def store_path(self) -> Path:
+        return self._base / self.store.path
+
     def routing(self) -> tuple[RoutingTable | None, NumberRules | None]:
         """The routing table with every carrier's deck loaded, or (None, None) without decks.
 

@@ -41,7 +41,7 @@ class Runtime:
             self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
         self.proxy.health = self.health
         self.proxy.on_state_change = self._on_change
-        self.store = store if store is not None else EventStore(config.store.path)
+        self.store = store if store is not None else EventStore(config.store_path())
         self.prober = (
             Prober(self.proxy, self.health, config.probe_settings())
             if config.probe.enabled
