@@ -87,6 +87,32 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _reload(runtime: Runtime, source: str) -> None:
+    """SIGHUP: read the config and decks again; refuse them, keeping the old, if invalid."""
+    path = None if source == "<embedded default>" else source
+    log.info("SIGHUP: reloading %s", source)
+
+    def load() -> tuple[RouterConfig, tuple[RoutingTable | None, NumberRules | None]]:
+        config, _ = load_config(path)
+        config.targets()
+        return config, config.routing()
+
+    loop = asyncio.get_running_loop()
+    try:
+        # Decks of millions of rows take seconds: load them off the event loop.
+        config, routing = await loop.run_in_executor(None, load)
+    except ConfigError as exc:
+        log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
+        for problem in exc.problems[:50]:
+            log.error("  %s", problem)
+        runtime.proxy.counters["reloads_refused"] += 1
+        return
+    for note in runtime.reload(config, routing, loop.time()):
+        log.warning("reload: %s", note)
+    runtime.proxy.counters["reloads"] += 1
+    log.info("reloaded %s: %d carriers", source, len(config.carriers))
+
+
 class _GcPolicy:
     """Keep the cyclic garbage collector's pauses short on a heap of live calls.
 
@@ -134,6 +160,14 @@ async def _run(
     runtime.start(loop.time())
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(_reload(runtime, source))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     def ready(router: Router) -> None:
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)

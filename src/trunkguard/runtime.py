@@ -112,6 +112,38 @@ class Runtime:
         if self.prober is not None:
             self.prober.state_changed(change)
 
+    def reload(
+        self,
+        config: RouterConfig,
+        routing: tuple[RoutingTable | None, NumberRules | None],
+        now: float,
+    ) -> list[str]:
+        """Put a new, already validated config and its loaded decks in force.
+
+        Calls in progress continue on the plans they have. Target states and
+        hold-downs carry over by name. Returns notes on what needs a restart.
+        """
+        notes = []
+        old = self.config
+        if (config.listen, config.advertise) != (old.listen, old.advertise):
+            notes.append("listen/advertise changes take effect at the next restart")
+        if config.store_path() != old.store_path():
+            notes.append("store.path changes take effect at the next restart")
+        targets = config.targets()
+        self.proxy.reconfigure(config.proxy_settings(), targets)
+        self.proxy.routing, self.proxy.numbers = routing
+        self.health.set_policy(config.health_policy())
+        for carrier in config.carriers:
+            if carrier.name not in self.health.targets:
+                self.health.add_target(carrier.name)
+            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
+        if self.prober is not None:
+            self.prober.settings = config.probe_settings()
+            for target in targets:
+                self.prober.add(target, now)
+        self.config = config
+        return notes
+
     def drain(self, name: str, now: float) -> list[StateChange]:
         changes = self.health.drain(name, now)
         self.proxy.apply_health_changes(changes)

@@ -100,6 +100,14 @@ class HealthEngine:
             self.add_target(name)
         self._next_attempt = 0
 
+    def set_policy(self, policy: HealthPolicy) -> None:
+        """New thresholds (a reload); states, counts and hold-downs in force are kept."""
+        self.policy = policy
+        for h in self.targets.values():
+            h.timer.floor, h.timer.cap = policy.response_timeout_floor, policy.invite_timeout
+            if h.window.maxlen != policy.window_size:
+                h.window = deque(h.window, maxlen=policy.window_size)
+
     def set_capacity(self, name: str, max_calls: int | None, max_cps: float | None) -> None:
         h = self.targets[name]
         h.capacity.max_calls, h.capacity.max_cps = max_calls, max_cps

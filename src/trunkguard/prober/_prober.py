@@ -90,6 +90,11 @@ class Prober:
             delay = self.rng.uniform(0, min(self.settings.interval, 1.0))
             self._schedule(target, now + delay)
 
+    def add(self, target: Target, now: float) -> None:
+        """Probe a target that a reload added (those already probed keep their schedule)."""
+        if target.name not in self._next:
+            self._schedule(target, now + self.rng.uniform(0, min(self.settings.interval, 1.0)))
+
     def _schedule(self, target: Target, when: float) -> None:
         old = self._next.get(target.name)
         if old is not None:
@@ -112,6 +117,11 @@ class Prober:
         return self.settings.interval_out if out else self.settings.interval
 
     def _probe(self, target: Target, now: float) -> None:
+        current = next((t for t in self.proxy.targets if t.name == target.name), None)
+        if current is None:
+            self._next.pop(target.name, None)
+            return  # removed by a reload
+        target = current  # a reload may have moved it
         self._schedule(target, now + self._interval(target))
         if self.health.state(target.name) in (State.DRAINED, State.FORCED_DOWN):
             return  # the operator's: probes would not change it

@@ -4,5 +4,13 @@ from ._call import Call, select_final
 from ._core import Proxy
 from ._types import AttemptRecord, Flow, Plan, ProxySettings, Target
 
-__all__ = ["AttemptRecord", "Call", "Flow",
-    "Plan", "Proxy", "ProxySettings", "Target", "select_final"]
+__all__ = [
+    "AttemptRecord",
+    "Call",
+    "Flow",
+    "Plan",
+    "Proxy",
+    "ProxySettings",
+    "Target",
+    "select_final",
+]

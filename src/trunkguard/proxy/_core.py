@@ -79,6 +79,13 @@ class Proxy:
         self.tag = os.urandom(6).hex()
         self._sweep = self.timers.schedule(0.0, self.dialogs.sweep)
 
+    def reconfigure(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
+        """New settings and targets (a reload). Calls in progress keep the plans they have."""
+        self.settings = dataclasses.replace(settings, advertise=self.settings.advertise)
+        self.targets = list(targets)
+        self._carrier_hosts = {t.flow.addr[0] for t in targets}
+        self._allowed.clear()
+
     def set_advertise(self, addr: Addr) -> None:
         """The address put in Via and Record-Route (known only after binding port 0)."""
         self.settings = dataclasses.replace(self.settings, advertise=addr)
