@@ -33,8 +33,10 @@ from .routing import (
     DeckColumns,
     DeckError,
     NumberRules,
+    PoolMember,
     RouteRule,
     RoutingTable,
+    ServerPool,
     load_deck,
 )
 from .sip import Limits, ParseError, TimerConfig, parse_uri
@@ -70,6 +72,19 @@ def parse_listen(text: str) -> Listen:
     except ValueError:
         raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
     return Listen(transport.lower(), host, int(port_text))
+
+
+def _check_target_uri(value: str) -> str:
+    try:
+        uri = parse_uri(value)
+    except ParseError as exc:
+        raise ValueError(exc.reason) from None
+    if not uri.is_sip:
+        raise ValueError(f"{value!r}: a carrier URI must be sip: or sips:")
+    transport = str(uri.params.get("transport") or "udp").lower()
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"{value!r}: transport must be udp or tcp")
+    return value
 
 
 def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
@@ -127,6 +142,36 @@ class RouteConfig(Strict):
     exclude: list[str] = Field(default_factory=list)
 
 
+class PoolMemberConfig(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    uri: str
+    tier: int = Field(default=1, ge=1, le=9)
+    weight: int = Field(default=1, ge=0, le=1000)
+    max_calls: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_target_uri(value)
+
+
+class PoolConfig(Strict):
+    """Servers that take the calls to some numbers (inbound DIDs, say), in tiers."""
+
+    name: str = Field(min_length=1, max_length=64)
+    prefixes: list[str] = Field(min_length=1)
+    preempt_delay: Seconds = 60.0
+    members: list[PoolMemberConfig] = Field(min_length=1)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 20):
+                raise ValueError(f"prefix {prefix!r}: expected 1-20 digits")
+        return value
+
+
 class CarrierConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     uri: str
@@ -142,16 +187,7 @@ class CarrierConfig(Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        try:
-            uri = parse_uri(value)
-        except ParseError as exc:
-            raise ValueError(exc.reason) from None
-        if not uri.is_sip:
-            raise ValueError(f"{value!r}: a carrier URI must be sip: or sips:")
-        transport = str(uri.params.get("transport") or "udp").lower()
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"{value!r}: transport must be udp or tcp")
-        return value
+        return _check_target_uri(value)
 
     @field_validator("failures")
     @classmethod
@@ -262,6 +298,7 @@ class RouterConfig(Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     blocked: list[str] = Field(default_factory=list)
     typical_call_seconds: Seconds = 90.0
+    pools: list[PoolConfig] = Field(default_factory=list)
     _base: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("failures")
@@ -303,11 +340,12 @@ class RouterConfig(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:
-        names = [c.name for c in self.carriers]
+        carrier_names = [c.name for c in self.carriers]
+        names = carrier_names + [m.name for p in self.pools for m in p.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"carrier names must be unique: {', '.join(dupes)}")
-        known = set(names)
+            raise ValueError(f"carrier and pool member names must be unique: {', '.join(dupes)}")
+        known = set(carrier_names)
         for route in self.routes:
             unknown = sorted({*route.pin, *route.exclude} - known)
             if unknown:
@@ -331,7 +369,7 @@ class RouterConfig(Strict):
         Deck paths are relative to the config file. Raises ConfigError with every
         problem of every deck.
         """
-        if not any(c.deck for c in self.carriers) and not self.routes and not self.blocked:
+        if not (any(c.deck for c in self.carriers) or self.routes or self.blocked or self.pools):
             return None, None
         problems: list[str] = []
         carriers = []
@@ -347,7 +385,18 @@ class RouterConfig(Strict):
         if problems:
             raise ConfigError(problems)
         rules = [RouteRule(r.prefix, tuple(r.pin), tuple(r.exclude)) for r in self.routes]
-        table = RoutingTable(carriers, rules, list(self.blocked), self.typical_call_seconds)
+        pools = [
+            ServerPool(
+                p.name,
+                [PoolMember(m.name, m.tier, m.weight) for m in p.members],
+                p.prefixes,
+                p.preempt_delay,
+            )
+            for p in self.pools
+        ]
+        table = RoutingTable(
+            carriers, rules, list(self.blocked), self.typical_call_seconds, pools=pools
+        )
         numbers = (self.numbers or NumbersConfig()).rules()
         return table, numbers
 
@@ -403,6 +452,12 @@ class RouterConfig(Strict):
                 carrier.failures, q850=carrier.q850, dialstatus=carrier.dialstatus
             )
             out.append(Target(carrier.name, uri, flow, table))
+        for pool in self.pools:
+            for member in pool.members:
+                uri = parse_uri(member.uri)
+                transport = str(uri.params.get("transport") or "udp").lower()
+                flow = Flow(transport, (resolve(uri.host), uri.port or 5060))
+                out.append(Target(member.name, uri, flow, base))
         return out
 
 

@@ -37,8 +37,7 @@ class Runtime:
         self.health = HealthEngine(
             names, config.health_policy(), probes_enabled=config.probe.enabled
         )
-        for carrier in config.carriers:
-            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
+        self._set_capacity(config)
         self.proxy.health = self.health
         self.proxy.on_state_change = self._on_change
         self.store = store if store is not None else EventStore(config.store_path())
@@ -49,6 +48,13 @@ class Runtime:
         )
         self._clock = 0.0  # monotonic "now" of the last call into us
         self._offset = time.time()  # wall clock minus monotonic clock
+
+    def _set_capacity(self, config: RouterConfig) -> None:
+        for carrier in config.carriers:
+            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
+        for pool in config.pools:
+            for member in pool.members:
+                self.health.set_capacity(member.name, member.max_calls, None)
 
     def _wall(self, mono: float) -> float:
         return mono + self._offset
@@ -133,10 +139,10 @@ class Runtime:
         self.proxy.reconfigure(config.proxy_settings(), targets)
         self.proxy.routing, self.proxy.numbers = routing
         self.health.set_policy(config.health_policy())
-        for carrier in config.carriers:
-            if carrier.name not in self.health.targets:
-                self.health.add_target(carrier.name)
-            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
+        for target in targets:
+            if target.name not in self.health.targets:
+                self.health.add_target(target.name)
+        self._set_capacity(config)
         if self.prober is not None:
             self.prober.settings = config.probe_settings()
             for target in targets:

@@ -66,7 +66,7 @@ def test_overrides_and_tcp_carrier() -> None:
             MINIMAL.replace("sip:127.0.0.1:5072", "http://x"),
             "x.yaml:5: carriers[1].uri: 'http://x': a carrier URI must be sip: or sips:",
         ),
-        (MINIMAL.replace("name: c", "name: a"), "carrier names must be unique: a"),
+        (MINIMAL.replace("name: c", "name: a"), "names must be unique: a"),
         (MINIMAL + "failover:\n  invite_timeout: 0\n", "x.yaml:8: failover.invite_timeout:"),
         (MINIMAL + "bogus: 1\n", "x.yaml:7: bogus: Extra inputs are not permitted"),
         (MINIMAL + "failures: {200: trunk_fault}\n", "only 300-699"),

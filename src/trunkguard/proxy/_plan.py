@@ -45,10 +45,21 @@ def build_plan(
             return Plan([], number=number, rejected=(403, why), explain=[why])
         by_name = {t.name: t for t in targets}
         ordered = []
-        for choice in routing.rank(number):
-            explain.append(f"{choice.name}: {choice.why}")
-            if choice.used and choice.name in by_name:
-                ordered.append(by_name[choice.name])
+        pool = routing.pool_for(number)
+        if pool is not None:
+            names, explain, change = pool.order(
+                (lambda name: health.admits(name)) if health is not None else (lambda name: True),
+                now,
+            )
+            if change is not None:
+                counters[f"pool_changes:{pool.name}"] += 1
+                log.warning("%s", change)
+            ordered = [by_name[n] for n in names if n in by_name]
+        else:
+            for choice in routing.rank(number):
+                explain.append(f"{choice.name}: {choice.why}")
+                if choice.used and choice.name in by_name:
+                    ordered.append(by_name[choice.name])
         if not ordered:
             counters["calls_unroutable"] += 1
             return Plan(

@@ -3,6 +3,7 @@
 from ._deck import DeckColumns, DeckError, Rate, RateDeck, load_deck
 from ._number import NumberError, NumberRules, normalize
 from ._plan import CarrierRoute, Choice, RouteRule, RoutingTable
+from ._pool import PoolMember, ServerPool
 
 __all__ = [
     "CarrierRoute",
@@ -11,10 +12,12 @@ __all__ = [
     "DeckError",
     "NumberError",
     "NumberRules",
+    "PoolMember",
     "Rate",
     "RateDeck",
     "RouteRule",
     "RoutingTable",
+    "ServerPool",
     "load_deck",
     "normalize",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from ._deck import Rate, RateDeck
+from ._pool import ServerPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +51,12 @@ class RoutingTable:
         blocked: list[str] | None = None,
         typical_seconds: float = 90.0,
         rng: random.Random | None = None,
+        pools: list[ServerPool] | None = None,
     ) -> None:
         self.carriers = carriers
+        self.pools = pools or []
+        self._pool_prefixes = {p: pool for pool in self.pools for p in pool.prefixes}
+        self._max_pool = max((len(p) for p in self._pool_prefixes), default=0)
         self.rules = {r.prefix: r for r in rules or []}
         self.blocked_prefixes = frozenset(blocked or [])
         self.typical_seconds = typical_seconds
@@ -65,6 +70,14 @@ class RoutingTable:
         for end in range(min(len(number), self._max_block), 0, -1):
             if number[:end] in self.blocked_prefixes:
                 return number[:end]
+        return None
+
+    def pool_for(self, number: str) -> ServerPool | None:
+        """The server pool whose longest prefix ``number`` matches, if any."""
+        for end in range(min(len(number), self._max_pool), 0, -1):
+            found = self._pool_prefixes.get(number[:end])
+            if found is not None:
+                return found
         return None
 
     def rule(self, number: str) -> RouteRule | None:
