@@ -94,8 +94,9 @@ def build_plan(
     counters["panic_plans"] += 1
     if counters["panic_plans"] == 1 or counters["panic_plans"] % 1000 == 0:
         log.warning(
-            "panic: every target is out of rotation (%s); trying them all in order",
+            "panic: every target of the route%s is out of rotation (%s); trying them all in order",
+            f" for {number}" if number else "",
             ", ".join(f"{t.name} {health.state(t.name)}" for t in ordered),
         )
-    explain.append("panic: every target is out of rotation; trying them all in order")
+    explain.append("panic: every target of this route is out of rotation; trying them all in order")
     return Plan(list(ordered), panic=True, number=number, explain=explain)
