@@ -170,6 +170,7 @@ async def _run(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
     def ready(router: Router) -> None:
+        routers.append(router)
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)
         log.info("trunkguard listening on %s (config %s)", where, source)
         for i, target in enumerate(proxy.targets, 1):
@@ -179,6 +180,29 @@ async def _run(
                 json.dump({"listen": [list(b) for b in router.bound]}, fh)
 
     gc_policy = _GcPolicy(loop)
+    admin_server = None
+    routers: list[Router] = []  # the router, once it listens
+    if config.admin.token:
+        from .admin import AdminSettings, start_admin
+
+        def after_admin_change() -> None:
+            # A change made through the API may arm a new deadline (a forced-down
+            # target's revert): the loop's timer must learn of it now.
+            if routers:
+                routers[0].flush()
+
+        host, port = config.admin.address()
+        try:
+            admin_server = await start_admin(
+                runtime,
+                AdminSettings(host=host, port=port, token=config.admin.token),
+                on_change=after_admin_change,
+            )
+        except OSError as exc:
+            log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
+            runtime.close()
+            return 1
+        log.info("admin API on %s", config.admin.url())
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
     try:
         await serve(proxy, listeners, stop, ready)
@@ -187,6 +211,8 @@ async def _run(
         return 1
     finally:
         gc_policy.stop()
+        if admin_server is not None:
+            await admin_server.close()
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -324,6 +350,76 @@ def _print_plan(plan: Plan) -> None:
         print(f"    {line}")
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import lab_main
+
+    return lab_main(args.scenario, Path(args.out), live=not args.no_live)
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return float(text[:-1]) * units[text[-1]]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise SystemExit(f"trunkguard: {text!r}: expected a duration like 60s or 2m")
+
+
+def _admin_of(config_path: str | None) -> tuple[str, str] | int:
+    try:
+        config, _ = load_config(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if not config.admin.token:
+        print("trunkguard: the config has no admin.token: the admin API is off", file=sys.stderr)
+        return 2
+    return config.admin.url(), config.admin.token
+
+
+def _cmd_drill(args: argparse.Namespace) -> int:
+    from .lab import DrillError, run_drill, write_drill_report
+
+    admin = _admin_of(args.config)
+    if isinstance(admin, int):
+        return admin
+    seconds = _seconds(args.duration)
+    print(f"drill: {args.target} forced down for {seconds:g}s (reverts by itself at the end)")
+    try:
+        result = asyncio.run(run_drill(admin[0], admin[1], args.target, seconds, force=args.force))
+    except DrillError as exc:
+        print(f"trunkguard: drill refused: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("drill aborted: the target was restored at once")
+        return 130
+    path = write_drill_report(result, Path(args.out))
+    m = result.metrics
+    print(
+        f"drill done: {m['calls']} calls, {m['answered']} answered, {m['failed']} failed; "
+        f"INVITEs to {args.target} during the drill: {m['invites_to_target']}; "
+        f"by target: {m['invites_by_target']}"
+    )
+    print(f"report: {path}")
+    return 0 if m["failed"] == 0 else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .admin import status_main
+
+    admin = _admin_of(args.config)
+    if isinstance(admin, int):
+        return admin
+    return status_main(admin[0], admin[1], json_out=args.json)
+
+
+def _cmd_sim_carrier(args: argparse.Namespace) -> int:
+    from .lab._carrier import main as sim_main
+
+    return sim_main(list(args.args))
+
+
 def _cmd_states(args: argparse.Namespace) -> int:
     del args
     print(transition_table())
@@ -356,6 +452,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     route.add_argument("number", help="the number as the dialer sends it")
     route.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
     route.set_defaults(func=_cmd_route)
+    lab = sub.add_parser("lab", help="run failover scenarios with simulated carriers")
+    lab.add_argument("scenario", nargs="+", help="a scenario name, or all")
+    lab.add_argument("--out", default="lab-results", help="folder for reports (lab-results)")
+    lab.add_argument("--no-live", action="store_true", help="no live view, just the results")
+    lab.set_defaults(func=_cmd_lab)
+    drill = sub.add_parser("drill", help="force a target down on the live router, watch")
+    drill.add_argument("target")
+    drill.add_argument("--for", dest="duration", default="60s", help="how long (60s, 2m)")
+    drill.add_argument("-c", "--config", help="the running router's config (admin API)")
+    drill.add_argument("--force", action="store_true", help="even if no other target is UP")
+    drill.add_argument("--out", default="drill-results", help="folder for the report")
+    drill.set_defaults(func=_cmd_drill)
+    status = sub.add_parser("status", help="target states and counters of the live router")
+    status.add_argument("-c", "--config", help="the running router's config (admin API)")
+    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.set_defaults(func=_cmd_status)
+    sim = sub.add_parser(
+        "sim-carrier", help="a simulated carrier for tests and the lab", add_help=False
+    )
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_cmd_sim_carrier)
     states = sub.add_parser("states", help="print the target state transition table")
     states.set_defaults(func=_cmd_states)
     args = parser.parse_args(argv)

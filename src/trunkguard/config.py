@@ -275,6 +275,28 @@ class StoreConfig(Strict):
     path: str = "trunkguard-events.db"
 
 
+class AdminConfig(Strict):
+    """The admin API: loopback by default; it does not start without a token."""
+
+    listen: str = "127.0.0.1:8080"
+    token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen("tcp:" + value)
+        return value
+
+    def address(self) -> tuple[str, int]:
+        lst = parse_listen("tcp:" + self.listen)
+        return lst.host, lst.port
+
+    def url(self) -> str:
+        host, port = self.address()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -293,6 +315,7 @@ class RouterConfig(Strict):
     health: HealthConfig = HealthConfig()
     probe: ProbeConfig = ProbeConfig()
     store: StoreConfig = StoreConfig()
+    admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)

@@ -177,17 +177,17 @@ class Router:
     # -- the loop -------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow) -> None:
         self.proxy.receive(data, flow, self.loop.time())
-        self._flush()
+        self.flush()
 
     def transport_error(self, flow: Flow) -> None:
         self.proxy.transport_error(flow, self.loop.time())
-        self._flush()
+        self.flush()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
         self.proxy.run_timers(self.loop.time())
-        self._flush()
+        self.flush()
 
     def _rearm(self) -> None:
         deadline = self.proxy.next_deadline()
@@ -198,7 +198,7 @@ class Router:
         self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
         self._timer_at = deadline
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         outbox = self.proxy.outbox
         if outbox:
             self.proxy.outbox = []

@@ -4,7 +4,8 @@ A deck maps destination prefixes (E.164 digits) to a per-minute rate, an
 optional connection fee and billing increments ("6/6": 6 s minimum, then
 6 s steps). Rates are :class:`~decimal.Decimal`; in memory they are kept as
 integers of 1e-8 of the currency unit, in arrays beside one dict from prefix
-to row, so a deck of a million prefixes stays around 150 MB.
+to row, so a deck of a million prefixes stays around 150 MB. The rates of the
+prefixes looked up most recently are kept built (at most ``MEMO_SIZE``).
 
 Every bad row is reported (file, line, reason), all at once; a deck with
 errors is not loaded.
@@ -22,6 +23,8 @@ from pathlib import Path
 
 SCALE = 10**8  # rates and fees are stored as integers of 1e-8 units
 MAX_REPORTED = 50
+MEMO_SIZE = 1 << 14  # built Rate objects kept per deck; the memo starts over when full
+_PARSED = 4096  # distinct cell texts (rates, fees, increments, dates) parsed once per load
 
 
 class DeckError(Exception):
@@ -68,14 +71,27 @@ class Rate:
         return self.connection_fee + self.rate * Decimal(billed) / 60
 
     def explain(self) -> str:
-        fee = f" + {self.connection_fee} per call" if self.connection_fee else ""
-        return f"{self.rate}/min{fee}, {self.initial}/{self.increment} via prefix {self.prefix}"
+        # "f": a rate of 0.00000001 reads as that, not as 1E-8
+        fee = f" + {self.connection_fee:f} per call" if self.connection_fee else ""
+        return f"{self.rate:f}/min{fee}, {self.initial}/{self.increment} via prefix {self.prefix}"
 
 
 class RateDeck:
     """One carrier's deck: :meth:`lookup` gives the rate of its longest matching prefix."""
 
-    __slots__ = ("_desc", "_fee", "_index", "_initial", "_step", "_units", "carrier", "source")
+    __slots__ = (
+        "_desc",
+        "_fee",
+        "_index",
+        "_initial",
+        "_longest",
+        "_memo",
+        "_shortest",
+        "_step",
+        "_units",
+        "carrier",
+        "source",
+    )
 
     def __init__(self, carrier: str, source: str) -> None:
         self.carrier = carrier
@@ -86,16 +102,25 @@ class RateDeck:
         self._initial = array("H")
         self._step = array("H")
         self._desc: list[str] | None = None
+        self._longest = 0  # prefix lengths in the deck: no need to look for others
+        self._shortest = 1
+        self._memo: dict[int, Rate] = {}  # row -> its Rate, for the prefixes in use
 
     def __len__(self) -> int:
         return len(self._index)
 
     def lookup(self, number: str) -> Rate | None:
         index = self._index
-        for end in range(len(number), 0, -1):
-            row = index.get(number[:end])
+        for end in range(min(len(number), self._longest), self._shortest - 1, -1):
+            prefix = number[:end]
+            row = index.get(prefix)
             if row is not None:
-                return self._rate(number[:end], row)
+                rate = self._memo.get(row)
+                if rate is None:
+                    if len(self._memo) >= MEMO_SIZE:
+                        self._memo.clear()
+                    rate = self._memo[row] = self._rate(prefix, row)
+                return rate
         return None
 
     def _rate(self, prefix: str, row: int) -> Rate:
@@ -109,8 +134,11 @@ class RateDeck:
         )
 
     def _add(self, prefix: str, units: int, fee: int, initial: int, step: int, desc: str) -> None:
+        self._memo.clear()
         row = self._index.get(prefix)
         if row is None:
+            self._longest = max(self._longest, len(prefix))
+            self._shortest = min(self._shortest, len(prefix)) if len(self._index) else len(prefix)
             self._index[prefix] = len(self._units)
             self._units.append(units)
             self._fee.append(fee)
@@ -126,17 +154,31 @@ class RateDeck:
 
 
 def _money(text: str, what: str) -> int:
+    plain = text.strip()
+    whole, _, frac = plain.partition(".")
+    if (
+        whole.isdigit()
+        and len(frac) <= 8
+        and (frac.isdigit() or not frac)
+        and whole.isascii()
+        and frac.isascii()
+    ):
+        # The common case ("0.0061"), in integers; anything else goes through Decimal.
+        fast = int(whole) * SCALE + (int(frac.ljust(8, "0")) if frac else 0)
+        if fast >= 2**62:
+            raise ValueError(f"{what} {plain!r} is too large")
+        return fast
     try:
-        value = Decimal(text.strip())
+        value = Decimal(plain)
     except InvalidOperation:
-        raise ValueError(f"{what} {text.strip()!r} is not a number") from None
+        raise ValueError(f"{what} {plain!r} is not a number") from None
     if not value.is_finite() or value < 0:
-        raise ValueError(f"{what} {text.strip()!r} must be zero or more")
+        raise ValueError(f"{what} {plain!r} must be zero or more")
     units = value * SCALE
     if units != units.to_integral_value():
-        raise ValueError(f"{what} {text.strip()!r} has more than 8 decimals")
+        raise ValueError(f"{what} {plain!r} has more than 8 decimals")
     if units >= 2**62:
-        raise ValueError(f"{what} {text.strip()!r} is too large")
+        raise ValueError(f"{what} {plain!r} is too large")
     return int(units)
 
 
@@ -196,11 +238,26 @@ def _load(
     if problems or c_prefix is None or c_rate is None:
         raise DeckError(problems)
     deck = RateDeck(carrier, source)
-    if c_desc is not None:
-        deck._desc = []
+    index = deck._index
+    units_of, fee_of, initial_of, step_of = deck._units, deck._fee, deck._initial, deck._step
+    descs: list[str] | None = [] if c_desc is not None else None
+    deck._desc = descs
+    desc_at = c_desc if c_desc is not None else 0
+    # Per row while loading: its effective date (an ordinal, 0 for none) and its line.
+    dates = array("l")
+    lines_of = array("q")
+    # Cells repeat (fees, increments, dates, many rates): each distinct text is parsed once.
+    parsed_money: dict[str, int] = {}
+    parsed_fee: dict[str, int] = {}
+    parsed_inc: dict[str, tuple[int, int]] = {}
+    parsed_date: dict[str, int] = {}
+    same_desc: dict[str, str] = {}  # one string per distinct description
+    cutoff = today.toordinal()
     width = max(c for c in (c_prefix, c_rate, c_fee, c_inc, c_eff, c_desc) if c is not None)
-    seen: dict[str, tuple[date | None, int]] = {}  # prefix -> effective date, line
-    for line, row in enumerate(reader, start=2):
+    last = reader.line_num
+    for row in reader:
+        # A quoted cell may span lines: count lines of the file, not records.
+        line, last = last + 1, reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) <= width:
@@ -210,34 +267,83 @@ def _load(
         try:
             if not prefix.isdigit() or not prefix.isascii() or len(prefix) > 20:
                 raise ValueError(f"prefix {row[c_prefix].strip()!r} is not 1-20 digits")
-            units = _money(row[c_rate], "rate")
-            fee = _money(row[c_fee], "connection fee") if c_fee is not None else 0
-            initial, step = _increment(row[c_inc]) if c_inc is not None else (60, 60)
-            effective: date | None = None
-            if c_eff is not None and row[c_eff].strip():
-                try:
-                    effective = date.fromisoformat(row[c_eff].strip())
-                except ValueError:
-                    raise ValueError(
-                        f"effective date {row[c_eff].strip()!r}: expected YYYY-MM-DD"
-                    ) from None
+            cell = row[c_rate]
+            units = parsed_money.get(cell)
+            if units is None:
+                units = _money(cell, "rate")
+                if len(parsed_money) < _PARSED:
+                    parsed_money[cell] = units
+            fee = 0
+            if c_fee is not None:
+                cell = row[c_fee]
+                known = parsed_fee.get(cell)
+                if known is None:
+                    known = _money(cell, "connection fee")
+                    if len(parsed_fee) < _PARSED:
+                        parsed_fee[cell] = known
+                fee = known
+            initial, step = 60, 60
+            if c_inc is not None:
+                cell = row[c_inc]
+                pair = parsed_inc.get(cell)
+                if pair is None:
+                    pair = _increment(cell)
+                    if len(parsed_inc) < _PARSED:
+                        parsed_inc[cell] = pair
+                initial, step = pair
+            effective = 0
+            if c_eff is not None:
+                cell = row[c_eff]
+                day = parsed_date.get(cell)
+                if day is None:
+                    day = _date(cell)
+                    if len(parsed_date) < _PARSED:
+                        parsed_date[cell] = day
+                effective = day
         except ValueError as exc:
             problems.append(f"{source}:{line}: {exc}")
             continue
-        if effective is not None and effective > today:
+        if effective > cutoff:
             continue  # not in force yet: a reload after that date picks it up
-        before = seen.get(prefix)
-        if before is not None:
-            if before[0] == effective:
-                problems.append(f"{source}:{line}: prefix {prefix} again (line {before[1]})")
-                continue
-            if before[0] is not None and (effective is None or effective < before[0]):
-                continue  # an older rate for a prefix that has a newer one
-        seen[prefix] = (effective, line)
-        desc = row[c_desc].strip() if c_desc is not None else ""
-        deck._add(prefix, units, fee, initial, step, desc)
+        at = index.get(prefix)
+        if at is None:
+            index[prefix] = len(units_of)
+            units_of.append(units)
+            fee_of.append(fee)
+            initial_of.append(initial)
+            step_of.append(step)
+            dates.append(effective)
+            lines_of.append(line)
+            if descs is not None:
+                text = row[desc_at].strip()
+                descs.append(same_desc.setdefault(text, text))
+            continue
+        before = dates[at]
+        if before == effective:
+            problems.append(f"{source}:{line}: prefix {prefix} again (line {lines_of[at]})")
+            continue
+        if before and (not effective or effective < before):
+            continue  # an older rate for a prefix that has a newer one
+        units_of[at], fee_of[at], initial_of[at], step_of[at] = units, fee, initial, step
+        dates[at], lines_of[at] = effective, line
+        if descs is not None:
+            text = row[desc_at].strip()
+            descs[at] = same_desc.setdefault(text, text)
     if problems:
         raise DeckError(problems)
     if not len(deck):
         raise DeckError([f"{source}: no rates in force"])
+    lengths = {len(p) for p in index}
+    deck._longest, deck._shortest = max(lengths), min(lengths)
     return deck
+
+
+def _date(text: str) -> int:
+    """The ordinal of a YYYY-MM-DD cell, or 0 for an empty one (always in force)."""
+    plain = text.strip()
+    if not plain:
+        return 0
+    try:
+        return date.fromisoformat(plain).toordinal()
+    except ValueError:
+        raise ValueError(f"effective date {plain!r}: expected YYYY-MM-DD") from None

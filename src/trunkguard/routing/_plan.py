@@ -16,6 +16,8 @@ from decimal import Decimal
 from ._deck import Rate, RateDeck
 from ._pool import ServerPool
 
+PRICED_SIZE = 1 << 14  # per carrier: rates whose typical cost and reason are kept worked out
+
 
 @dataclass(frozen=True, slots=True)
 class CarrierRoute:
@@ -64,6 +66,9 @@ class RoutingTable:
         self.priced = any(c.deck is not None for c in carriers)
         self._max_rule = max((len(p) for p in self.rules), default=0)
         self._max_block = max((len(p) for p in self.blocked_prefixes), default=0)
+        # id(rate) -> (rate, seconds, its cost, the start of its reason). The entry holds the
+        # rate, so no other object can take its id while the entry is there.
+        self._priced: dict[int, tuple[Rate, float, Decimal, str]] = {}
 
     def blocked(self, number: str) -> str | None:
         """The blocked prefix ``number`` falls under, if any."""
@@ -106,7 +111,7 @@ class RoutingTable:
             if rate is None:
                 skipped.append(Choice(carrier.name, False, f"no rate for {number}"))
                 continue
-            candidates.append((carrier, rate, rate.cost(self.typical_seconds)))
+            candidates.append((carrier, rate, self._priced_text(rate)[0]))
         if rule is not None and rule.pin:
             order = {name: i for i, name in enumerate(rule.pin)}
             candidates.sort(key=lambda c: order[c[0].name])
@@ -170,5 +175,22 @@ class RoutingTable:
     ) -> Choice:
         if rate is None or cost is None:
             return Choice(carrier.name, True, how)
-        typical = f"{cost.quantize(Decimal('0.0001'))} for a {self.typical_seconds:g}s call"
-        return Choice(carrier.name, True, f"{rate.explain()} ({typical}; {how})", cost, rate)
+        return Choice(carrier.name, True, f"{self._priced_text(rate)[1]}{how})", cost, rate)
+
+    def _priced_text(self, rate: Rate) -> tuple[Decimal, str]:
+        """The cost of a typical call on ``rate`` and the start of the reason that shows it.
+
+        Worked out once per rate (decks hand out the same Rate for a prefix in use): the
+        Decimal arithmetic and formatting are most of the time of a plan otherwise.
+        """
+        seconds = self.typical_seconds
+        known = self._priced.get(id(rate))
+        if known is not None and known[0] is rate and known[1] == seconds:
+            return known[2], known[3]
+        cost = rate.cost(seconds)
+        typical = f"{cost.quantize(Decimal('0.0001'))} for a {seconds:g}s call"
+        text = f"{rate.explain()} ({typical}; "
+        if len(self._priced) >= PRICED_SIZE * max(len(self.carriers), 1):
+            self._priced.clear()
+        self._priced[id(rate)] = (rate, seconds, cost, text)
+        return cost, text

@@ -1,0 +1,405 @@
+"""A simulated carrier, sans-IO: datagrams and ``now`` in, datagrams and one deadline out.
+
+What it does, by behaviour (see ``_carrier_mode``):
+
+=============  ==============================================================
+healthy        INVITE: 100, 180, then 200 with SDP after ``ring_ms``; the 200
+               is resent until the ACK comes (RFC 6026: the server transaction
+               leaves 2xx retransmission to its user). BYE 200 (481 for an
+               unknown call; 487 to the INVITE if it is still ringing),
+               CANCEL 200 + 487 to the INVITE (481 if no INVITE matches),
+               OPTIONS and REGISTER 200, any other method 405.
+reject         INVITE: 100 then ``code`` (with Retry-After if set); the rest
+               as healthy.
+options-only   INVITE: ``code`` at once, no 100: only keepalives look alive.
+slow           as healthy, but each new request is taken up ``delay_ms``
+               later; its retransmissions meanwhile are absorbed.
+blackhole      nothing is answered, and nothing already due is sent either.
+killed         as blackhole, and every call and transaction is forgotten (the
+               adapter closes the socket: the kernel answers, not us).
+=============  ==============================================================
+
+Requests go through the project's own server transactions
+(:class:`ServerInvite`, :class:`ServerNonInvite`), which resend the last
+response to a retransmitted request and retransmit non-2xx finals until the
+ACK. A mode change applies to the next datagram in and to every datagram due
+out from then on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..sip import (
+    MAGIC_COOKIE,
+    Event,
+    ParseError,
+    Request,
+    Response,
+    Send,
+    ServerInvite,
+    ServerNonInvite,
+    Terminated,
+    TimedOut,
+    TimerConfig,
+    new_tag,
+    parse_message,
+)
+from ._carrier_counters import Counters
+from ._carrier_mode import SILENT, Mode, behaviour, phase_end
+from ._carrier_wire import ALLOW, build_response, sdp_answer
+
+Addr = tuple[str, int]
+TxnKey = tuple[str, str, str]  # branch, sent-by, method (an ACK belongs to its INVITE)
+MAX_CALLS = 100_000
+DEFAULT_TIMERS = TimerConfig()
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    addr: Addr
+
+
+@dataclass(eq=False, slots=True)
+class _Txn:
+    key: TxnKey
+    server: ServerInvite | ServerNonInvite
+    addr: Addr
+    armed: float | None = None  # the earliest wake-up queued for it
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    call_id: str
+    tag: str
+    invite: Request
+    txn: _Txn
+    final: int | None = None
+    ok: bytes | None = None  # the 2xx, resent until the ACK
+    acked: bool = False
+    ended: bool = False
+    interval: float = 0.0
+    give_up: float = 0.0
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"carrier name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)"
+        )
+    return name
+
+
+class CarrierCore:
+    """One simulated carrier. Call :meth:`handle_timer` at :meth:`next_deadline`."""
+
+    def __init__(
+        self,
+        name: str,
+        mode: Mode,
+        now: float,
+        *,
+        local: Addr = ("127.0.0.1", 5060),
+        timers: TimerConfig = DEFAULT_TIMERS,
+    ) -> None:
+        self.name = check_name(name)
+        self.local = local
+        self.timers = timers
+        self.counters = Counters()
+        self.mode = mode
+        self.since = now
+        self._now = now
+        self._txns: dict[TxnKey, _Txn] = {}
+        self._calls: dict[str, _Call] = {}
+        self._pending: set[TxnKey] = set()
+        self._wakeups: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._out: list[Datagram] = []
+
+    # -- the interface ---------------------------------------------------------------
+    def set_mode(self, mode: Mode, now: float) -> None:
+        self.mode = mode
+        self.since = now
+        if mode.name == "killed":
+            # A killed process forgets everything; the counters are the simulator's own.
+            self._txns.clear()
+            self._calls.clear()
+            self._pending.clear()
+            self._wakeups.clear()
+
+    def behaviour(self, now: float) -> str:
+        return behaviour(self.mode, self.since, now)
+
+    def next_deadline(self) -> float | None:
+        return self._wakeups[0][0] if self._wakeups else None
+
+    def receive(self, data: bytes, addr: Addr, now: float) -> list[Datagram]:
+        self._now = now
+        try:
+            message = parse_message(data)
+        except ParseError as exc:
+            self._malformed(exc, exc.partial, addr)
+            return self._flush()
+        if isinstance(message, Response):
+            self.counters.stray_responses += 1
+            return self._flush()
+        try:
+            message.check()
+        except ParseError as exc:
+            self._malformed(exc, message, addr)
+            return self._flush()
+        self._request(message, addr)
+        return self._flush()
+
+    def handle_timer(self, now: float) -> list[Datagram]:
+        self._now = now
+        while self._wakeups and self._wakeups[0][0] <= now:
+            _, _, action = heapq.heappop(self._wakeups)
+            action()
+        return self._flush()
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """Mode and counters, JSON-able."""
+        out: dict[str, object] = {
+            "mode": self.mode.name,
+            "mode_detail": self.mode.describe(),
+            "params": self.mode.as_dict(),
+            "acting_as": self.behaviour(now),
+            "mode_since_s": round(now - self.since, 3),
+        }
+        turn = phase_end(self.mode, self.since, now)
+        if turn is not None:
+            out["phase_ends_in_s"] = round(turn - now, 3)
+        out.update(self.counters.as_dict())
+        # Ringing or answered and not hung up; rejected calls wait out Timer I uncounted.
+        out["open_calls"] = sum(1 for c in self._calls.values() if (c.final or 0) < 300)
+        return out
+
+    @property
+    def contact(self) -> str:
+        host, port = self.local
+        return f"sip:{self.name}@{f'[{host}]' if ':' in host else host}:{port}"
+
+    # -- requests in ---------------------------------------------------------------------
+    def _request(self, req: Request, addr: Addr) -> None:
+        method = req.method
+        via = req.top_via
+        branch = via.branch or ""
+        if not branch.startswith(MAGIC_COOKIE):
+            # RFC 2543 peers: no usable branch, the transaction is Call-ID, CSeq and From tag.
+            branch = f"{req.call_id}/{req.cseq.number}/{req.from_.tag}"
+        self.counters.request(method, (branch, via.sent_by, method), req.call_id)
+        acting = self.behaviour(self._now)
+        if acting in SILENT:
+            self.counters.swallowed += 1
+            return
+        key: TxnKey = (branch, via.sent_by, "INVITE" if method == "ACK" else method)
+        if method == "ACK":
+            self._ack(req, key)
+            return
+        txn = self._txns.get(key)
+        if txn is not None:
+            self._retransmitted(txn, req)
+        elif key in self._pending:
+            pass  # slow: the first copy is queued already
+        elif acting == "slow":
+            self._pending.add(key)
+            self._at(self._now + self.mode.delay_ms / 1000, lambda: self._delayed(req, addr, key))
+        else:
+            # Also a retransmission of a request that met a silent carrier: answer it now.
+            self._dispatch(req, addr, key, acting)
+
+    def _delayed(self, req: Request, addr: Addr, key: TxnKey) -> None:
+        self._pending.discard(key)
+        acting = self.behaviour(self._now)
+        if acting in SILENT:
+            self.counters.swallowed += 1
+        elif key not in self._txns:
+            self._dispatch(req, addr, key, "healthy" if acting == "slow" else acting)
+
+    def _dispatch(self, req: Request, addr: Addr, key: TxnKey, acting: str) -> None:
+        method = req.method
+        if method == "INVITE":
+            self._invite(req, addr, key, acting)
+        elif method == "CANCEL":
+            self._cancel(req, addr, key)
+        elif method == "BYE":
+            self._bye(req, addr, key)
+        elif method == "OPTIONS":
+            self._answer(req, addr, key, 200, extra=[("Allow", ALLOW)])
+        elif method == "REGISTER":
+            extra = [("Contact", c) for c in req.get_all("contact")]
+            extra.append(("Expires", req.get("expires") or "3600"))
+            self._answer(req, addr, key, 200, extra=extra)
+        else:
+            self._answer(req, addr, key, 405, extra=[("Allow", ALLOW)])
+
+    def _retransmitted(self, txn: _Txn, req: Request) -> None:
+        self._run(txn, txn.server.receive_request(self._now), resent=True)
+        call = self._calls.get(req.call_id)
+        # In ACCEPTED the transaction absorbs the INVITE (RFC 6026); the 2xx is ours to resend.
+        if call is not None and call.txn is txn and call.ok is not None and not call.acked:
+            self._send(call.ok, txn.addr, resent=True)
+
+    def _ack(self, req: Request, key: TxnKey) -> None:
+        txn = self._txns.get(key)
+        if txn is not None and isinstance(txn.server, ServerInvite):
+            self._run(txn, txn.server.receive_ack(self._now))  # ACK for a non-2xx final
+        call = self._calls.get(req.call_id)
+        if call is not None and call.ok is not None:
+            call.acked = True  # ACK for the 2xx: its own transaction, matched by dialog
+
+    def _invite(self, req: Request, addr: Addr, key: TxnKey, acting: str) -> None:
+        txn = self._open(ServerInvite(req, reliable=False, timers=self.timers), key, addr)
+        call = _Call(req.call_id, req.to.tag or new_tag(), req, txn)
+        self._calls.pop(call.call_id, None)
+        self._calls[call.call_id] = call
+        if len(self._calls) > MAX_CALLS:
+            del self._calls[next(iter(self._calls))]
+        mode = self.mode
+        if acting in ("reject", "options-only"):
+            if acting == "reject":
+                self._respond(call, 100)
+            self._respond(call, mode.code, retry_after=mode.retry_after)
+            return
+        self._respond(call, 100)
+        self._respond(call, 180)
+        if mode.ring_ms <= 0:
+            self._respond(call, 200)
+        else:
+            self._at(self._now + mode.ring_ms / 1000, lambda: self._respond(call, 200))
+
+    def _cancel(self, req: Request, addr: Addr, key: TxnKey) -> None:
+        invite = self._txns.get((key[0], key[1], "INVITE"))
+        call = self._calls.get(req.call_id)
+        if invite is None or call is None or call.txn is not invite:
+            self._answer(req, addr, key, 481)
+            return
+        # Same To tag as the INVITE's responses (RFC 3261 §9.2).
+        self._answer(req, addr, key, 200, tag=call.tag)
+        self._respond(call, 487)  # nothing if the INVITE got its final already
+
+    def _bye(self, req: Request, addr: Addr, key: TxnKey) -> None:
+        call = self._calls.get(req.call_id)
+        if call is None or (call.final is not None and call.final >= 300):
+            self._answer(req, addr, key, 481)
+            return
+        self._answer(req, addr, key, 200, tag=call.tag)
+        call.ended = True
+        del self._calls[call.call_id]
+        self._respond(call, 487)  # a BYE before the answer ends the INVITE (RFC 3261 §15.1.2)
+
+    # -- responses out -----------------------------------------------------------------
+    def _answer(
+        self,
+        req: Request,
+        addr: Addr,
+        key: TxnKey,
+        status: int,
+        *,
+        tag: str | None = None,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        txn = self._open(ServerNonInvite(req, reliable=False, timers=self.timers), key, addr)
+        data = build_response(req, status, self.name, tag=tag or new_tag(), extra=extra)
+        self._run(txn, txn.server.respond(status, data, self._now))
+
+    def _respond(self, call: _Call, status: int, *, retry_after: int | None = None) -> None:
+        if call.final is not None:
+            return
+        dialog = 100 < status < 300
+        ok = 200 <= status < 300
+        data = build_response(
+            call.invite,
+            status,
+            self.name,
+            tag=call.tag,
+            contact=self.contact if dialog else None,
+            retry_after=retry_after,
+            sdp=sdp_answer(self.name, self.local[0]) if ok else None,
+        )
+        if status >= 200:
+            call.final = status
+        self._run(call.txn, call.txn.server.respond(status, data, self._now))
+        if ok:
+            call.ok = data
+            call.interval = self.timers.t1
+            call.give_up = self._now + self.timers.timeout
+            self._at(self._now + call.interval, lambda: self._resend_ok(call))
+
+    def _resend_ok(self, call: _Call) -> None:
+        if call.acked or call.ended or call.ok is None:
+            return
+        if self._now >= call.give_up:
+            self.counters.ack_timeouts += 1
+            return
+        self._send(call.ok, call.txn.addr, resent=True)
+        call.interval = min(call.interval * 2, self.timers.t2)
+        self._at(self._now + call.interval, lambda: self._resend_ok(call))
+
+    def _send(self, data: bytes, addr: Addr, *, resent: bool) -> None:
+        if self.behaviour(self._now) in SILENT:
+            self.counters.suppressed += 1
+            return
+        self.counters.response(int(data[8:11]), resent)
+        # To the address the request came from, as rport asks (RFC 3581): behind a NAT
+        # or from a router's connected socket, that is where the answer is awaited.
+        self._out.append(Datagram(data, addr))
+
+    def _malformed(self, exc: ParseError, req: Request | None, addr: Addr) -> None:
+        self.counters.unparsable += 1
+        if req is None or req.method == "ACK" or self.behaviour(self._now) in SILENT:
+            return
+        self._send(build_response(req, exc.status, self.name), addr, resent=False)
+
+    # -- transactions and timers -------------------------------------------------------
+    def _open(self, server: ServerInvite | ServerNonInvite, key: TxnKey, addr: Addr) -> _Txn:
+        txn = _Txn(key, server, addr)
+        self._txns[key] = txn
+        return txn
+
+    def _run(self, txn: _Txn, events: list[Event], *, resent: bool = False) -> None:
+        for event in events:
+            if isinstance(event, Send):
+                self._send(event.data, txn.addr, resent=resent)
+            elif isinstance(event, TimedOut):
+                self.counters.ack_timeouts += 1  # Timer H: a final never acknowledged
+            elif isinstance(event, Terminated):
+                self._terminated(txn)
+        self._arm(txn)
+
+    def _terminated(self, txn: _Txn) -> None:
+        if self._txns.get(txn.key) is txn:
+            del self._txns[txn.key]
+        if isinstance(txn.server, ServerInvite):
+            call = self._calls.get(txn.server.request.call_id)
+            if call is not None and call.txn is txn and (call.final or 0) >= 300:
+                del self._calls[call.call_id]  # rejected or cancelled: no dialog to keep
+
+    def _arm(self, txn: _Txn) -> None:
+        deadline = txn.server.deadline()
+        if deadline is None or self._txns.get(txn.key) is not txn:
+            return
+        if txn.armed is not None and txn.armed <= deadline:
+            return  # an earlier wake-up is queued; it re-arms after it runs
+        txn.armed = deadline
+        self._at(deadline, lambda: self._txn_timer(txn, deadline))
+
+    def _txn_timer(self, txn: _Txn, at: float) -> None:
+        if txn.armed == at:
+            txn.armed = None
+        if self._txns.get(txn.key) is txn:
+            self._run(txn, txn.server.handle_timer(self._now), resent=True)
+
+    def _at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._wakeups, (when, next(self._seq), action))
+
+    def _flush(self) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out

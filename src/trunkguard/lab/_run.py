@@ -1,0 +1,319 @@
+"""Run one lab scenario: simulated carriers, a real router process, calls, a fault, numbers.
+
+Three simulated carriers a, b, c (in this process) sit behind a router (its
+own process, on loopback). The call generator dials at a steady rate; at the
+scenario's time the fault is injected into a; every 50 ms the lab samples
+what each carrier received and the router's event log. Afterwards it works
+out what the scenario measures: calls failed at the caller, time to detect,
+time until no new INVITE reaches the faulted carrier, post-dial delay before,
+during and after, route flips and time for traffic to return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._caller import CallGenerator, CallRecord, GeneratorSettings
+from ._carrier import Mode, SimCarrier
+from ._router import LabRouter
+from ._scenarios import Scenario
+
+CARRIERS = ("a", "b", "c")
+SAMPLE_EVERY = 0.05
+
+# The lab's router: the product's defaults, with hold-downs and probes scaled to a lab run
+# of under a minute (the same rules, faster clocks).
+LAB_HEALTH = {
+    "hold_down": 3.0,
+    "hold_down_max": 60.0,
+    "hold_down_window": 120.0,
+}
+LAB_PROBE = {"interval": 2.0, "interval_out": 0.5, "timeout": 0.5}
+
+
+@dataclass(slots=True)
+class Sample:
+    t: float  # seconds since the run started
+    invites: dict[str, int]
+    states: dict[str, str]
+
+
+@dataclass(slots=True)
+class LabResult:
+    scenario: str
+    description: str
+    started_wall: float
+    fault_at: float
+    recover_at: float | None
+    duration: float
+    faulted: list[str]
+    calls: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    samples: list[Sample]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    router_counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+
+def lab_config(ports: dict[str, int]) -> dict[str, object]:
+    return {
+        "listen": "udp:127.0.0.1:0",
+        "allow": ["127.0.0.0/8"],
+        "carriers": [{"name": n, "uri": f"sip:127.0.0.1:{ports[n]}"} for n in CARRIERS],
+        "failover": {"invite_timeout": 2.0, "max_attempts": 3, "time_budget": 8.0},
+        "health": LAB_HEALTH,
+        "probe": LAB_PROBE,
+        "log": {"level": "info"},
+    }
+
+
+def _states(db: Path) -> dict[str, str]:
+    if not db.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2)
+        try:
+            rows = con.execute(
+                "SELECT target, new FROM events WHERE id IN "
+                "(SELECT MAX(id) FROM events GROUP BY target)"
+            ).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return {}
+    return {str(t): str(s) for t, s in rows}
+
+
+def _events(db: Path, wall0: float) -> list[dict[str, Any]]:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT at, target, old, new, reason FROM events ORDER BY id").fetchall()
+    finally:
+        con.close()
+    return [
+        {"t": at - wall0, "target": target, "old": old, "new": new, "reason": reason}
+        for at, target, old, new, reason in rows
+    ]
+
+
+async def run_scenario(
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    on_tick: Callable[[float, dict[str, SimCarrier], dict[str, str], CallGenerator], None]
+    | None = None,
+) -> LabResult:
+    """Run ``scenario`` once; ``on_tick`` (the live view) is called at every sample."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    sims = {name: SimCarrier(name) for name in CARRIERS}
+    for sim in sims.values():
+        await sim.start()
+    router = LabRouter(workdir, lab_config({n: s.port for n, s in sims.items()}))
+    samples: list[Sample] = []
+    try:
+        await router.start()
+        generator = CallGenerator(
+            GeneratorSettings(
+                target=("127.0.0.1", router.port),
+                rate=scenario.rate,
+                duration=scenario.duration,
+                hold=scenario.hold,
+                timeout=12.0,
+            )
+        )
+        t0 = loop.time()
+        wall0 = time.time()
+
+        def inject() -> None:
+            for name in scenario.faulted:
+                sims[name].set_mode(scenario.fault)
+
+        def recover() -> None:
+            for name in scenario.faulted:
+                sims[name].set_mode(Mode("healthy"))
+
+        loop.call_at(t0 + scenario.fault_at, inject)
+        if scenario.recover_at is not None:
+            loop.call_at(t0 + scenario.recover_at, recover)
+
+        async def sample() -> None:
+            while True:
+                states = _states(router.events_path)
+                invites = {n: _count(s.counters().get("invites")) for n, s in sims.items()}
+                samples.append(Sample(loop.time() - t0, invites, states))
+                if on_tick is not None:
+                    on_tick(loop.time() - t0, sims, states, generator)
+                await asyncio.sleep(SAMPLE_EVERY)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            records = await generator.run()
+        finally:
+            sampler.cancel()
+        counters = await router.stop()
+        events = _events(router.events_path, wall0)
+    finally:
+        await router.stop()
+        for sim in sims.values():
+            await sim.stop()
+    calls = [_call(r, t0) for r in records]
+    result = LabResult(
+        scenario=scenario.name,
+        description=scenario.description,
+        started_wall=wall0,
+        fault_at=scenario.fault_at,
+        recover_at=scenario.recover_at,
+        duration=scenario.duration,
+        faulted=list(scenario.faulted),
+        calls=calls,
+        events=events,
+        samples=samples,
+        router_counters=counters,
+    )
+    measure(result, scenario)
+    return result
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _call(r: CallRecord, t0: float) -> dict[str, Any]:
+    return {
+        "call_id": r.call_id,
+        "t": r.started - t0,
+        "pdd": r.pdd,
+        "final": r.final,
+        "answered_by": r.answered_by,
+        # Set up: the caller got its 2xx. A call set up on a carrier that then died may
+        # still lose its BYE (nobody can save that leg); it is counted apart, as cut.
+        "ok": r.answered,
+        "cut": r.answered and not r.ok,
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _pdd_stats(calls: list[dict[str, Any]]) -> dict[str, float | int | None]:
+    pdds = [c["pdd"] for c in calls if c["pdd"] is not None]
+    return {
+        "calls": len(calls),
+        "p50_ms": None if not pdds else round(_pct(pdds, 0.5) * 1000, 1),  # type: ignore[operator]
+        "p95_ms": None if not pdds else round(_pct(pdds, 0.95) * 1000, 1),  # type: ignore[operator]
+        "max_ms": None if not pdds else round(max(pdds) * 1000, 1),
+    }
+
+
+def flip_bound(scenario: Scenario, base: float, window: float) -> int:
+    """Route flips the hold-down doubling allows while a carrier flaps for ``window`` s.
+
+    Each outage costs at most two flips (out of UP, back into UP), and each
+    re-trip waits a hold-down that doubles: base, 2 base, 4 base... (less 10 %
+    jitter at most). The outages that fit in the window bound the flips.
+    """
+    del scenario
+    trips, spent, hold = 1, 0.0, base * 0.9
+    while spent + hold < window:
+        spent += hold
+        trips += 1
+        hold *= 2
+    return 2 * trips
+
+
+def measure(result: LabResult, scenario: Scenario) -> None:
+    calls = result.calls
+    fault = scenario.fault_at
+    faulted = set(scenario.faulted)
+    m = result.metrics
+    m["attempted"] = len(calls)
+    m["failed"] = sum(1 for c in calls if not c["ok"])
+    m["hung"] = sum(1 for c in calls if c["final"] is None)
+    m["cut_after_answer"] = sum(1 for c in calls if c.get("cut"))
+    finals: dict[str, int] = {}
+    for c in calls:
+        key = str(c["final"])
+        finals[key] = finals.get(key, 0) + 1
+    m["finals"] = finals
+    outs = [
+        e
+        for e in result.events
+        if e["target"] in faulted and e["t"] >= fault and e["new"] in ("DOWN", "SUSPECT")
+    ]
+    m["detection_s"] = round(outs[0]["t"] - fault, 3) if outs else None
+    m["detection_reason"] = outs[0]["reason"] if outs else None
+    # The last moment a faulted carrier received a new INVITE while its fault lasted.
+    end = scenario.recover_at if scenario.recover_at is not None else scenario.duration
+    last_new = None
+    for prev, cur in zip(result.samples, result.samples[1:], strict=False):
+        if fault <= cur.t <= end and any(
+            cur.invites.get(n, 0) > prev.invites.get(n, 0) for n in faulted
+        ):
+            last_new = cur.t
+    m["last_invite_to_faulted_s"] = None if last_new is None else round(last_new - fault, 3)
+    during_end = min(end, fault + 5.0)
+    m["pdd_before"] = _pdd_stats([c for c in calls if c["t"] < fault])
+    m["pdd_during"] = _pdd_stats([c for c in calls if fault <= c["t"] < during_end])
+    m["pdd_after"] = _pdd_stats([c for c in calls if c["t"] >= during_end])
+    flips = [
+        e
+        for e in result.events
+        if e["target"] in faulted and e["t"] >= 0 and ("UP" in (e["old"], e["new"]))
+    ]
+    m["route_flips"] = len(flips)
+    if scenario.recover_at is not None:
+        back = [
+            c
+            for c in calls
+            if c["t"] >= scenario.recover_at and c["answered_by"] in faulted and c["ok"]
+        ]
+        m["traffic_returns_s"] = round(back[0]["t"] - scenario.recover_at, 3) if back else None
+    checks = result.checks
+    if scenario.expect_failed:
+        checks.append(("no hung calls", m["hung"] == 0, f"{m['hung']} hung"))
+        clean = all(c["final"] is not None and c["final"] >= 200 for c in calls)
+        checks.append(("every call got a final response", clean, f"finals {finals}"))
+    else:
+        checks.append(
+            (
+                "zero failed calls at the caller",
+                m["failed"] == 0,
+                f"{m['failed']} of {m['attempted']} failed",
+            )
+        )
+    if scenario.name == "flap":
+        window = (scenario.recover_at or scenario.duration) - fault
+        bound = flip_bound(scenario, float(LAB_HEALTH["hold_down"]), window)
+        m["flip_bound"] = bound
+        checks.append(
+            (
+                "route flips within the hold-down bound",
+                m["route_flips"] <= bound,
+                f"{m['route_flips']} flips, bound {bound}",
+            )
+        )
+    if scenario.name == "recover":
+        checks.append(
+            (
+                "traffic returns after recovery",
+                m.get("traffic_returns_s") is not None,
+                f"after {m.get('traffic_returns_s')} s",
+            )
+        )

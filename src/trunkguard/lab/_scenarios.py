@@ -1,0 +1,84 @@
+"""The lab's named scenarios: which fault, on which carrier, when, and what must hold.
+
+Every scenario runs the same shape: calls at a steady rate through a router
+in front of three simulated carriers a, b, c (a the cheapest, tried first);
+the fault is injected into a (or all three) at ``fault_at`` and, for some,
+taken back at ``recover_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._carrier import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    fault: Mode
+    fault_at: float = 10.0
+    duration: float = 35.0
+    recover_at: float | None = None
+    faulted: tuple[str, ...] = ("a",)
+    rate: float = 20.0
+    hold: float = 2.0
+    expect_failed: bool = False  # all-down: calls must fail, cleanly
+    notes: list[str] = field(default_factory=list)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "kill-primary",
+            "carrier a's process dies: its port closes and the kernel answers ICMP",
+            Mode("killed"),
+        ),
+        Scenario(
+            "reject-503",
+            "carrier a answers every INVITE with 503 (and OPTIONS with 200)",
+            Mode("reject", code=503),
+        ),
+        Scenario(
+            "options-only-alive",
+            "carrier a answers OPTIONS but rejects every INVITE: keepalives alone look fine",
+            Mode("options-only", code=503),
+        ),
+        Scenario(
+            "blackhole",
+            "carrier a receives everything and answers nothing",
+            Mode("blackhole"),
+        ),
+        Scenario(
+            "slow-answer",
+            "carrier a answers every request 3 s late, past invite_timeout",
+            Mode("slow", delay_ms=3000),
+        ),
+        Scenario(
+            "flap",
+            "carrier a alternates 4 s healthy, 4 s dead for 32 s",
+            Mode("flap", period_s=4.0),
+            fault_at=5.0,
+            duration=45.0,
+            recover_at=37.0,
+        ),
+        Scenario(
+            "recover",
+            "carrier a dies, then comes back healthy 12 s later",
+            Mode("killed"),
+            fault_at=8.0,
+            duration=40.0,
+            recover_at=20.0,
+        ),
+        Scenario(
+            "all-down",
+            "every carrier's process dies: calls must fail cleanly, none hang",
+            Mode("killed"),
+            faulted=("a", "b", "c"),
+            duration=25.0,
+            expect_failed=True,
+        ),
+    )
+}
