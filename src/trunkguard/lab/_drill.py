@@ -94,9 +94,13 @@ async def run_drill(
             {"seconds": seconds, "reason": f"drill for {seconds:g}s"},
         )
         t0 = time.monotonic()
+        during = before
         try:
-            while (elapsed := time.monotonic() - t0) < seconds:
+            # Sample until just before the router reverts the target by itself, so the
+            # last sample covers the forced-down period and nothing after it.
+            while (elapsed := time.monotonic() - t0) < seconds - 0.25:
                 counters = (await api.call("GET", "/api/counters"))["counters"]
+                during = counters
                 result.samples.append({"t": round(elapsed, 2), "counters": counters})
                 if progress:
                     print(
@@ -106,7 +110,8 @@ async def run_drill(
                         f"{_delta(counters, before, f'invites_to:{target}')}",
                         flush=True,
                     )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(min(1.0, max(0.0, seconds - 0.25 - elapsed)))
+            during = (await api.call("GET", "/api/counters"))["counters"]
         except (asyncio.CancelledError, KeyboardInterrupt):
             result.aborted = True
             await api.call("POST", f"/api/targets/{target}/restore")
@@ -114,14 +119,13 @@ async def run_drill(
         finally:
             if not result.aborted:
                 # The router reverts by itself at the end; give it a moment, then make sure.
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)) + 0.5)
                 state = (await api.call("GET", f"/api/targets/{target}"))["state"]
                 if state == "FORCED_DOWN":
                     await api.call("POST", f"/api/targets/{target}/restore")
-            after = (await api.call("GET", "/api/counters"))["counters"]
             events = await api.call("GET", f"/api/events?since={result.started_wall}&limit=1000")
             result.events = events["events"]
-            result.metrics = _metrics(before, after, target, [t["name"] for t in targets])
+            result.metrics = _metrics(before, during, target, [t["name"] for t in targets])
         return result
 
 
