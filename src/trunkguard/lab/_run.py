@@ -259,15 +259,23 @@ def measure(result: LabResult, scenario: Scenario) -> None:
     ]
     m["detection_s"] = round(outs[0]["t"] - fault, 3) if outs else None
     m["detection_reason"] = outs[0]["reason"] if outs else None
-    # The last moment a faulted carrier received a new INVITE while its fault lasted.
+    # The last moment the faulted carrier got regular traffic: a new INVITE up to its
+    # detection (plus what was in flight then). Later ones are trial calls of PROBING
+    # phases, one at a time, counted apart.
     end = scenario.recover_at if scenario.recover_at is not None else scenario.duration
+    cutoff = fault + (m["detection_s"] if m["detection_s"] is not None else end - fault) + 0.5
     last_new = None
+    trials = 0
     for prev, cur in zip(result.samples, result.samples[1:], strict=False):
-        if fault <= cur.t <= end and any(
-            cur.invites.get(n, 0) > prev.invites.get(n, 0) for n in faulted
-        ):
+        if not fault <= cur.t <= end:
+            continue
+        new = sum(max(0, cur.invites.get(n, 0) - prev.invites.get(n, 0)) for n in faulted)
+        if new and cur.t <= cutoff:
             last_new = cur.t
+        elif new:
+            trials += new
     m["last_invite_to_faulted_s"] = None if last_new is None else round(last_new - fault, 3)
+    m["trial_invites_while_out"] = trials
     during_end = min(end, fault + 5.0)
     m["pdd_before"] = _pdd_stats([c for c in calls if c["t"] < fault])
     m["pdd_during"] = _pdd_stats([c for c in calls if fault <= c["t"] < during_end])
