@@ -111,7 +111,11 @@ def test_closed_port_fails_over_without_waiting(tmp_path: Path) -> None:
     with (
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
         RouterProcess(
-            tmp_path / "router", [("a", pa), ("b", pb)], failover={"invite_timeout": 2.0}
+            tmp_path / "router",
+            [("a", pa), ("b", pb)],
+            failover={"invite_timeout": 2.0},
+            # Keepalives would find the closed port first; this test is about the call path.
+            extra={"probe": {"enabled": False}},
         ) as router,
     ):
         started = time.monotonic()
@@ -236,6 +240,8 @@ def test_tcp_caller_and_carriers_with_refused_connection(tmp_path: Path) -> None
             [("a", pa, "tcp"), ("b", pb, "tcp")],
             transport="tcp",
             failover={"invite_timeout": 2.0},
+            # Keepalives would find the refused port first; this test is about the call path.
+            extra={"probe": {"enabled": False}},
         ) as router,
     ):
         started = time.monotonic()
