@@ -63,15 +63,20 @@ def _log_attempt(record: AttemptRecord) -> None:
         )
 
 
+def _config_problems(exc: ConfigError) -> int:
+    """Print every problem of a config (file:line: field: why) and give the exit code 2."""
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    return 2
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         config, source = load_config(args.config)
         targets = config.targets()
         routing, _ = config.routing()
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _config_problems(exc)
     print(f"{source}: OK")
     print(f"  listen: {', '.join(config.listen)}")
     decks = {c.name: c.deck for c in routing.carriers} if routing is not None else {}
@@ -229,9 +234,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config.targets()
         routing = config.routing()
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _config_problems(exc)
     level = args.log_level or config.log.level
     logging.basicConfig(
         level=level.upper(),
@@ -271,9 +274,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
         try:
             config, _ = load_config(args.config)
         except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return 2
+            return _config_problems(exc)
         path = str(config.store_path())
     if not Path(path).exists():
         print(f"trunkguard: no event log at {path}", file=sys.stderr)
@@ -307,9 +308,7 @@ def _cmd_route(args: argparse.Namespace) -> int:
         targets = config.targets()
         routing, numbers = config.routing()
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _config_problems(exc)
     plan = build_plan(args.number, targets, 0.0, routing=routing, numbers=numbers)
     print(f"{args.number} from config ({source}):")
     _print_plan(plan)
@@ -369,9 +368,7 @@ def _admin_of(config_path: str | None) -> tuple[str, str] | int:
     try:
         config, _ = load_config(config_path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
+        return _config_problems(exc)
     if not config.admin.token:
         print("trunkguard: the config has no admin.token: the admin API is off", file=sys.stderr)
         return 2
