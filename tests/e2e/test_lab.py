@@ -34,3 +34,15 @@ async def test_short_scenario(name: str, tmp_path: Path) -> None:
     data = json.loads((tmp_path / "result.json").read_text())
     assert data["passed"] is True and data["scenario"] == name
     assert 'id="rate-chart"' in (tmp_path / "report.html").read_text()
+
+
+async def test_lab_with_a_relative_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # make demo writes to lab-results/ relative to the checkout: the router's event log
+    # must land where the lab reads it.
+    monkeypatch.chdir(tmp_path)
+    scenario = dataclasses.replace(SCENARIOS["kill-primary"], duration=6.0, fault_at=2.0, rate=10.0)
+    result = await run_scenario(scenario, Path("lab-results") / "kill-primary")
+    assert result.metrics["detection_s"] is not None, result.events
+    assert (tmp_path / "lab-results" / "kill-primary" / "events.db").exists()

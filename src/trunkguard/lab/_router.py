@@ -14,6 +14,8 @@ import yaml
 
 class LabRouter:
     def __init__(self, workdir: Path, config: dict[str, object]) -> None:
+        # Absolute: the router reads relative paths relative to its config file.
+        workdir = workdir.resolve()
         self.workdir = workdir
         self.config_path = workdir / "router.yaml"
         self.ready = workdir / "ready.json"
