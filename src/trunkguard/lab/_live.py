@@ -64,9 +64,17 @@ class LiveView:
                 str(counters.get("invites", 0)),
                 str(by_carrier.get(name, 0)),
             )
+        finals = snap.get("finals", {})
+        assert isinstance(finals, dict)
+        hung = snap.get("hung", 0)
+        not_set_up = sum(int(v) for k, v in finals.items() if not str(k).startswith("2"))
+        not_set_up += hung if isinstance(hung, int) else 0
+        failed = snap.get("failed", 0)
+        cut = max(0, (failed if isinstance(failed, int) else 0) - not_set_up)
         calls = Text(
             f"calls started {snap.get('started', 0)}  answered {snap.get('answered', 0)}  "
-            f"failed {snap.get('failed', 0)}  in progress {snap.get('in_progress', 0)}"
+            f"failed to set up {not_set_up}  in progress {snap.get('in_progress', 0)}"
+            + (f"  (cut when their carrier died: {cut})" if cut else "")
         )
         note = Text(
             "a is the cheapest carrier and takes the calls until it fails; watch them move "
