@@ -204,14 +204,3 @@ def test_in_memory_store_works_without_a_file(
     store.record(change("a", State.UP, State.DOWN), T0)
     assert len(store.events()) == 1
     assert list(tmp_path.iterdir()) == []
-
-
-def test_trips_since_counts_down_events_of_one_target(store: EventStore) -> None:
-    store.record(change("a", State.UP, State.DOWN), T0)
-    store.record(change("a", State.DOWN, State.PROBING), T0 + 1)
-    store.record(change("a", State.PROBING, State.DOWN), T0 + 2)
-    store.record(change("b", State.UP, State.DOWN), T0 + 3)
-    assert store.trips_since("a", T0) == 2
-    assert store.trips_since("a", T0 + 1) == 1
-    assert store.trips_since("b", T0) == 1
-    assert store.trips_since("c", T0) == 0

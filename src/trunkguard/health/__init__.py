@@ -14,13 +14,12 @@ from ._outcome import (
     q850_cause,
 )
 from ._rto import ResponseTimer
-from ._state import IN_ROTATION, TRANSITIONS, Input, State, transition_table
+from ._state import TRANSITIONS, Input, State, transition_table
 
 __all__ = [
     "DEFAULT_DIALSTATUS_CLASSES",
     "DEFAULT_Q850_CLASSES",
     "DEFAULT_STATUS_CLASSES",
-    "IN_ROTATION",
     "Q850_TO_STATUS",
     "TIMEOUT",
     "TRANSITIONS",

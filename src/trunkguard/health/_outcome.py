@@ -153,6 +153,3 @@ class FailureTable:
         """A timeout or an unreachable port: always a trunk fault."""
         del kind
         return Verdict(OutcomeClass.TRUNK_FAULT, True, True)
-
-    def rows(self) -> list[tuple[int, OutcomeClass, Verdict]]:
-        return [(code, k, self.classify(code)) for code, k in sorted(self._table.items())]

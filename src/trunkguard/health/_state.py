@@ -63,12 +63,6 @@ TRANSITIONS: dict[tuple[State, Input], State] = {
     (S.FORCED_DOWN, In.RESTORE_PROBING): S.PROBING,
 }
 
-# States in which a target takes new calls (PROBING: only its trial calls, one at a time).
-IN_ROTATION = frozenset({State.UP})
-OUT_OF_ROTATION = frozenset(
-    {State.SUSPECT, State.DOWN, State.DRAINED, State.FORCED_DOWN, State.PROBING}
-)
-
 
 def transition_table() -> str:
     """The table as text, one legal move per line (``trunkguard states`` prints it)."""

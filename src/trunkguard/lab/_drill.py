@@ -19,8 +19,6 @@ from typing import Any
 
 import aiohttp
 
-OUT_STATES = ("DOWN", "SUSPECT", "DRAINED", "FORCED_DOWN")
-
 
 class DrillError(Exception):
     pass

@@ -77,7 +77,7 @@ class Proxy:
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
         self.set_advertise(settings.advertise)
         self.tag = os.urandom(6).hex()
-        self._sweep = self.timers.schedule(0.0, self.dialogs.sweep)
+        self.timers.schedule(0.0, self.dialogs.sweep)
 
     def reconfigure(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
         """New settings and targets (a reload). Calls in progress keep the plans they have."""
@@ -615,6 +615,3 @@ class Proxy:
             "branches_pending": branches,
             "dialogs": len(self.dialogs),
         }
-
-    def addresses(self) -> list[Addr]:
-        return [t.flow.addr for t in self.targets]

@@ -65,10 +65,6 @@ class Header:
         return f"Header({self.raw!r})"
 
 
-def make_header(name: str, value: str) -> Header:
-    return Header(canonical_name(name), f"{name}: {value}", value)
-
-
 class Message:
     """Common part of requests and responses."""
 

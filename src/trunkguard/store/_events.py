@@ -107,13 +107,6 @@ class EventStore:
         ).fetchall()
         return {r[2]: _row(r) for r in rows}
 
-    def trips_since(self, target: str, since: float) -> int:
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM events WHERE target = ? AND new = 'DOWN' AND at >= ?",
-            (target, since),
-        ).fetchone()
-        return int(row[0])
-
     def close(self) -> None:
         self._db.close()
 
