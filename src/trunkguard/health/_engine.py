@@ -239,13 +239,21 @@ class HealthEngine:
             h.hold_down = p.hold_down
         h.trips += 1
         h.last_trip = now
-        jitter = 1 + self.rng.uniform(-p.hold_down_jitter, p.hold_down_jitter)
-        hold = min(h.hold_down * jitter, p.hold_down_max)
+        if h.hold_down >= p.hold_down_max:
+            # At the cap, no jitter: a downward one would shorten the hold-down of a
+            # target that keeps failing.
+            hold = p.hold_down_max
+        else:
+            jitter = 1 + self.rng.uniform(-p.hold_down_jitter, p.hold_down_jitter)
+            hold = min(h.hold_down * jitter, p.hold_down_max)
         # A 503's Retry-After is a floor: do not come back before the carrier asked. It
         # counts from the 503 that carried it, so an old one does not lengthen a later trip.
         if h.retry_until is not None:
             hold = max(hold, h.retry_until - now)
             h.retry_until = None
+            # The next re-trip doubles what was served, not the shorter base: a carrier
+            # that asked for 120 s and fails again waits 240 s, not 60.
+            h.hold_down = max(h.hold_down, min(hold, p.hold_down_max))
         h.hold_down_until = now + hold
         h.consecutive_faults = 0
         h.window.clear()
