@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
-from ..health import UNREACHABLE, HealthEngine, StateChange
+from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
 from ..routing import NumberRules, RoutingTable
 from ..sip import (
     ClientInvite,
@@ -56,6 +56,9 @@ from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
 log = logging.getLogger("trunkguard.proxy")
 
+STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
+SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
+
 
 class Proxy:
     def __init__(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
@@ -73,6 +76,10 @@ class Proxy:
         self.routing: RoutingTable | None = None
         self.numbers: NumberRules | None = None
         self._health_timer: TimerHandle | None = None
+        # Until then our own event loop was (just) stalled: answers may have waited in our
+        # socket, so timeouts are not the carriers' fault, and new calls are shed.
+        self.stalled_until = float("-inf")
+        self.shedding_until = float("-inf")
         self._allowed: dict[str, bool] = {}
         self._carrier_hosts = {t.flow.addr[0] for t in targets}
         self.set_advertise(settings.advertise)
@@ -335,6 +342,20 @@ class Proxy:
         mf = self.max_forwards_or_reject(request, source)
         if mf is None:
             return
+        if now < self.shedding_until:
+            # Overloaded: a quick 503 of our own (the dialer retries) beats a call that
+            # times out, and lets the backlog drain.
+            self.counters["calls_shed"] += 1
+            self.send(
+                source,
+                make_response(
+                    request,
+                    503,
+                    to_tag=self.tag,
+                    extra=[("Retry-After", "1"), ("Warning", '399 trunkguard "overloaded"')],
+                ),
+            )
+            return
         self.counters["calls"] += 1
         entry = self.server_entry(request, source, key, ServerInvite)
         self.respond(entry, 100, make_response(request, 100), now)
@@ -511,13 +532,18 @@ class Proxy:
             return
         now = record.ended
         changes: list[StateChange] = []
+        verdict = record.verdict
+        if record.kind == TIMEOUT and now <= self.stalled_until:
+            # The answer may be sitting in our own socket: not the carrier's fault.
+            self.counters["timeouts_excused"] += 1
+            verdict = None
         if record.kind == UNREACHABLE:
             changes += health.unreachable(record.target, now, "port unreachable")
         what = str(record.status) if record.status is not None else record.kind
         changes += health.attempt_ended(
             record.target,
             branch.health_id,
-            record.verdict,
+            verdict,
             now,
             what=what,
             retry_after=record.retry_after,
@@ -551,8 +577,24 @@ class Proxy:
             None if deadline is None else self.timers.schedule(deadline, self._on_health_timer)
         )
 
+    def note_stall(self, lag: float, now: float) -> None:
+        """The event loop ran ``lag`` seconds late (we were overloaded, or paused)."""
+        self.counters["loop_stalls"] += 1
+        log.warning(
+            "event loop stalled %.0f ms: shedding new calls, not blaming carriers", lag * 1e3
+        )
+        self.stalled_until = max(self.stalled_until, now + STALL_GRACE)
+        self.shedding_until = max(self.shedding_until, now + SHED_FOR)
+
     def _on_health_timer(self, now: float) -> None:
         self._health_timer = None
+        if now <= self.stalled_until and self.health is not None:
+            # Silence seen through our own stall proves nothing about the carriers: look
+            # again once the backlog is through.
+            self._health_timer = self.timers.schedule(
+                self.stalled_until + 0.001, self._on_health_timer
+            )
+            return
         if self.health is not None:
             self.apply_health_changes(self.health.tick(now))
 

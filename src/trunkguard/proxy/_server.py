@@ -27,6 +27,9 @@ from ._types import Addr, Flow
 
 log = logging.getLogger("trunkguard.proxy")
 
+HEARTBEAT = 0.1  # seconds between checks of the event loop's lag
+STALL = 0.25  # a heartbeat this late means the loop was stalled
+
 
 class _UdpListener(asyncio.DatagramProtocol):
     def __init__(self, router: Router) -> None:
@@ -112,6 +115,8 @@ class Router:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.bound: list[tuple[str, str, int]] = []
+        self._beat_at = 0.0
+        self._heartbeat_handle: asyncio.TimerHandle | None = None
 
     # -- set-up -----------------------------------------------------------------------------
     async def start(self, listeners: list[tuple[str, str, int]]) -> None:
@@ -140,6 +145,19 @@ class Router:
             if target.flow.transport == "udp" and target.flow.addr not in self.carriers:
                 await self._connect_carrier(target.flow)
         self._rearm()
+        self._beat_at = self.loop.time() + HEARTBEAT
+        self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        # A timer that fires late means the loop was busy (or the process paused): the
+        # core must not take the backlog's late answers for silent carriers.
+        now = self.loop.time()
+        lag = now - self._beat_at
+        if lag > STALL:
+            self.proxy.note_stall(lag, now)
+            self.flush()
+        self._beat_at = now + HEARTBEAT
+        self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
 
     @staticmethod
     def _grow_buffers(sock: socket.socket) -> None:
@@ -161,6 +179,8 @@ class Router:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self.tcp.values()):
