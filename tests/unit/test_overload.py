@@ -50,3 +50,23 @@ def test_timeouts_during_a_stall_do_not_trip_the_carrier() -> None:
         net.advance(1.05)
         net.take()
     assert health.state("a") is State.DOWN
+
+
+def test_the_last_route_waits_invite_timeout_not_the_adaptive_timer() -> None:
+    net = _net()
+    health = net.proxy.health
+    assert health is not None
+    health.targets["a"].timer.sample(0.002)  # a answers in 2 ms: its timer is the 0.3 s floor
+    health.targets["b"].timer.sample(0.002)
+    net = _single_route(net)
+    net.feed(invite("l1"), CALLER)
+    net.take()
+    net.advance(0.5)
+    assert responses(net.take(), CALLER) == []  # still waiting: a is the only route
+    net.advance(0.6)  # invite_timeout (1 s) passed
+    assert 408 in responses(net.take(), CALLER)
+
+
+def _single_route(net: Net) -> Net:
+    net.proxy.targets = net.proxy.targets[:1]
+    return net

@@ -205,6 +205,13 @@ class Call:
             return
         self._give_up(now)
 
+    def last_attempt(self) -> bool:
+        """Is the branch being started the last this call may try?"""
+        return (
+            self.plan_index >= len(self.plan.targets)
+            or self.attempts >= self.proxy.settings.max_attempts
+        )
+
     def _give_up(self, now: float) -> None:
         status = select_final(self.results)
         self.proxy.counters["calls_failed"] += 1

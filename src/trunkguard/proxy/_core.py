@@ -437,7 +437,11 @@ class Proxy:
         timeout = self.settings.invite_timeout
         if self.health is not None:
             branch.health_id = self.health.attempt_started(target.name, now)
-            timeout = min(timeout, self.health.response_timeout(target.name))
+            # The adaptive timer is there to reach the next route sooner. With no route
+            # left for this call, giving up early gains nothing (and under load, answers
+            # that queue past it would fail calls that were about to be answered).
+            if not call.last_attempt():
+                timeout = min(timeout, self.health.response_timeout(target.name))
             self._retime_health()
         branch.timer = self.timers.schedule(now + timeout, partial(call.on_invite_timeout, branch))
         self.counters[f"invites_to:{target.name}"] += 1
