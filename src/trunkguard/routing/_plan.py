@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from ._deck import Rate, RateDeck
 from ._pool import ServerPool
+from ._weights import weighted_order
 
 PRICED_SIZE = 1 << 14  # per carrier: rates whose typical cost and reason are kept worked out
 
@@ -135,7 +136,7 @@ class RoutingTable:
             groups.setdefault((c[2], c[0].priority), []).append(c)
         out: list[Choice] = []
         for key in sorted(groups):
-            members = self._weighted(groups[key])
+            members = weighted_order(groups[key], lambda m: m[0].weight, self.rng)
             note = f", tie of {len(members)} spread by weight" if len(members) > 1 else ""
             out += [self._choice(c, r, cost, f"cost rank{note}") for c, r, cost in members]
         out += (
@@ -146,28 +147,6 @@ class RoutingTable:
             if priced
             else [self._choice(c, None, None, "config order") for c, _, _ in unpriced]
         )
-        return out
-
-    def _weighted(
-        self, members: list[tuple[CarrierRoute, Rate | None, Decimal | None]]
-    ) -> list[tuple[CarrierRoute, Rate | None, Decimal | None]]:
-        if len(members) < 2:
-            return members
-        pool = list(members)
-        out = []
-        while pool:
-            total = sum(max(m[0].weight, 0) for m in pool)
-            if total <= 0:
-                out += pool
-                break
-            pick = self.rng.uniform(0, total)
-            for i, m in enumerate(pool):
-                pick -= max(m[0].weight, 0)
-                if pick <= 0:
-                    out.append(pool.pop(i))
-                    break
-            else:
-                out.append(pool.pop())
         return out
 
     def _choice(

@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._weights import weighted_order
+
 
 @dataclass(frozen=True, slots=True)
 class PoolMember:
@@ -69,7 +71,7 @@ class ServerPool:
         names: list[str] = []
         explain: list[str] = []
         for tier in [self.active, *(t for t in self.tiers if t != self.active)]:
-            members = self._weighted(self._tier(tier))
+            members = weighted_order(self._tier(tier), lambda m: m.weight, self.rng)
             names += [m.name for m in members]
             role = "active" if tier == self.active else "standby"
             note = ""
@@ -83,20 +85,3 @@ class ServerPool:
 
     def _tier(self, tier: int) -> list[PoolMember]:
         return [m for m in self.members if m.tier == tier]
-
-    def _weighted(self, members: list[PoolMember]) -> list[PoolMember]:
-        pool = list(members)
-        out: list[PoolMember] = []
-        while pool:
-            total = sum(max(m.weight, 0) for m in pool)
-            if total <= 0:
-                return out + pool
-            pick = self.rng.uniform(0, total)
-            for i, m in enumerate(pool):
-                pick -= max(m.weight, 0)
-                if pick <= 0:
-                    out.append(pool.pop(i))
-                    break
-            else:
-                out.append(pool.pop())
-        return out
