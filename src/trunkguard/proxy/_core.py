@@ -119,13 +119,9 @@ class Proxy:
     def _retime(self, entry: ClientEntry | ServerEntry) -> None:
         deadline = entry.txn.deadline()
         handle = entry.handle
-        if handle is not None and not handle.cancelled:
-            if handle.when == deadline:
-                return
-            handle.cancel()
-        entry.handle = None
-        if deadline is not None:
-            entry.handle = self.timers.schedule(deadline, partial(self._on_txn_timer, entry))
+        if handle is not None and not handle.cancelled and handle.when == deadline:
+            return  # no new callback object on the hot path
+        entry.handle = self.timers.rearm(handle, deadline, partial(self._on_txn_timer, entry))
 
     def _on_txn_timer(self, entry: ClientEntry | ServerEntry, now: float) -> None:
         entry.handle = None
@@ -571,14 +567,8 @@ class Proxy:
     def _retime_health(self) -> None:
         if self.health is None:
             return
-        deadline = self.health.next_deadline()
-        handle = self._health_timer
-        if handle is not None and not handle.cancelled:
-            if handle.when == deadline:
-                return
-            handle.cancel()
-        self._health_timer = (
-            None if deadline is None else self.timers.schedule(deadline, self._on_health_timer)
+        self._health_timer = self.timers.rearm(
+            self._health_timer, self.health.next_deadline(), self._on_health_timer
         )
 
     def note_stall(self, lag: float, now: float) -> None:

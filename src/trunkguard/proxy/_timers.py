@@ -48,6 +48,19 @@ class TimerQueue:
             self.cancelled = 0
         return handle
 
+    def rearm(
+        self,
+        handle: TimerHandle | None,
+        when: float | None,
+        callback: Callable[[float], object],
+    ) -> TimerHandle | None:
+        """Move a timer to ``when`` (None: no timer); keeps ``handle`` if it is already there."""
+        if handle is not None and not handle.cancelled:
+            if handle.when == when:
+                return handle
+            handle.cancel()
+        return None if when is None else self.schedule(when, callback)
+
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap and heap[0][2].cancelled:
