@@ -19,10 +19,9 @@ from pathlib import Path
 
 from .config import ConfigError, RouterConfig, load_config
 from .health import HealthEngine, State, transition_table
-from .proxy import AttemptRecord, Plan
-from .proxy._plan import build_plan
+from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._server import Router, serve
-from .routing import NumberRules, RoutingTable
+from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
 from .store import EventStore
 
@@ -92,30 +91,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reload(runtime: Runtime, source: str) -> None:
+async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
     """SIGHUP: read the config and decks again; refuse them, keeping the old, if invalid."""
     path = None if source == "<embedded default>" else source
     log.info("SIGHUP: reloading %s", source)
 
-    def load() -> tuple[RouterConfig, tuple[RoutingTable | None, NumberRules | None]]:
+    def load() -> tuple[
+        RouterConfig, list[Target], tuple[RoutingTable | None, NumberRules | None]
+    ]:
         config, _ = load_config(path)
-        config.targets()
-        return config, config.routing()
+        return config, config.targets(), config.routing()
 
     loop = asyncio.get_running_loop()
     try:
         # Decks of millions of rows take seconds: load them off the event loop.
-        config, routing = await loop.run_in_executor(None, load)
+        config, targets, routing = await loop.run_in_executor(None, load)
     except ConfigError as exc:
         log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
         for problem in exc.problems[:50]:
             log.error("  %s", problem)
         runtime.proxy.counters["reloads_refused"] += 1
         return
-    for note in runtime.reload(config, routing, loop.time()):
+    for note in runtime.reload(config, routing, loop.time(), targets):
         log.warning("reload: %s", note)
+    if router is not None:
+        # Added targets get their connected sockets (instant ICMP failover); removed ones
+        # are closed.
+        await router.sync_targets()
+        router.flush()
     runtime.proxy.counters["reloads"] += 1
     log.info("reloaded %s: %d carriers", source, len(config.carriers))
+
+
+async def _drain(proxy: Proxy, timeout: float, stop: asyncio.Event) -> None:
+    """SIGTERM: no new calls (503 + Retry-After), calls in setup finish, then stop."""
+    proxy.drain()
+    log.info("SIGTERM: taking no new calls; waiting up to %gs for calls in setup", timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while proxy.open_work()["calls_unanswered"] and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    left = proxy.open_work()["calls_unanswered"]
+    if left:
+        log.warning("drain timeout: stopping with %d call(s) still in setup", left)
+    else:
+        log.info("no call in setup: stopping")
+    stop.set()
 
 
 class _GcPolicy:
@@ -159,16 +180,26 @@ async def _run(
         log.error("cannot open the event log %s: %s", config.store_path(), exc)
         return 1
     proxy = runtime.proxy
-    proxy.on_attempt = _log_attempt
+    runtime.on_attempt = _log_attempt
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     runtime.start(loop.time())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    drains: set[asyncio.Task[None]] = set()
+
+    def on_term() -> None:
+        if proxy.draining:
+            stop.set()  # a second SIGTERM: stop now
+            return
+        task = loop.create_task(_drain(proxy, config.proxy_settings().drain_timeout, stop))
+        drains.add(task)
+        task.add_done_callback(drains.discard)
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_term)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(_reload(runtime, source))
+        task = loop.create_task(_reload(runtime, source, routers[0] if routers else None))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -176,6 +207,7 @@ async def _run(
 
     def ready(router: Router) -> None:
         routers.append(router)
+        router.on_events = runtime.pump
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)
         log.info("trunkguard listening on %s (config %s)", where, source)
         for i, target in enumerate(proxy.targets, 1):
@@ -330,6 +362,9 @@ def _cmd_route(args: argparse.Namespace) -> int:
             health.load_state(name, State(row.new), 0.0, reason=row.reason)
             health.targets[name].since = row.at - wall  # seconds ago, on this plan's clock
             health.targets[name].reason = row.reason
+    if routing is not None:
+        for pool in routing.pools:  # the tiers as the live states put them
+            pool.update(health.admits, 0.0)
     live = build_plan(args.number, targets, 0.0, routing=routing, numbers=numbers, health=health)
     print(f"with the live states in {path}:")
     _print_plan(live)

@@ -27,16 +27,19 @@ from pydantic import (
 
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
-from .proxy import Flow, ProxySettings, Target
+from .proxy import ProxySettings
 from .routing import (
+    POOL_MEMBER,
     CarrierRoute,
     DeckColumns,
     DeckError,
+    Flow,
     NumberRules,
     PoolMember,
     RouteRule,
     RoutingTable,
     ServerPool,
+    Target,
     load_deck,
 )
 from .sip import Limits, ParseError, TimerConfig, parse_uri
@@ -480,7 +483,7 @@ class RouterConfig(Strict):
                 uri = parse_uri(member.uri)
                 transport = str(uri.params.get("transport") or "udp").lower()
                 flow = Flow(transport, (resolve(uri.host), uri.port or 5060))
-                out.append(Target(member.name, uri, flow, base))
+                out.append(Target(member.name, uri, flow, base, kind=POOL_MEMBER))
         return out
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from .config import RouterConfig
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
-from .proxy import Proxy
+from .proxy import AttemptRecord, Proxy, Target
 from .routing import NumberRules, RoutingTable
 from .store import EventStore
 
@@ -39,7 +40,7 @@ class Runtime:
         )
         self._set_capacity(config)
         self.proxy.health = self.health
-        self.proxy.on_state_change = self._on_change
+        self.on_attempt: Callable[[AttemptRecord], None] | None = None
         self.store = store if store is not None else EventStore(config.store_path())
         self.prober = (
             Prober(self.proxy, self.health, config.probe_settings())
@@ -89,7 +90,20 @@ class Runtime:
             log.info("%s restored as %s (%s)", name, state, row.reason)
         if self.prober is not None:
             self.prober.start(now)
-        self.proxy.apply_health_changes([])  # arms the engine's first deadline
+        self.proxy.apply_health_changes([], now)  # arms the engine's first deadline
+        self.pump()
+
+    def pump(self) -> None:
+        """Take what the proxy core reported (attempts, state changes) to the logs and the store.
+
+        The adapter calls this after each input, and so does every operator
+        action here: the core itself never writes to the store.
+        """
+        for event in self.proxy.take_events():
+            if isinstance(event, StateChange):
+                self._on_change(event)
+            elif self.on_attempt is not None:
+                self.on_attempt(event)
 
     def _before_operator(self, name: str) -> State:
         """The health state the operator's drain or force-down interrupted, from the log.
@@ -123,11 +137,14 @@ class Runtime:
         config: RouterConfig,
         routing: tuple[RoutingTable | None, NumberRules | None],
         now: float,
+        targets: list[Target] | None = None,
     ) -> list[str]:
         """Put a new, already validated config and its loaded decks in force.
 
-        Calls in progress continue on the plans they have. Target states and
-        hold-downs carry over by name. Returns notes on what needs a restart.
+        ``targets`` are the config's, already resolved (off the event loop);
+        without them they are resolved here. Calls in progress continue on the
+        plans they have. Target states and hold-downs carry over by name.
+        Returns notes on what needs a restart.
         """
         notes = []
         old = self.config
@@ -135,7 +152,8 @@ class Runtime:
             notes.append("listen/advertise changes take effect at the next restart")
         if config.store_path() != old.store_path():
             notes.append("store.path changes take effect at the next restart")
-        targets = config.targets()
+        if targets is None:
+            targets = config.targets()
         self.proxy.reconfigure(config.proxy_settings(), targets)
         self.proxy.routing, self.proxy.numbers = routing
         self.health.set_policy(config.health_policy())
@@ -148,21 +166,26 @@ class Runtime:
             for target in targets:
                 self.prober.add(target, now)
         self.config = config
+        self.proxy.apply_health_changes([], now)  # pools' tiers under the new config
+        self.pump()
         return notes
 
     def drain(self, name: str, now: float) -> list[StateChange]:
         changes = self.health.drain(name, now)
-        self.proxy.apply_health_changes(changes)
+        self.proxy.apply_health_changes(changes, now)
+        self.pump()
         return changes
 
     def force_down(self, name: str, seconds: float, now: float, why: str) -> list[StateChange]:
         changes = self.health.force_down(name, now + seconds, now, why)
-        self.proxy.apply_health_changes(changes)
+        self.proxy.apply_health_changes(changes, now)
+        self.pump()
         return changes
 
     def restore(self, name: str, now: float) -> list[StateChange]:
         changes = self.health.restore(name, now)
-        self.proxy.apply_health_changes(changes)
+        self.proxy.apply_health_changes(changes, now)
+        self.pump()
         return changes
 
     def close(self) -> None:

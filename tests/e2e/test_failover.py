@@ -47,7 +47,10 @@ def test_normal_call_through_first_carrier(tmp_path: Path) -> None:
         received = [m for m in a.messages() if m.direction == "R"]
         invite = next(m for m in received if m.first_line.startswith("INVITE"))
         # The router put its real address (it listens on port 0) in Record-Route and Via.
-        assert invite.header("Record-Route") == f"<sip:127.0.0.1:{router.port};lr>"
+        # Its Record-Route also carries the dialog's peers, signed (tgd, tgm).
+        rr = invite.header("Record-Route") or ""
+        assert rr.startswith(f"<sip:127.0.0.1:{router.port};lr;tgd="), rr
+        assert ";tgm=" in rr
         assert f"SIP/2.0/UDP 127.0.0.1:{router.port};branch=" in (invite.header("Via") or "")
         bye = next(m for m in received if m.first_line.startswith("BYE"))
         assert bye.header("Route") is None  # the caller's Route to the router was consumed

@@ -219,6 +219,7 @@ async def test_force_down_stores_the_reason_and_reverts_on_the_engine_clock(
     assert event.until == pytest.approx(event.at + 60, abs=0.01)
     # The revert is armed on the proxy's timers, which the router's loop runs.
     runtime.proxy.run_timers(asyncio.get_running_loop().time() + 61)
+    runtime.pump()  # which the loop follows by taking the core's events to the store
     _, body = await call(client, "GET", "/api/targets/a")
     assert body["state"] == "UP"
     assert body["reason"] == "forced-down period over"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from test_proxy_core import CALLER, A, B, C, Net, invite, only_request, reply
 
-from trunkguard.health import HealthEngine, HealthPolicy, State, StateChange
+from trunkguard.health import HealthEngine, HealthPolicy, State
 from trunkguard.prober import Prober, ProbeSettings
 from trunkguard.proxy import Flow
 from trunkguard.sip import Request, Response, parse_message
@@ -50,12 +50,10 @@ class Lab(Net):
         self.health = HealthEngine(
             ["a", "b", "c"], policy, random.Random(seed), probes_enabled=probes is not None
         )
-        self.changes: list[StateChange] = []
         self.finals: dict[str, int] = {}  # call-id -> the caller's final response
         self._answered: set[str] = set()
         self._guard_health_timer()
         self.proxy.health = self.health
-        self.proxy.on_state_change = self.changes.append
         self.prober: Prober | None = None
         if probes is not None:
             self.prober = Prober(self.proxy, self.health, probes, random.Random(seed))
@@ -113,6 +111,7 @@ class Lab(Net):
 
     def trip(self, name: str) -> None:
         self.proxy.apply_health_changes(self.health.unreachable(name, self.now, "test"))
+        self.pump()
 
     def moves(self, name: str) -> list[tuple[State, State, str]]:
         return [(c.old, c.new, c.reason) for c in self.changes if c.target == name]
@@ -299,7 +298,7 @@ def test_a_carrier_that_goes_out_is_probed_on_the_faster_schedule_at_once() -> N
     probes = ProbeSettings(interval=10.0, interval_out=2.0, timeout=1.0)
     lab = Lab({A: answers(200), B: answers(200), C: answers(200)}, probes=probes)
     assert lab.prober is not None
-    lab.proxy.on_state_change = lambda c: (lab.changes.append(c), lab.prober.state_changed(c))
+    lab.on_change.append(lab.prober.state_changed)
     lab.step(1.5)  # the first probes went out; the next ones are ~10 s away
     before = lab.proxy.counters["probes_to:a"]
     lab.trip("a")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections.abc import Callable
 
 import pytest
 
-from trunkguard.health import FailureTable, OutcomeClass
+from trunkguard.health import FailureTable, OutcomeClass, StateChange
 from trunkguard.proxy import Flow, Proxy, ProxySettings, Target, select_final
 from trunkguard.proxy._types import AttemptRecord
 from trunkguard.sip import Request, Response, parse_message, parse_uri
@@ -37,12 +38,34 @@ class Net:
             ProxySettings(**defaults),  # type: ignore[arg-type]
             [target("a", A), target("b", B), target("c", C)],
         )
-        self.attempts: list[AttemptRecord] = []
-        self.proxy.on_attempt = self.attempts.append
+        self._attempts: list[AttemptRecord] = []
+        self._changes: list[StateChange] = []
+        self.on_change: list[Callable[[StateChange], object]] = []
         self.now = 1000.0
+
+    def pump(self) -> None:
+        """What the adapter does after each input: take the core's events."""
+        for event in self.proxy.take_events():
+            if isinstance(event, AttemptRecord):
+                self._attempts.append(event)
+            else:
+                self._changes.append(event)
+                for hook in self.on_change:
+                    hook(event)
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        self.pump()
+        return self._attempts
+
+    @property
+    def changes(self) -> list[StateChange]:
+        self.pump()
+        return self._changes
 
     def feed(self, data: bytes, source: Flow) -> None:
         self.proxy.receive(data, source, self.now)
+        self.pump()
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward, firing every timer on the way, in order."""
@@ -53,9 +76,11 @@ class Net:
                 break
             self.now = max(self.now, deadline)
             self.proxy.run_timers(self.now)
+            self.pump()
         self.now = end
 
     def take(self) -> list[tuple[Flow, Request | Response]]:
+        self.pump()
         out = [(flow, parse_message(data)) for flow, data in self.proxy.outbox]
         self.proxy.outbox.clear()
         return out
@@ -121,7 +146,10 @@ def test_invite_relayed_to_first_carrier_with_proxy_edits() -> None:
     assert sent.max_forwards == 69
     assert sent.vias[0].host == "127.0.0.1" and sent.vias[0].port == 5060
     assert sent.vias[1].branch == "z9hG4bK-c1"
-    assert [str(r.uri) for r in sent.record_routes] == ["sip:127.0.0.1:5060;lr"]
+    [rr] = sent.record_routes
+    assert str(rr.uri).startswith("sip:127.0.0.1:5060;lr;tgd=")
+    # The Record-Route signs the dialog's two peers: the caller and carrier a.
+    assert net.proxy.dialogs.signer.verify(rr.uri, sent.call_id, "caller1") == (CALLER, A)
     assert sent.get("x-dialer-campaign") == "spring sale"
     assert sent.body.startswith(b"v=0")
     assert net.sent_to(B, out) == []
@@ -327,11 +355,24 @@ def test_only_one_180_goes_upstream() -> None:
     assert net.proxy.counters["failovers"] == 1
 
 
-def test_unknown_source_gets_403() -> None:
+def test_unknown_source_gets_nothing_by_default() -> None:
     net = Net()
     net.feed(invite(), Flow("udp", ("192.0.2.9", 5060)))
-    out = net.take()
-    assert responses(out, Flow("udp", ("192.0.2.9", 5060))) == [403]
+    assert net.take() == []
+    assert net.proxy.counters["forbidden_source"] == 1
+
+
+def test_unknown_source_gets_a_bare_403_when_configured() -> None:
+    net = Net(reject="403")
+    stranger = Flow("udp", ("192.0.2.9", 5060))
+    net.feed(invite(), stranger)
+    net.proxy.outbox, out = [], list(net.proxy.outbox)
+    assert [flow for flow, _ in out] == [stranger]
+    data = out[0][1]
+    assert data.startswith(b"SIP/2.0 403 ")
+    # Nothing that names the product, or says why.
+    assert b"trunkguard" not in data.lower()
+    assert b"Server:" not in data and b"Warning:" not in data
     assert net.proxy.counters["forbidden_source"] == 1
 
 
@@ -407,7 +448,7 @@ def test_warning_text_cannot_break_the_header() -> None:
     out = net.take()
     assert responses(out, CALLER) == [400]
     warning = out[0][1].get("warning") or ""
-    assert warning.startswith('399 trunkguard "') and warning.count('"') == 2
+    assert warning.startswith('399 127.0.0.1:5060 "') and warning.count('"') == 2
 
 
 def test_call_ringing_on_a_carrier_whose_port_closes_moves_on() -> None:

@@ -55,4 +55,4 @@ def test_proxy_answer(name: str) -> None:
     assert flow == CALLER and isinstance(response, Response)
     assert response.status == expected
     if isinstance(expected, int) and expected in (400, 505):
-        assert b"Warning: 399 trunkguard" in data
+        assert b"Warning: 399 127.0.0.1:5060 " in data

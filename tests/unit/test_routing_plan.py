@@ -13,7 +13,6 @@ import pytest
 from trunkguard.config import ConfigError, load_config, parse_config
 from trunkguard.health import HealthEngine
 from trunkguard.proxy import Flow, Target
-from trunkguard.proxy._plan import build_plan
 from trunkguard.routing import (
     CarrierRoute,
     Choice,
@@ -22,6 +21,7 @@ from trunkguard.routing import (
     RateDeck,
     RouteRule,
     RoutingTable,
+    build_plan,
     load_deck,
     normalize,
 )

@@ -96,6 +96,7 @@ def routers(db: Path) -> Iterator[Routers]:
 def apply(rt: Runtime, changes: list[StateChange]) -> list[StateChange]:
     assert changes, "the move should have changed something"
     rt.proxy.apply_health_changes(changes)
+    rt.pump()  # what the router's loop does after the input
     return changes
 
 
@@ -117,6 +118,7 @@ def make_suspect(rt: Runtime, name: str, now: float) -> StateChange:
 def run_timers(rt: Runtime, now: float) -> None:
     """What the event loop does at ``now``: the core's due timers, the health timer among them."""
     rt.proxy.run_timers(now)
+    rt.pump()
 
 
 def state(rt: Runtime, name: str) -> State:

@@ -162,6 +162,12 @@ class HealthEngine:
     def state(self, name: str) -> State:
         return self.targets[name].state
 
+    def describe(self, name: str, now: float) -> str:
+        """A target's state for a plan's explanation: "DOWN for 42s (5 consecutive 503)"."""
+        h = self.targets[name]
+        what = "one trial at a time" if h.state is State.PROBING else h.reason
+        return f"{h.state} for {now - h.since:.0f}s ({what})"
+
     def response_timeout(self, name: str) -> float:
         """How long an INVITE to ``name`` may wait for its first response before failing over."""
         return self.targets[name].timer.timeout()

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..health import HealthEngine, State, StateChange
-from ..proxy import Proxy, Target
+from ..proxy import Proxy
 from ..proxy._timers import TimerHandle
+from ..routing import Target
 from ..sip import Response, make_request
 
 

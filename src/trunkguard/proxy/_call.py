@@ -16,7 +16,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..health import Q850_TO_STATUS, TIMEOUT, UNREACHABLE, FailureTable, Verdict, q850_cause
-from ..sip import ClientInvite, Request, Response, make_response
+from ..sip import ClientInvite, Request, Response
 from ._timers import TimerHandle
 from ._types import AttemptRecord, Flow, Plan, Target
 
@@ -167,7 +167,7 @@ class Call:
                 status,
                 why,
             )
-            self._final(status, now, extra=[("Warning", f'399 trunkguard "{why}"')])
+            self._final(status, now, extra=[self.proxy.warning(why)])
             return
         if not self.plan.targets and self.plan.overflow:
             # Every healthy route is at capacity: our own 503 (not a carrier's), so the
@@ -178,7 +178,7 @@ class Call:
                 now,
                 extra=[
                     ("Retry-After", "1"),
-                    ("Warning", '399 trunkguard "every route at capacity"'),
+                    self.proxy.warning("every route at capacity"),
                 ],
             )
             return
@@ -220,7 +220,7 @@ class Call:
     def _final(self, status: int, now: float, extra: list[tuple[str, str]] | None = None) -> None:
         self.state = DONE
         self._stop_budget()
-        data = make_response(self.request, status, to_tag=self.to_tag, extra=extra or ())
+        data = self.proxy.response(self.request, status, to_tag=self.to_tag, extra=extra or ())
         self.proxy.respond(self.server, status, data, now)
 
     def _record(
@@ -299,7 +299,7 @@ class Call:
                 self._record(
                     branch, status, "response", branch.target.failures.classify(status), now
                 )
-                self.proxy.dialogs.open(self, branch, response, now)
+                self.proxy.open_dialog(self, branch, response, now)
             return
         reason = response.get("reason")
         verdict = branch.target.failures.classify(status, reason)
@@ -318,7 +318,7 @@ class Call:
             # known by its Q.850 cause: relay the status that says so, never the 5xx.
             cause = q850_cause(reason)
             mapped = Q850_TO_STATUS.get(cause, 500) if cause is not None else 500
-            data = make_response(
+            data = self.proxy.response(
                 self.request, mapped, to_tag=self.to_tag, extra=[("Reason", reason)]
             )
             self.proxy.respond(self.server, mapped, data, now)

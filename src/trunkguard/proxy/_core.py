@@ -1,16 +1,23 @@
-"""The stateful proxy, sans-IO: bytes and ``now`` in, (flow, bytes) out.
+"""The stateful proxy, sans-IO: bytes and ``now`` in, what must happen out.
 
 The asyncio adapter (``_server.py``) feeds every datagram or stream frame to
-:meth:`Proxy.receive`, reports ICMP/TCP errors to :meth:`Proxy.transport_error`,
-sends what lands in :attr:`Proxy.outbox` and keeps one timer armed for
-:meth:`Proxy.next_deadline`. Everything a SIP proxy decides happens here, so it
-is tested without sockets.
+:meth:`Proxy.receive`, reports ICMP/TCP errors and failed sends to
+:meth:`Proxy.transport_error`, and after each input does what the core
+queued: it sends :attr:`Proxy.outbox`, keeps one timer armed for
+:meth:`Proxy.next_deadline`, and hands :meth:`Proxy.take_events` (attempt
+records, state changes) to the store and the logs. The core itself never
+does I/O.
+
+One request, top to bottom: parse (``sip``), the edge (``_admission``: who
+may send, Max-Forwards, loops), one transaction lookup, then its owner: a new
+call goes to the call machine (``_call``), a request inside a dialog to the
+dialog table (``_dialogs``, with the signed Record-Route), a response to the
+client transaction that sent its request.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 from collections import Counter
@@ -18,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
-from ..routing import NumberRules, RoutingTable
+from ..routing import CARRIER, NumberRules, RoutingTable, build_plan
 from ..sip import (
     ClientInvite,
     ClientNonInvite,
@@ -38,8 +45,9 @@ from ..sip import (
     make_response,
     parse_message,
 )
+from ._admission import Admission
 from ._call import Branch, Call
-from ._dialog import Dialogs
+from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
 from ._entries import (
     ALLOW,
     BRANCH_PREFIX,
@@ -50,7 +58,7 @@ from ._entries import (
     derived_branch,
     server_key,
 )
-from ._plan import build_plan
+from ._relay import Relay
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
@@ -59,46 +67,58 @@ log = logging.getLogger("trunkguard.proxy")
 STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 
+CoreEvent = AttemptRecord | StateChange
+
 
 class Proxy:
     def __init__(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
         self.settings = settings
         self.targets = list(targets)
         self.outbox: list[tuple[Flow, bytes]] = []
+        self.events: list[CoreEvent] = []
         self.timers = TimerQueue()
         self.counters: Counter[str] = Counter()
         self.clients: dict[str, ClientEntry] = {}
         self.servers: dict[tuple[object, ...], ServerEntry] = {}
-        self.dialogs = Dialogs(self)
-        self.on_attempt: Callable[[AttemptRecord], None] | None = None
-        self.on_state_change: Callable[[StateChange], None] | None = None
         self.health: HealthEngine | None = None
         self.routing: RoutingTable | None = None
         self.numbers: NumberRules | None = None
         self._health_timer: TimerHandle | None = None
+        self._pool_timer: TimerHandle | None = None
         # Until then our own event loop was (just) stalled: answers may have waited in our
         # socket, so timeouts are not the carriers' fault, and new calls are shed.
         self.stalled_until = float("-inf")
         self.shedding_until = float("-inf")
-        self._allowed: dict[str, bool] = {}
-        self._carrier_hosts = {t.flow.addr[0] for t in targets}
-        self.set_advertise(settings.advertise)
+        self.draining = False  # shutting down: new calls get 503, the rest finish
+        self.admission = Admission(settings, self.targets)
+        self._own: list[Addr] = []
         self.tag = os.urandom(6).hex()
-        self.timers.schedule(0.0, self.dialogs.sweep)
+        self._secret = settings.secret or os.urandom(32)
+        self.set_advertise(settings.advertise)
+        self.timers.schedule(0.0, self._sweep_dialogs)
 
     def reconfigure(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
         """New settings and targets (a reload). Calls in progress keep the plans they have."""
-        self.settings = dataclasses.replace(settings, advertise=self.settings.advertise)
+        self.settings = dataclasses.replace(
+            settings, advertise=self.settings.advertise, secret=self._secret
+        )
         self.targets = list(targets)
-        self._carrier_hosts = {t.flow.addr[0] for t in targets}
-        self._allowed.clear()
+        self.admission = Admission(self.settings, self.targets)
+        self.admission.set_own(self._own)
 
     def set_advertise(self, addr: Addr) -> None:
         """The address put in Via and Record-Route (known only after binding port 0)."""
         self.settings = dataclasses.replace(self.settings, advertise=addr)
         host, port = addr
         self._via_host = f"{host}:{port}"
-        self.record_route = f"<sip:{host}:{port};lr>"
+        self.admission = Admission(self.settings, self.targets)
+        self.admission.set_own(self._own)
+        self.dialogs = DialogTable(RouteSigner(self._secret, self._via_host))
+
+    def set_own_addresses(self, addrs: Sequence[Addr]) -> None:
+        """Every address the router listens on: never a next hop, and a Route to it is ours."""
+        self._own = list(addrs)
+        self.admission.set_own(self._own)
 
     # -- plumbing ---------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -106,6 +126,11 @@ class Proxy:
 
     def run_timers(self, now: float) -> None:
         self.timers.run_due(now)
+
+    def take_events(self) -> list[CoreEvent]:
+        """What happened since the last call (attempts, state changes), for store and logs."""
+        events, self.events = self.events, []
+        return events
 
     def send(self, flow: Flow, data: bytes) -> None:
         self.outbox.append((flow, data))
@@ -115,6 +140,25 @@ class Proxy:
 
     def new_branch(self) -> str:
         return BRANCH_PREFIX + os.urandom(8).hex()
+
+    def warning(self, text: str) -> tuple[str, str]:
+        """A Warning header (RFC 3261 §20.43) from this router, named by its address."""
+        # The text may quote bytes from a request: keep it one safe quoted-string.
+        safe = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "?" for c in text[:200])
+        return ("Warning", f'399 {self._via_host} "{safe}"')
+
+    def response(
+        self,
+        request: Request,
+        status: int,
+        *,
+        to_tag: str | None = None,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
+        """A response of the router's own, with the configured Server header (if any)."""
+        return make_response(
+            request, status, to_tag=to_tag, extra=extra, agent=self.settings.server_header
+        )
 
     def _retime(self, entry: ClientEntry | ServerEntry) -> None:
         deadline = entry.txn.deadline()
@@ -199,6 +243,9 @@ class Proxy:
     def receive(self, data: bytes, source: Flow, now: float) -> None:
         """Handle one datagram or one stream frame from ``source``."""
         self.counters["messages_in"] += 1
+        if not self.admission.allowed(source):
+            self._unknown_source(data, source)
+            return
         try:
             message = parse_message(data, self.settings.limits)
         except ParseError as exc:
@@ -207,6 +254,8 @@ class Proxy:
             partial = exc.partial
             if partial is not None and partial.method != "ACK":
                 self._reject(partial, source, exc.status, str(exc))
+            elif partial is None or partial.method == "ACK":
+                self.counters["parse_errors_unanswerable"] += 1
             return
         try:
             if isinstance(message, Response):
@@ -219,12 +268,25 @@ class Proxy:
             if isinstance(message, Request) and message.method != "ACK":
                 self._reject(message, source, exc.status, str(exc))
 
-    def transport_error(self, flow: Flow, now: float) -> None:
-        """ICMP unreachable or TCP refused/reset toward ``flow``: fail its pending branches.
+    def _unknown_source(self, data: bytes, source: Flow) -> None:
+        """A source that is neither a target nor in ``allow``: nothing, or a bare 403."""
+        self.counters["forbidden_source"] += 1
+        if self.settings.reject != "403":
+            return
+        try:
+            message = parse_message(data, self.settings.limits)
+        except ParseError:
+            return
+        if isinstance(message, Request) and message.method != "ACK" and message.raw_lines("via"):
+            self.send(source, self.response(message, 403, to_tag=self.tag))
 
-        Ringing branches too (PROCEEDING): a carrier whose port is closed will
-        never answer the calls it was ringing, and they can still complete
-        through the next carrier.
+    def transport_error(self, flow: Flow, now: float) -> None:
+        """ICMP unreachable, TCP refused/reset, or a send that failed toward ``flow``.
+
+        Fails its pending requests; for a call, the branch fails over. Ringing
+        branches too (PROCEEDING): a carrier whose port is closed will never
+        answer the calls it was ringing, and they can still complete through
+        the next carrier.
         """
         self.counters["transport_errors"] += 1
         for entry in [e for e in self.clients.values() if e.flow == flow]:
@@ -233,30 +295,13 @@ class Proxy:
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
         self.counters[f"rejected_{status}"] += 1
-        # The reason quotes bytes from the request: keep it one safe quoted-string.
-        text = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "?" for c in why[:200])
-        extra = [("Warning", f'399 trunkguard "{text}"')] if why else []
+        extra = [self.warning(why)] if why else []
         try:
-            data = make_response(request, status, to_tag=self.tag, extra=extra)
+            data = self.response(request, status, to_tag=self.tag, extra=extra)
         except ParseError:
             return
         if request.raw_lines("via"):
             self.send(source, data)
-
-    def _allowed_source(self, host: str) -> bool:
-        cached = self._allowed.get(host)
-        if cached is None:
-            try:
-                ip = ipaddress.ip_address(host)
-            except ValueError:
-                cached = False
-            else:
-                cached = host in self._carrier_hosts or any(
-                    ip in net for net in self.settings.allow
-                )
-            if len(self._allowed) < 65_536:
-                self._allowed[host] = cached
-        return cached
 
     def _on_request(self, request: Request, source: Flow, now: float) -> None:
         try:
@@ -268,7 +313,7 @@ class Proxy:
             return
         method = request.method
         if method == "ACK":
-            self.dialogs.ack(request, now)
+            self._on_ack(request, now)
             return
         key = server_key(request, method)
         entry = self.servers.get(key)
@@ -276,15 +321,11 @@ class Proxy:
             self.counters["retransmissions_in"] += 1
             self.drive(entry, entry.txn.receive_request(now), now)
             return
-        if not self._allowed_source(source.addr[0]):
-            self.counters["forbidden_source"] += 1
-            self._reject(request, source, 403, f"source {source.addr[0]} not allowed")
-            return
         if method == "CANCEL":
             self._on_cancel(request, source, key, now)
             return
         if request.to.tag is not None:
-            self.dialogs.relay(request, source, key, now)
+            self._in_dialog(request, source, key, now)
             return
         ruri = request.request_uri
         if not ruri.is_sip:
@@ -293,74 +334,57 @@ class Proxy:
         if request.has("proxy-require"):
             self.counters["rejected_420"] += 1
             extra = [("Unsupported", ", ".join(request.values("proxy-require")))]
-            self.send(source, make_response(request, 420, to_tag=self.tag, extra=extra))
+            self.send(source, self.response(request, 420, to_tag=self.tag, extra=extra))
             return
         if method == "OPTIONS":
             # Out-of-dialog OPTIONS are for us: a PBX's qualify of its trunk to trunkguard.
             self.counters["options_answered"] += 1
             extra = [("Allow", ALLOW), ("Accept", "application/sdp")]
-            self.send(source, make_response(request, 200, to_tag=self.tag, extra=extra))
+            self.send(source, self.response(request, 200, to_tag=self.tag, extra=extra))
             return
         if method != "INVITE":
-            extra = [("Allow", ALLOW)]
             self.counters["rejected_405"] += 1
-            self.send(source, make_response(request, 405, to_tag=self.tag, extra=extra))
+            extra = [("Allow", ALLOW)]
+            self.send(source, self.response(request, 405, to_tag=self.tag, extra=extra))
             return
         self._new_call(request, source, key, now)
 
     def max_forwards_or_reject(self, request: Request, source: Flow) -> int | None:
-        mf = request.max_forwards
+        mf = self.admission.next_max_forwards(request)
         if mf is None:
-            return 69
-        if mf <= 0:
             self._reject(request, source, 483, "")
-            return None
-        return mf - 1
-
-    def _looped(self, request: Request) -> bool:
-        for via in request.vias:
-            branch = via.branch or ""
-            if branch.startswith(BRANCH_PREFIX) and via.sent_by == self._via_host:
-                return True
-        return False
+        return mf
 
     def is_us(self, uri: Uri) -> bool:
-        host, port = self.settings.advertise
-        return uri.host == host and (uri.port or 5060) == port
+        return self.admission.is_us(uri)
 
     # -- new calls --------------------------------------------------------------------------
     def _new_call(
         self, request: Request, source: Flow, key: tuple[object, ...], now: float
     ) -> None:
-        if self._looped(request):
+        if self.admission.looped(request, self._via_host):
             self._reject(request, source, 482, "")
             return
-        mf = self.max_forwards_or_reject(request, source)
-        if mf is None:
+        if self.max_forwards_or_reject(request, source) is None:
             return
-        if now < self.shedding_until:
-            # Overloaded: a quick 503 of our own (the dialer retries) beats a call that
-            # times out, and lets the backlog drain.
+        if self.draining or now < self.shedding_until:
+            # Overloaded or shutting down: a quick 503 of our own (the dialer retries,
+            # elsewhere or shortly) beats a call that times out.
+            why = "shutting down" if self.draining else "overloaded"
             self.counters["calls_shed"] += 1
-            self.send(
-                source,
-                make_response(
-                    request,
-                    503,
-                    to_tag=self.tag,
-                    extra=[("Retry-After", "1"), ("Warning", '399 trunkguard "overloaded"')],
-                ),
-            )
+            extra = [("Retry-After", "1"), self.warning(why)]
+            self.send(source, self.response(request, 503, to_tag=self.tag, extra=extra))
             return
         self.counters["calls"] += 1
         entry = self.server_entry(request, source, key, ServerInvite)
         self.respond(entry, 100, make_response(request, 100), now)
-        call = Call(self, request, source, entry, self.plan(request, now), now)
+        call = Call(self, request, source, entry, self.plan(request, now, source), now)
         entry.owner = call
         call.start(now)
 
-    def plan(self, request: Request, now: float) -> Plan:
-        """The ordered targets for a new call, each with the reason (see ``_plan.py``)."""
+    def plan(self, request: Request, now: float, source: Flow | None = None) -> Plan:
+        """The ordered targets for a new call, each with the reason (``routing.build_plan``)."""
+        peer = self.admission.peer(source) if source is not None else None
         return build_plan(
             request.request_uri.user or "",
             self.targets,
@@ -369,6 +393,7 @@ class Proxy:
             numbers=self.numbers,
             health=self.health,
             counters=self.counters,
+            inbound_from=peer if peer is not None and peer.kind == CARRIER else None,
         )
 
     def admits(self, target: Target, now: float) -> bool:
@@ -413,12 +438,16 @@ class Proxy:
         routes = request.routes
         pop = bool(routes) and self.is_us(routes[0].uri)
         mf = request.max_forwards
+        # The dialog's peers, signed: a BYE after a restart still finds its way.
+        record_route = self.dialogs.signer.record_route(
+            request.call_id, request.from_.tag or "", call.source, flow
+        )
         data = request.forwarded(
             via=via,
             uri=uri,
             max_forwards=69 if mf is None else mf - 1,
             pop_route=pop,
-            record_route=self.record_route,
+            record_route=record_route,
         )
         branch.routes = [v for v in request.values("route")][1 if pop else 0 :]
         txn = ClientInvite(
@@ -489,6 +518,7 @@ class Proxy:
         routes = [v for v in reversed(response.values("record-route"))]
         to = response.get("to") or ""
         from_ = request.get("from") or ""
+        agent = self.settings.server_header
         ack = make_request(
             "ACK",
             target_uri,
@@ -498,6 +528,7 @@ class Proxy:
             call_id=request.call_id,
             cseq=request.cseq.number,
             routes=routes,
+            agent=agent,
         )
         self.send(branch.flow, ack)
         if branch.cleaned:
@@ -514,6 +545,7 @@ class Proxy:
             cseq=request.cseq.number + 1,
             routes=routes,
             extra=[("Reason", 'SIP;cause=200;text="Call completed elsewhere"')],
+            agent=agent,
         )
         txn = ClientNonInvite(
             bye, reliable=branch.flow.transport != "udp", timers=self.settings.timers
@@ -523,10 +555,10 @@ class Proxy:
         self.counters["stray_byes_sent"] += 1
         self.drive(entry, txn.start(now), now)
 
+    # -- health -----------------------------------------------------------------------------
     def record_attempt(self, branch: Branch, record: AttemptRecord) -> None:
         self.counters[f"attempts:{record.kind}"] += 1
-        if self.on_attempt is not None:
-            self.on_attempt(record)
+        self.events.append(record)
         health = self.health
         if health is None:
             return
@@ -548,27 +580,49 @@ class Proxy:
             what=what,
             retry_after=record.retry_after,
         )
-        self.apply_health_changes(changes)
+        self.apply_health_changes(changes, now)
 
     def branch_answered(self, branch: Branch, now: float) -> None:
         """The first response on a branch: a sample for the target's adaptive timer."""
         if self.health is not None:
             self.apply_health_changes(
-                self.health.first_response(branch.target.name, branch.health_id, now)
+                self.health.first_response(branch.target.name, branch.health_id, now), now
             )
 
-    def apply_health_changes(self, changes: list[StateChange]) -> None:
+    def apply_health_changes(self, changes: list[StateChange], now: float | None = None) -> None:
         for change in changes:
             self.counters[f"state:{change.target}:{change.new}"] += 1
-            if self.on_state_change is not None:
-                self.on_state_change(change)
+        self.events += changes
         self._retime_health()
+        if now is None and changes:
+            now = max(c.at for c in changes)
+        if now is not None:
+            self._update_pools(now)
 
     def _retime_health(self) -> None:
         if self.health is None:
             return
         self._health_timer = self.timers.rearm(
             self._health_timer, self.health.next_deadline(), self._on_health_timer
+        )
+
+    def _update_pools(self, now: float) -> None:
+        """Move each pool's active tier with its members' health; wake at a preempt deadline."""
+        if self.routing is None or not self.routing.pools:
+            return
+        health = self.health
+        admits = health.admits if health is not None else (lambda name: True)
+        deadlines = []
+        for pool in self.routing.pools:
+            change = pool.update(admits, now)
+            if change is not None:
+                self.counters[f"pool_changes:{pool.name}"] += 1
+                log.warning("%s", change)
+            deadline = pool.next_deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
+        self._pool_timer = self.timers.rearm(
+            self._pool_timer, min(deadlines, default=None), self._update_pools
         )
 
     def note_stall(self, lag: float, now: float) -> None:
@@ -590,7 +644,7 @@ class Proxy:
             )
             return
         if self.health is not None:
-            self.apply_health_changes(self.health.tick(now))
+            self.apply_health_changes(self.health.tick(now), now)
 
     # -- CANCEL, ACK, dialogs ----------------------------------------------------------------
     def _on_cancel(
@@ -599,11 +653,134 @@ class Proxy:
         invite_key = (*key[:-1], "INVITE")
         invite = self.servers.get(invite_key)
         if invite is None or not isinstance(invite.owner, Call):
-            self.send(source, make_response(request, 481, to_tag=self.tag))
+            self.counters["cancels_unmatched"] += 1
+            self.send(source, self.response(request, 481, to_tag=self.tag))
             return
         entry = self.server_entry(request, source, key, ServerNonInvite)
-        self.respond(entry, 200, make_response(request, 200, to_tag=invite.owner.to_tag), now)
+        self.respond(entry, 200, self.response(request, 200, to_tag=invite.owner.to_tag), now)
         invite.owner.cancel(now)
+
+    def _on_ack(self, request: Request, now: float) -> None:
+        """An ACK goes on only for a non-2xx of ours (absorbed) or a dialog of ours."""
+        entry = self.servers.get(server_key(request, "INVITE"))
+        if (
+            entry is not None
+            and isinstance(entry.txn, ServerInvite)
+            and entry.txn.state in ("COMPLETED", "CONFIRMED")
+        ):
+            self.drive(entry, entry.txn.receive_ack(now), now)
+            return
+        if request.to.tag is None:
+            self.counters["acks_absorbed"] += 1
+            return
+        hop = self._hop(request)
+        mf = self.admission.next_max_forwards(request)
+        if hop is None or mf is None:
+            self.counters["acks_absorbed"] += 1
+            return
+        # ACK for a 2xx: a transaction of its own, forwarded statelessly along the dialog;
+        # the same branch for a retransmission.
+        branch = derived_branch(request.top_via.branch or request.call_id)
+        routes = request.routes
+        pop = bool(routes) and self.is_us(routes[0].uri)
+        data = request.forwarded(via=self.via(hop.dest, branch), max_forwards=mf, pop_route=pop)
+        self.counters["acks_forwarded"] += 1
+        self.send(hop.dest, data)
+
+    def _hop(self, request: Request) -> Hop | None:
+        """The next hop of an in-dialog request, when the dialog is ours (else counted)."""
+        routes = request.routes
+        top_is_us = bool(routes) and self.is_us(routes[0].uri)
+        hop, why = self.dialogs.hop(request, top_is_us)
+        if hop is None:
+            self.counters["dialog_refused"] += 1
+            self.counters[f"dialog_refused:{why}"] += 1
+            return None
+        if self.admission.is_own(hop.dest.addr):
+            self.counters["dialog_refused"] += 1
+            self.counters["dialog_refused:next hop is the router itself"] += 1
+            return None
+        return hop
+
+    def _in_dialog(
+        self, request: Request, source: Flow, key: tuple[object, ...], now: float
+    ) -> None:
+        """BYE, re-INVITE, INFO...: relayed statefully along a dialog of ours, else 481."""
+        hop = self._hop(request)
+        if hop is None:
+            self.send(source, self.response(request, 481))
+            return
+        mf = self.max_forwards_or_reject(request, source)
+        if mf is None:
+            return
+        method = request.method
+        kind = ServerInvite if method == "INVITE" else ServerNonInvite
+        server = self.server_entry(request, source, key, kind)
+        relay = Relay(server, method, self.respond, self.settings.server_header)
+        server.owner = relay
+        if method == "INVITE":
+            self.respond(server, 100, make_response(request, 100), now)
+        branch = self.new_branch()
+        dest = hop.dest
+        routes = request.routes
+        pop = bool(routes) and self.is_us(routes[0].uri)
+        via = self.via(dest, branch)
+        data = request.forwarded(via=via, max_forwards=mf, pop_route=pop)
+        reliable = dest.transport != "udp"
+        txn: ClientInvite | ClientNonInvite
+        if method == "INVITE":
+            remaining = request.values("route")[1 if pop else 0 :]
+            txn = ClientInvite(
+                data,
+                partial(ack_for, request, request.uri, via, remaining),
+                reliable=reliable,
+                timers=self.settings.timers,
+            )
+        else:
+            txn = ClientNonInvite(data, reliable=reliable, timers=self.settings.timers)
+        entry = ClientEntry(txn, dest, relay, branch)
+        relay.client = entry
+        self.clients[branch] = entry
+        dialog = hop.dialog
+        if method == "BYE" and dialog is not None and not dialog.ending:
+            # Keep the dialog a little for retransmitted BYEs and their responses.
+            dialog.ending = True
+            if self.health is not None:
+                self.health.call_ended(dialog.target)
+            self.timers.schedule(
+                now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
+            )
+        self.counters[f"in_dialog:{method}"] += 1
+        self.drive(entry, txn.start(now), now)
+
+    def _end_dialog(self, call_id: str, now: float) -> None:
+        del now
+        self.dialogs.end(call_id)
+
+    def open_dialog(self, call: Call, branch: Branch, response: Response, now: float) -> None:
+        """A 2xx went to the caller: remember the dialog (and its place on the carrier)."""
+        request = call.request
+        self.dialogs.open(
+            Dialog(
+                call_id=request.call_id,
+                caller_tag=request.from_.tag,
+                callee_tag=response.to.tag,
+                caller=call.source,
+                callee=branch.flow,
+                target=branch.target.name,
+                created=now,
+            )
+        )
+
+    def _sweep_dialogs(self, now: float) -> None:
+        # Dialogs whose BYE never came through us must not pile up, nor hold capacity.
+        stale = self.dialogs.expired(now, self.settings.dialog_max_age)
+        for dialog in stale:
+            if self.health is not None and not dialog.ending:
+                self.health.call_ended(dialog.target)
+        self.counters["dialogs_expired"] += len(stale)
+        every = min(SWEEP_EVERY, self.settings.dialog_max_age / 4)
+        self.timers.schedule(now + every, self._sweep_dialogs)
 
     # -- responses ---------------------------------------------------------------------------
     def _on_response(self, response: Response, source: Flow, now: float) -> None:
@@ -621,6 +798,11 @@ class Proxy:
             self.counters["stray_responses"] += 1
             return
         self.drive(entry, entry.txn.receive(response, now), now)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Stop taking new calls (they get 503 + Retry-After); calls in progress go on."""
+        self.draining = True
 
     # -- introspection -----------------------------------------------------------------------
     def active(self) -> dict[str, int]:

@@ -1,15 +1,21 @@
 """The asyncio adapter: sockets in, sockets out, one timer for the core.
 
-Thin on purpose: every datagram or stream frame goes to :class:`Proxy`, what
-it puts in its outbox is sent, and one ``call_at`` stays armed for its next
+Thin on purpose: every datagram or stream frame goes to :class:`Proxy`; after
+each input, what it put in its outbox is sent, its events (attempts, state
+changes) go to ``on_events``, and one ``call_at`` stays armed for its next
 deadline. The only thing decided here is which socket carries a message:
 
-- UDP to a carrier leaves from a socket *connected* to that carrier, so the
+- UDP to a target leaves from a socket *connected* to that target, so the
   kernel's ICMP "port unreachable" comes back to us as an error on that
   socket (an unconnected socket cannot tell which destination failed), and
   the call moves to the next carrier at once instead of after a timeout;
+- an answer to a peer leaves from the listening socket its request arrived
+  on (the flow's ``local``), so a router on two addresses answers from each;
 - TCP reuses the connection to or from a peer, and opens one on demand; a
-  refused or reset connection is a transport error for the core.
+  refused or reset connection is a transport error for the core;
+- a send that fails (any OSError, an address the socket's family cannot
+  reach) is a transport error for that flow too: its branch fails over, and
+  the rest of the batch, and the timers, go on.
 """
 
 from __future__ import annotations
@@ -31,12 +37,24 @@ HEARTBEAT = 0.1  # seconds between checks of the event loop's lag
 STALL = 0.25  # a heartbeat this late means the loop was stalled
 
 
+MAX_FLUSH_ROUNDS = 1000  # sends that fail make more work; this bounds one flush
+
+
 class _UdpListener(asyncio.DatagramProtocol):
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.local: Addr | None = None
+        self.family = socket.AF_INET
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        name = transport.get_extra_info("sockname")
+        self.local = (str(name[0]), int(name[1]))
+        self.family = transport.get_extra_info("socket").family
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.router.receive(data, Flow("udp", (str(addr[0]), int(addr[1]))))
+        self.router.receive(data, Flow("udp", (str(addr[0]), int(addr[1])), self.local))
 
     def error_received(self, exc: Exception) -> None:
         # An unconnected socket cannot say which peer failed; count it only.
@@ -107,7 +125,8 @@ class Router:
     def __init__(self, proxy: Proxy, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.proxy = proxy
         self.loop = loop or asyncio.get_running_loop()
-        self.udp: asyncio.DatagramTransport | None = None
+        self.udp: dict[Addr, _UdpListener] = {}  # by local address
+        self.on_events: Callable[[], None] | None = None  # drains proxy.take_events()
         self.carriers: dict[Addr, _CarrierSocket] = {}
         self.tcp: dict[Addr, _TcpConnection] = {}
         self._pending_tcp: dict[Addr, list[bytes]] = {}
@@ -124,13 +143,13 @@ class Router:
         for transport, host, port in listeners:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if transport == "udp":
-                udp, _ = await self.loop.create_datagram_endpoint(
+                udp, listener = await self.loop.create_datagram_endpoint(
                     lambda: _UdpListener(self), local_addr=(host, port), family=family
                 )
-                self.udp = udp
-                sock = udp.get_extra_info("socket")
-                self._grow_buffers(sock)
-                self.bound.append(("udp", host, sock.getsockname()[1]))
+                assert listener.local is not None
+                self.udp[listener.local] = listener
+                self._grow_buffers(udp.get_extra_info("socket"))
+                self.bound.append(("udp", host, listener.local[1]))
             else:
                 server = await self.loop.create_server(
                     lambda: _TcpConnection(self), host=host, port=port, family=family
@@ -141,9 +160,8 @@ class Router:
         if port == 0:
             # Listening on port 0 (tests): advertise the port the kernel picked.
             self.proxy.set_advertise((host, self.bound[0][2]))
-        for target in self.proxy.targets:
-            if target.flow.transport == "udp" and target.flow.addr not in self.carriers:
-                await self._connect_carrier(target.flow)
+        self.proxy.set_own_addresses([(h, p) for _, h, p in self.bound])
+        await self.sync_targets()
         self._rearm()
         self._beat_at = self.loop.time() + HEARTBEAT
         self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
@@ -165,6 +183,21 @@ class Router:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+
+    async def sync_targets(self) -> None:
+        """A connected UDP socket per target (at start, and after a reload); close the rest."""
+        wanted = {t.flow.addr: t.flow for t in self.proxy.targets if t.flow.transport == "udp"}
+        for addr in [a for a in self.carriers if a not in wanted]:
+            carrier = self.carriers.pop(addr)
+            if carrier.transport is not None:
+                carrier.transport.close()
+        for addr, flow in wanted.items():
+            if addr not in self.carriers:
+                try:
+                    await self._connect_carrier(flow)
+                except OSError as exc:
+                    # Its sends fall back to a listener; ICMP errors are then only counted.
+                    log.warning("cannot open a socket toward %s: %s", flow, exc)
 
     async def _connect_carrier(self, flow: Flow) -> None:
         host, port = flow.addr
@@ -189,8 +222,9 @@ class Router:
         for carrier in self.carriers.values():
             if carrier.transport is not None:
                 carrier.transport.close()
-        if self.udp is not None:
-            self.udp.close()
+        for listener in self.udp.values():
+            if listener.transport is not None:
+                listener.transport.close()
         for server in self._servers:
             await server.wait_closed()
 
@@ -206,8 +240,10 @@ class Router:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.proxy.run_timers(self.loop.time())
-        self.flush()
+        try:
+            self.proxy.run_timers(self.loop.time())
+        finally:
+            self.flush()
 
     def _rearm(self) -> None:
         deadline = self.proxy.next_deadline()
@@ -219,20 +255,61 @@ class Router:
         self._timer_at = deadline
 
     def flush(self) -> None:
-        outbox = self.proxy.outbox
-        if outbox:
-            self.proxy.outbox = []
-            for flow, data in outbox:
-                self._send(flow, data)
-        self._rearm()
+        """Do what the core queued: events to ``on_events``, datagrams out, the timer re-armed."""
+        proxy = self.proxy
+        try:
+            for _ in range(MAX_FLUSH_ROUNDS):
+                if proxy.events and self.on_events is not None:
+                    self.on_events()  # may queue more (a probe after a state change)
+                if not proxy.outbox:
+                    break
+                outbox, proxy.outbox = proxy.outbox, []
+                failed = [flow for flow, data in outbox if not self._send(flow, data)]
+                if failed:
+                    now = self.loop.time()
+                    for flow in dict.fromkeys(failed):
+                        proxy.transport_error(flow, now)
+            else:
+                proxy.counters["flush_rounds_exceeded"] += 1
+        finally:
+            self._rearm()
 
-    def _send(self, flow: Flow, data: bytes) -> None:
+    def _send(self, flow: Flow, data: bytes) -> bool:
+        """Send one message; False when it could not be sent (counted and logged)."""
+        try:
+            self._send_or_raise(flow, data)
+        except (OSError, ValueError, TypeError, OverflowError) as exc:
+            counters = self.proxy.counters
+            counters["send_errors"] += 1
+            if counters["send_errors"] in (1, 10, 100) or counters["send_errors"] % 1000 == 0:
+                log.warning(
+                    "cannot send to %s: %s (%d send errors so far)",
+                    flow,
+                    exc,
+                    counters["send_errors"],
+                )
+            return False
+        return True
+
+    def _listener(self, flow: Flow) -> asyncio.DatagramTransport:
+        """The listening socket to send ``flow`` from: the one it came in on, else one that
+        can reach its address family. An IPv6 peer and IPv4 listeners only: no socket."""
+        family = socket.AF_INET6 if ":" in flow.addr[0] else socket.AF_INET
+        listener = self.udp.get(flow.local) if flow.local is not None else None
+        if listener is None or listener.family != family:
+            listener = next((u for u in self.udp.values() if u.family == family), None)
+        if listener is None or listener.transport is None:
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise OSError(f"no {kind} UDP listener to reach {flow} from")
+        return listener.transport
+
+    def _send_or_raise(self, flow: Flow, data: bytes) -> None:
         if flow.transport == "udp":
-            carrier = self.carriers.get(flow.addr)
+            carrier = self.carriers.get(flow.addr) if flow.local is None else None
             if carrier is not None and carrier.transport is not None:
                 carrier.transport.sendto(data)
-            elif self.udp is not None:
-                self.udp.sendto(data, flow.addr)
+                return
+            self._listener(flow).sendto(data, flow.addr)
             return
         conn = self.tcp.get(flow.addr)
         if conn is not None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable
+
+log = logging.getLogger("trunkguard.proxy")
 
 _COMPACT_MIN = 4096
 
@@ -31,12 +34,13 @@ class TimerHandle:
 
 
 class TimerQueue:
-    __slots__ = ("_count", "_heap", "cancelled")
+    __slots__ = ("_count", "_heap", "cancelled", "failed")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._count = itertools.count()
         self.cancelled = 0  # cancelled entries still in the heap
+        self.failed = 0  # callbacks that raised
 
     def schedule(self, when: float, callback: Callable[[float], object]) -> TimerHandle:
         handle = TimerHandle(self, when, callback)
@@ -78,7 +82,12 @@ class TimerQueue:
                 self.cancelled -= 1
                 continue
             handle.cancelled = True  # fired: a later cancel() is a no-op
-            handle.callback(now)
+            try:
+                handle.callback(now)
+            except Exception:
+                # A fault in one timer's work must not stop the clock for all the others.
+                self.failed += 1
+                log.exception("timer callback failed; the other timers go on")
             ran += 1
             heap = self._heap  # a callback may have compacted the heap
         return ran

@@ -3,53 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..health import FailureTable, Verdict
-from ..sip import DEFAULT_LIMITS, Limits, TimerConfig, Uri
+from ..health import Verdict
+from ..routing import Addr, Flow, Plan, Target
+from ..sip import DEFAULT_LIMITS, Limits, TimerConfig
 
-Addr = tuple[str, int]
+__all__ = ["Addr", "AttemptRecord", "Flow", "Plan", "ProxySettings", "Target"]
 
-
-@dataclass(frozen=True, slots=True)
-class Flow:
-    """Where a message came from or goes to: transport and remote address."""
-
-    transport: str  # "udp" or "tcp"
-    addr: Addr
-
-    def __str__(self) -> str:
-        host, port = self.addr
-        return f"{self.transport}:{host}:{port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A place a call can be sent: a carrier trunk (later also a server of a pool)."""
-
-    name: str
-    uri: Uri
-    flow: Flow
-    failures: FailureTable = field(default_factory=FailureTable)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The targets a call will try, in order; ``panic`` when all were out of rotation."""
-
-    targets: list[Target]
-    panic: bool = False
-    overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
-    number: str | None = None  # the E.164 number to dial, when routing normalised it
-    rejected: tuple[int, str] | None = None  # (status, why): blocked or undialable
-    explain: list[str] = field(default_factory=list)  # one line per candidate target
-
-    def __iter__(self) -> Iterator[Target]:
-        return iter(self.targets)
-
-    def __len__(self) -> int:
-        return len(self.targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +24,10 @@ class ProxySettings:
     dialog_max_age: float = 4 * 3600.0
     timers: TimerConfig = field(default_factory=TimerConfig)
     limits: Limits = DEFAULT_LIMITS
+    reject: str = "drop"  # what a source not in allow gets: "drop" (nothing) or "403"
+    server_header: str | None = None  # Server/User-Agent value; None: no such header
+    secret: bytes = b""  # key of the signed Record-Route; empty: a random one per process
+    drain_timeout: float = 10.0  # on SIGTERM, how long calls in setup may take to finish
 
 
 @dataclass(frozen=True, slots=True)

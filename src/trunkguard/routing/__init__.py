@@ -3,21 +3,31 @@
 from ._deck import DeckColumns, DeckError, Rate, RateDeck, load_deck
 from ._number import NumberError, NumberRules, normalize
 from ._plan import CarrierRoute, Choice, RouteRule, RoutingTable
+from ._planner import HealthView, build_plan
 from ._pool import PoolMember, ServerPool
+from ._target import CARRIER, POOL_MEMBER, Addr, Flow, Plan, Target
 
 __all__ = [
+    "CARRIER",
+    "POOL_MEMBER",
+    "Addr",
     "CarrierRoute",
     "Choice",
     "DeckColumns",
     "DeckError",
+    "Flow",
+    "HealthView",
     "NumberError",
     "NumberRules",
+    "Plan",
     "PoolMember",
     "Rate",
     "RateDeck",
     "RouteRule",
     "RoutingTable",
     "ServerPool",
+    "Target",
+    "build_plan",
     "load_deck",
     "normalize",
 ]

@@ -41,9 +41,6 @@ REASONS: dict[int, str] = {
     606: "Not Acceptable",
 }
 
-SERVER = "trunkguard"
-
-
 def new_branch() -> str:
     return MAGIC_COOKIE + os.urandom(8).hex()
 
@@ -68,11 +65,14 @@ def make_response(
     *,
     to_tag: str | None = None,
     extra: Sequence[tuple[str, str]] = (),
+    agent: str | None = None,
 ) -> bytes:
     """A response to ``request`` (RFC 3261 §8.2.6): Via, From, Call-ID, CSeq copied as received.
 
     Copies the raw header lines, so it works for a request that failed
     validation too (the 400 for a malformed request still reaches its sender).
+    ``agent`` is the Server header's value; without it there is none, so a
+    response says nothing about the product that wrote it.
     """
     lines: list[str] = []
     lines += request.raw_lines("via")
@@ -89,7 +89,8 @@ def make_response(
     lines += request.raw_lines("call-id")[:1]
     lines += request.raw_lines("cseq")[:1]
     lines += _lines(*extra)
-    lines.append(f"Server: {SERVER}")
+    if agent:
+        lines.append(f"Server: {agent}")
     return _encode(f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}", lines)
 
 
@@ -132,11 +133,16 @@ def make_request(
     cseq: int,
     routes: Sequence[str] = (),
     extra: Sequence[tuple[str, str]] = (),
+    agent: str | None = None,
 ) -> bytes:
-    """A request of the proxy's own: OPTIONS keepalives, the ACK and BYE for a stray 2xx."""
+    """A request of the proxy's own: OPTIONS keepalives, the ACK and BYE for a stray 2xx.
+
+    ``agent`` is the User-Agent header's value; without it there is none.
+    """
     lines = [f"Via: {via}", "Max-Forwards: 70", f"From: {from_}", f"To: {to}"]
     lines += [f"Call-ID: {call_id}", f"CSeq: {cseq} {method}"]
     lines += [f"Route: {r}" for r in routes]
     lines += _lines(*extra)
-    lines.append(f"User-Agent: {SERVER}")
+    if agent:
+        lines.append(f"User-Agent: {agent}")
     return _encode(f"{method} {uri} SIP/2.0", lines)

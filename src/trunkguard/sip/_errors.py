@@ -41,7 +41,11 @@ class ParseError(SipError):
 
 
 class LimitError(ParseError):
-    """A message exceeds a configured size limit (message, line or header count)."""
+    """A message exceeds a configured size limit (message, line or header count).
+
+    Its status is 513 (Message Too Large) for the size of the whole message,
+    400 for a line or header count over the limit.
+    """
 
 
 class TransactionError(SipError):

@@ -439,7 +439,9 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     anything else, whatever the bytes.
     """
     if len(data) > limits.max_message:
-        raise LimitError(f"message larger than {limits.max_message} bytes")
+        exc = LimitError(f"message larger than {limits.max_message} bytes", status=513)
+        exc.partial = _salvage(data, limits)
+        raise exc
     # RFC 3261 §7.5: CRLFs before the start line are ignored (also keepalives).
     data = data.lstrip(b"\r\n")
     end = data.find(b"\r\n\r\n")
@@ -447,7 +449,11 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         raise ParseError("no empty line ends the header section")
     head = data[:end].decode("utf-8", "surrogateescape")
     rest = data[end + 4 :]
-    start, headers = _split_head(head, limits)
+    try:
+        start, headers = _split_head(head, limits)
+    except LimitError as exc:
+        exc.partial = _salvage(data, limits)
+        raise
     try:
         length = _content_length(headers)
         if length is not None:
@@ -465,6 +471,34 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
         if not start.startswith("SIP/"):
             exc.partial = Request(start.split(" ", 1)[0], "", headers, b"")
         raise
+
+
+_ANSWER_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def _salvage(data: bytes, limits: Limits) -> Request | None:
+    """From a request over a limit, the headers an error response needs, if they are sane.
+
+    Only Via, From, To, Call-ID and CSeq lines within the line limit are kept,
+    and only from the first ``max_message`` bytes: enough to answer 513 or 400
+    instead of dropping the message without a word.
+    """
+    head = data[: limits.max_message].lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0]
+    lines = head.decode("utf-8", "surrogateescape").split(_CRLF)
+    start = lines[0]
+    if start.startswith("SIP/") or len(start) > limits.max_line:
+        return None
+    headers: list[Header] = []
+    for line in lines[1 : limits.max_headers + 1]:
+        colon = line.find(":")
+        if colon <= 0 or len(line) > limits.max_line:
+            continue
+        name = canonical_name(line[:colon].rstrip(" \t"))
+        if name in _ANSWER_HEADERS:
+            headers.append(Header(name, line, line[colon + 1 :].strip()))
+    if not any(h.name == "via" for h in headers):
+        return None
+    return Request(start.split(" ", 1)[0], "", headers, b"")
 
 
 def _start(start: str, headers: list[Header], body: bytes) -> Request | Response:

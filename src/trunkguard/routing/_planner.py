@@ -1,21 +1,36 @@
 """The plan of one call: which targets, in which order, and why each is there or not.
 
-Routing (cost, pins, blocks) ranks the carriers for the number; health takes
-out those out of rotation or full; the panic rule puts them all back when
-none is left. Every candidate gets a line saying why, which the log and
-``trunkguard route`` show.
+Routing (cost, pins, blocks, pools) ranks the targets for the number; health,
+seen through a read-only view, takes out those out of rotation or full; the
+panic rule puts them all back when none is left. Every candidate gets a line
+saying why, which the log and ``trunkguard route`` show.
+
+A call that came in *from* a carrier (an inbound DID) may go to pools only:
+sending it back out to a carrier would let anyone who can reach us as that
+carrier place calls on our account. A carrier marked ``transit`` is exempt.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Protocol
 
-from ..health import HealthEngine, State
-from ..routing import NumberError, NumberRules, RoutingTable, normalize
-from ._types import Plan, Target
+from ._number import NumberError, NumberRules, normalize
+from ._plan import RoutingTable
+from ._target import POOL_MEMBER, Plan, Target
 
-log = logging.getLogger("trunkguard.proxy")
+log = logging.getLogger("trunkguard.routing")
+
+
+class HealthView(Protocol):
+    """What a plan reads of the targets' health; it changes nothing."""
+
+    def admits(self, name: str) -> bool: ...
+
+    def overflow(self, name: str, now: float) -> str | None: ...
+
+    def describe(self, name: str, now: float) -> str: ...
 
 
 def build_plan(
@@ -25,9 +40,11 @@ def build_plan(
     *,
     routing: RoutingTable | None = None,
     numbers: NumberRules | None = None,
-    health: HealthEngine | None = None,
+    health: HealthView | None = None,
     counters: Counter[str] | None = None,
+    inbound_from: Target | None = None,
 ) -> Plan:
+    """The plan for dialled ``user``; ``inbound_from``: the carrier the call came from."""
     counters = counters if counters is not None else Counter()
     explain: list[str] = []
     number: str | None = None
@@ -47,13 +64,7 @@ def build_plan(
         ordered = []
         pool = routing.pool_for(number)
         if pool is not None:
-            names, explain, change = pool.order(
-                (lambda name: health.admits(name)) if health is not None else (lambda name: True),
-                now,
-            )
-            if change is not None:
-                counters[f"pool_changes:{pool.name}"] += 1
-                log.warning("%s", change)
+            names, explain = pool.order(now)
             ordered = [by_name[n] for n in names if n in by_name]
         else:
             for choice in routing.rank(number):
@@ -70,16 +81,23 @@ def build_plan(
             )
     else:
         explain = [f"{t.name}: config order" for t in targets]
+    if inbound_from is not None and not inbound_from.transit:
+        ordered = [t for t in ordered if t.kind == POOL_MEMBER]
+        if not ordered:
+            counters["calls_hairpin_refused"] += 1
+            why = (
+                f"a call from carrier {inbound_from.name} goes to pools only, "
+                f"and {number or user} is not a pool's"
+            )
+            return Plan([], number=number, rejected=(403, why), explain=[*explain, why])
     if health is None:
         return Plan(ordered, number=number, explain=explain)
     room: list[Target] = []
     full: list[str] = []
     healthy = 0
     for t in ordered:
-        h = health.targets[t.name]
         if not health.admits(t.name):
-            what = "one trial at a time" if h.state is State.PROBING else h.reason
-            explain.append(f"{t.name}: skipped, {h.state} for {now - h.since:.0f}s ({what})")
+            explain.append(f"{t.name}: skipped, {health.describe(t.name, now)}")
             continue
         healthy += 1
         busy = health.overflow(t.name, now)
@@ -96,7 +114,8 @@ def build_plan(
         log.warning(
             "panic: every target of the route%s is out of rotation (%s); trying them all in order",
             f" for {number}" if number else "",
-            ", ".join(f"{t.name} {health.state(t.name)}" for t in ordered),
+            ", ".join(f"{t.name} {health.describe(t.name, now)}" for t in ordered),
         )
     explain.append("panic: every target of this route is out of rotation; trying them all in order")
     return Plan(list(ordered), panic=True, number=number, explain=explain)
+

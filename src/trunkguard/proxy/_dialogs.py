@@ -1,0 +1,140 @@
+"""Dialogs: which in-dialog requests the router forwards, and where to.
+
+The router forwards a request inside a dialog (ACK for a 2xx, BYE, re-INVITE,
+INFO...) only when the dialog is one it set up:
+
+- one in its table (answered through this process), matched by Call-ID and
+  both tags; or
+- one whose top Route is the Record-Route this router put in the INVITE. That
+  Record-Route carries the dialog's two peers (the caller's flow and the
+  target's) and a keyed MAC over them, the Call-ID and the caller's tag, so a
+  dialog survives a restart, and a takeover by a standby with the same secret,
+  without shared state. The destination comes from the signed peers, never
+  from the Request-URI or a Route someone else wrote.
+
+Anything else gets ``481`` (ACKs are absorbed), is counted, and goes nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..sip import Request, Uri
+from ._types import Flow
+
+MAC_BYTES = 16
+SWEEP_EVERY = 60.0  # seconds between sweeps of dialogs older than dialog_max_age
+
+
+@dataclass(slots=True)
+class Dialog:
+    call_id: str
+    caller_tag: str | None
+    callee_tag: str | None
+    caller: Flow
+    callee: Flow
+    target: str
+    created: float
+    ending: bool = False
+
+
+class Hop(NamedTuple):
+    """Where an in-dialog request goes, and whether it came from the caller's side."""
+
+    dest: Flow
+    from_caller: bool
+    dialog: Dialog | None  # None: known only by the signed Record-Route
+
+
+def _flow_fields(flow: Flow) -> list[str]:
+    local = flow.local or ("", 0)
+    return [flow.transport, flow.addr[0], str(flow.addr[1]), local[0], str(local[1])]
+
+
+def _flow_from(fields: list[str]) -> Flow:
+    transport, host, port, local_host, local_port = fields
+    local = (local_host, int(local_port)) if local_host else None
+    return Flow(transport, (host, int(port)), local)
+
+
+class RouteSigner:
+    """Writes and checks the router's signed Record-Route (HMAC-SHA256, truncated to 128 bits)."""
+
+    def __init__(self, secret: bytes, hostport: str) -> None:
+        if len(secret) < 16:
+            raise ValueError("the Record-Route secret must be at least 16 bytes")
+        self._key = secret
+        self.hostport = hostport
+
+    def _mac(self, call_id: str, caller_tag: str, peers: str) -> str:
+        text = "\x00".join((call_id, caller_tag, peers)).encode("utf-8", "surrogateescape")
+        return hmac.new(self._key, text, hashlib.sha256).digest()[:MAC_BYTES].hex()
+
+    def record_route(self, call_id: str, caller_tag: str, caller: Flow, callee: Flow) -> str:
+        peers = "\x00".join([*_flow_fields(caller), *_flow_fields(callee)])
+        data = peers.encode("utf-8", "surrogateescape").hex()
+        mac = self._mac(call_id, caller_tag, data)
+        return f"<sip:{self.hostport};lr;tgd={data};tgm={mac}>"
+
+    def verify(self, uri: Uri, call_id: str, caller_tag: str | None) -> tuple[Flow, Flow] | None:
+        """The (caller, callee) flows signed into ``uri`` for this dialog, or None."""
+        data, mac = uri.params.get("tgd"), uri.params.get("tgm")
+        if not data or not mac or caller_tag is None:
+            return None
+        if not hmac.compare_digest(self._mac(call_id, caller_tag, data), mac.lower()):
+            return None
+        try:
+            fields = bytes.fromhex(data).decode("utf-8", "surrogateescape").split("\x00")
+            if len(fields) != 10:
+                return None
+            return _flow_from(fields[:5]), _flow_from(fields[5:])
+        except ValueError:
+            return None
+
+
+class DialogTable:
+    """Dialogs answered through this process, by Call-ID; the signer for the others."""
+
+    def __init__(self, signer: RouteSigner) -> None:
+        self.signer = signer
+        self.table: dict[str, Dialog] = {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def open(self, dialog: Dialog) -> None:
+        self.table[dialog.call_id] = dialog
+
+    def hop(self, request: Request, top_route_is_us: bool) -> tuple[Hop | None, str]:
+        """Where ``request`` goes inside its dialog, or (None, why) when it is not ours."""
+        from_tag, to_tag = request.from_.tag, request.to.tag
+        dialog = self.table.get(request.call_id)
+        if dialog is not None:
+            if from_tag == dialog.caller_tag and to_tag == dialog.callee_tag:
+                return Hop(dialog.callee, True, dialog), ""
+            if to_tag == dialog.caller_tag and from_tag == dialog.callee_tag:
+                return Hop(dialog.caller, False, dialog), ""
+        if not top_route_is_us:
+            return None, "no dialog of ours and no Route of ours"
+        route = request.routes[0].uri
+        if "tgm" not in route.params:
+            return None, "a Route of ours without a signature"
+        peers = self.signer.verify(route, request.call_id, from_tag)
+        if peers is not None:
+            return Hop(peers[1], True, None), ""
+        peers = self.signer.verify(route, request.call_id, to_tag)
+        if peers is not None:
+            return Hop(peers[0], False, None), ""
+        return None, "a Route of ours whose signature does not verify"
+
+    def expired(self, now: float, max_age: float) -> list[Dialog]:
+        """Remove and return the dialogs older than ``max_age`` (their BYE never came)."""
+        limit = now - max_age
+        stale = [cid for cid, d in self.table.items() if d.created < limit]
+        return [self.table.pop(cid) for cid in stale]
+
+    def end(self, call_id: str) -> None:
+        self.table.pop(call_id, None)

@@ -1,0 +1,72 @@
+"""Where calls go: flows (transport and address), targets, and the plan of one call.
+
+Plain data, shared by routing (which builds plans), the proxy core (which
+follows them) and the adapters (which open sockets for targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..health import FailureTable
+from ..sip import Uri
+
+Addr = tuple[str, int]
+
+CARRIER = "carrier"
+POOL_MEMBER = "pool member"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from or goes to: transport and remote address.
+
+    ``local`` is the address of the listening socket a message arrived on, so
+    the answer leaves from the same socket; ``None`` for flows we open
+    ourselves (to a target), which leave from the target's own socket. It
+    takes no part in comparisons: one peer is one flow, whichever socket
+    heard it.
+    """
+
+    transport: str  # "udp" or "tcp"
+    addr: Addr
+    local: Addr | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        host, port = self.addr
+        return f"{self.transport}:{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A place a call can be sent: a carrier trunk or a server of a pool.
+
+    ``transit``: a call that arrives *from* this carrier may be sent back out
+    to carriers; otherwise calls from a carrier (inbound DIDs) go to pools only.
+    """
+
+    name: str
+    uri: Uri
+    flow: Flow
+    failures: FailureTable = field(default_factory=FailureTable)
+    kind: str = CARRIER
+    transit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The targets a call will try, in order; ``panic`` when all were out of rotation."""
+
+    targets: list[Target]
+    panic: bool = False
+    overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
+    number: str | None = None  # the E.164 number to dial, when routing normalised it
+    rejected: tuple[int, str] | None = None  # (status, why): blocked or undialable
+    explain: list[str] = field(default_factory=list)  # one line per candidate target
+
+    def __iter__(self) -> Iterator[Target]:
+        return iter(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)

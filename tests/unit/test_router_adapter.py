@@ -1,0 +1,89 @@
+"""The asyncio adapter on loopback: which socket answers, and what a failed send does."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from test_proxy_core import invite, target
+
+from trunkguard.proxy import Flow, Proxy, ProxySettings, Target
+from trunkguard.proxy._server import Router
+from trunkguard.sip import Request, Response, parse_message, parse_uri
+
+
+def udp_peer(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def recv(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65535), timeout)
+    return data, (str(addr[0]), int(addr[1]))
+
+
+def options(port: int) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-o{port}\r\n"
+        f"From: <sip:pbx@127.0.0.1>;tag=q\r\nTo: <sip:127.0.0.1>\r\n"
+        f"Call-ID: o{port}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_each_listener_answers_from_its_own_socket() -> None:
+    proxy = Proxy(
+        ProxySettings(advertise=("127.0.0.1", 0), allow=(ipaddress.ip_network("127.0.0.0/8"),)),
+        [],
+    )
+    router = Router(proxy)
+    await router.start([("udp", "127.0.0.1", 0), ("udp", "127.0.0.2", 0)])
+    try:
+        caller = udp_peer()
+        for _, host, port in router.bound:
+            caller.sendto(options(caller.getsockname()[1]), (host, port))
+            data, source = await recv(caller)
+            assert isinstance(parse_message(data), Response)
+            assert source == (host, port)  # not the last listener's address
+        caller.close()
+    finally:
+        await router.stop()
+
+
+async def test_a_send_that_fails_fails_over_and_the_timers_go_on() -> None:
+    b_sock = udp_peer()
+    b_flow = Flow("udp", b_sock.getsockname())
+    # Carrier a is an IPv6 literal; the router listens on IPv4 only and has no socket
+    # toward a, so sending to it raises inside the flush.
+    a_flow = Flow("udp", ("::1", 9))
+    proxy = Proxy(
+        ProxySettings(advertise=("127.0.0.1", 0), allow=(ipaddress.ip_network("127.0.0.0/8"),)),
+        [Target("a", parse_uri("sip:[::1]:9"), a_flow), target("b", b_flow)],
+    )
+    router = Router(proxy)
+    await router.start([("udp", "127.0.0.1", 0)])
+    try:
+        carrier_a = router.carriers.pop(a_flow.addr, None)
+        if carrier_a is not None and carrier_a.transport is not None:
+            carrier_a.transport.close()
+        caller = udp_peer()
+        caller.sendto(invite("fail-send-1"), ("127.0.0.1", router.bound[0][2]))
+        first, _ = await recv(b_sock)  # the call moved on to b at once
+        forwarded = parse_message(first)
+        assert isinstance(forwarded, Request) and forwarded.method == "INVITE"
+        assert proxy.counters["send_errors"] == 1, proxy.counters
+        assert proxy.counters["transport_errors"] == 1, proxy.counters
+        # The loop's timer is still armed: the caller's 100 Trying came, and the
+        # retransmission timer of the INVITE to b (Timer A) resends it.
+        data, _ = await recv(caller)
+        assert parse_message(data).status == 100  # type: ignore[union-attr]
+        again, _ = await recv(b_sock, timeout=3.0)
+        assert again == first
+        caller.close()
+    finally:
+        b_sock.close()
+        await router.stop()
