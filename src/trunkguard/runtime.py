@@ -7,8 +7,12 @@ the one place that converts between the two.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import secrets
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 from .config import RouterConfig
@@ -19,6 +23,32 @@ from .routing import NumberRules, RoutingTable
 from .store import EventStore
 
 log = logging.getLogger("trunkguard.health")
+
+SECRET_FILE = "trunkguard-route.key"  # beside the event log, unless the config names one
+
+
+def record_route_secret(path: Path) -> bytes:
+    """The key that signs the router's Record-Route, from ``path``; made there the first time.
+
+    Kept in the state directory so that dialogs survive a restart (and a
+    standby with the same file can take them over). Only the owner may read it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text(encoding="ascii").strip()
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) < 16:
+            raise ValueError(f"{path}: not a key of at least 16 bytes in hex") from None
+        return key
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(key.hex() + "\n")
+    log.info("made a new Record-Route key in %s", path)
+    return key
 
 _OPERATOR = (State.DRAINED.value, State.FORCED_DOWN.value)
 
@@ -31,7 +61,10 @@ class Runtime:
         routing: tuple[RoutingTable | None, NumberRules | None] | None = None,
     ) -> None:
         self.config = config
-        self.proxy = Proxy(config.proxy_settings(), config.targets())
+        settings = config.proxy_settings()
+        if not settings.secret:
+            settings = dataclasses.replace(settings, secret=self._secret(config))
+        self.proxy = Proxy(settings, config.targets())
         # Decks may be large: a caller that loaded them already passes them in.
         self.proxy.routing, self.proxy.numbers = routing or config.routing()
         names = [t.name for t in self.proxy.targets]
@@ -49,6 +82,16 @@ class Runtime:
         )
         self._clock = 0.0  # monotonic "now" of the last call into us
         self._offset = time.time()  # wall clock minus monotonic clock
+
+    @staticmethod
+    def _secret(config: RouterConfig) -> bytes:
+        path = config.store_path().parent / SECRET_FILE
+        try:
+            return record_route_secret(path)
+        except (OSError, ValueError) as exc:
+            # Calls still work; only dialogs cannot outlive this process.
+            log.error("no Record-Route key (%s): dialogs will not survive a restart", exc)
+            return secrets.token_bytes(32)
 
     def _set_capacity(self, config: RouterConfig) -> None:
         for carrier in config.carriers:
