@@ -8,6 +8,7 @@ contract: later sections are optional, with defaults.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,16 +77,24 @@ def parse_listen(text: str) -> Listen:
     return Listen(transport.lower(), host, int(port_text))
 
 
+_URI_PASSWORD = re.compile(r"^(sips?:[^:@;?]*):[^@]*@", re.IGNORECASE)
+
+
 def _check_target_uri(value: str) -> str:
+    shown = _URI_PASSWORD.sub(r"\1:***@", value)  # errors never show a password
+    if shown != value:
+        raise ValueError(f"{shown!r}: a password does not belong in the URI")
     try:
         uri = parse_uri(value)
     except ParseError as exc:
         raise ValueError(exc.reason) from None
     if not uri.is_sip:
-        raise ValueError(f"{value!r}: a carrier URI must be sip: or sips:")
+        raise ValueError(f"{shown!r}: a carrier URI must be sip:")
     transport = str(uri.params.get("transport") or "udp").lower()
+    if uri.scheme == "sips" or transport == "tls":
+        raise ValueError(f"{shown!r}: TLS is not supported yet: use sip: over udp or tcp")
     if transport not in ("udp", "tcp"):
-        raise ValueError(f"{value!r}: transport must be udp or tcp")
+        raise ValueError(f"{shown!r}: transport must be udp or tcp")
     return value
 
 

@@ -64,7 +64,7 @@ def test_overrides_and_tcp_carrier() -> None:
         (MINIMAL.replace("127.0.0.0/8", "not-a-net"), "x.yaml:2: allow: 'not-a-net'"),
         (
             MINIMAL.replace("sip:127.0.0.1:5072", "http://x"),
-            "x.yaml:5: carriers[1].uri: 'http://x': a carrier URI must be sip: or sips:",
+            "x.yaml:5: carriers[1].uri: 'http://x': a carrier URI must be sip:",
         ),
         (
             MINIMAL.replace("name: c", "name: a"),
@@ -180,3 +180,19 @@ def test_check_prints_no_traceback_for_bad_utf8_or_duplicates(tmp_path: Path) ->
         assert done.returncode == 2, done
         assert done.stderr.startswith(f"{path}:7: "), done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "uri", ["sips:127.0.0.1:5071", "sip:127.0.0.1:5071;transport=tls", "SIPS:carrier.example"]
+)
+def test_tls_carriers_are_refused_until_tls_exists(uri: str) -> None:
+    (problem,) = _problems(MINIMAL.replace("sip:127.0.0.1:5071", uri))
+    assert problem == f"x.yaml:4: carriers[0].uri: {uri!r}: TLS is not supported yet: " + (
+        "use sip: over udp or tcp"
+    )
+
+
+def test_a_password_in_a_carrier_uri_is_refused_without_showing_it() -> None:
+    (problem,) = _problems(MINIMAL.replace("sip:127.0.0.1", "sip:acct:Pa55-word@127.0.0.1", 1))
+    assert "Pa55-word" not in problem
+    assert problem.endswith("'sip:acct:***@127.0.0.1:5071': a password does not belong in the URI")
