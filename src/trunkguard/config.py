@@ -106,6 +106,7 @@ def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
 
 
 _DIGITS = r"^[0-9]{1,20}$"
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
 
 
 class DeckConfig(Strict):
@@ -194,6 +195,7 @@ class CarrierConfig(Strict):
     deck: DeckConfig | None = None
     priority: int = Field(default=0, ge=0, le=1000)
     weight: int = Field(default=1, ge=0, le=1000)
+    transit: bool = False  # calls arriving from this carrier may go out to carriers again
 
     @field_validator("uri")
     @classmethod
@@ -211,6 +213,16 @@ class FailoverConfig(Strict):
     max_attempts: int = Field(default=3, ge=1, le=20)
     time_budget: Seconds = 10.0
     ring_timeout: Seconds = 180.0
+    # How long a dialog is kept without a BYE (an abandoned or unanswered one).
+    dialog_max_age: float = Field(default=14_400.0, ge=60, le=604_800)
+
+
+class DialogKeepaliveConfig(Strict):
+    interval: float | None = Field(default=None, ge=10, le=86_400)  # None: off
+
+
+class ShutdownConfig(Strict):
+    drain_timeout: float = Field(default=10.0, ge=0, le=3_600)  # calls in progress may end
 
 
 class LimitsConfig(Strict):
@@ -333,6 +345,13 @@ class RouterConfig(Strict):
     blocked: list[str] = Field(default_factory=list)
     typical_call_seconds: Seconds = 90.0
     pools: list[PoolConfig] = Field(default_factory=list)
+    reject: Literal["drop", "403"] = "drop"  # what a source outside allow gets
+    server_header: str | None = None  # None: no Server/User-Agent header at all
+    dialog_keepalive: DialogKeepaliveConfig = DialogKeepaliveConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    # The key that signs Record-Route; neither: one generated into the state directory.
+    secret: str | None = Field(default=None, min_length=32, repr=False)
+    secret_file: str | None = Field(default=None, min_length=1, repr=False)
     _base: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("failures")
@@ -372,6 +391,22 @@ class RouterConfig(Strict):
             parse_listen("udp:" + value)
         return value
 
+    @field_validator("reject", mode="before")
+    @classmethod
+    def _reject(cls, value: Any) -> Any:
+        # YAML reads `reject: 403` as a number.
+        return "403" if value == 403 and not isinstance(value, bool) else value
+
+    @field_validator("server_header")
+    @classmethod
+    def _server_header(cls, value: str | None) -> str | None:
+        if value is not None and not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                "expected one line of printable ASCII, 1-200 characters, "
+                "without leading or trailing spaces"
+            )
+        return value
+
     @model_validator(mode="after")
     def _across_fields(self, info: ValidationInfo) -> RouterConfig:
         # parse_config checks these on the YAML itself, with lines, even when fields fail.
@@ -388,6 +423,10 @@ class RouterConfig(Strict):
 
     def store_path(self) -> Path:
         return self._base / self.store.path
+
+    def secret_path(self) -> Path | None:
+        """``secret_file`` relative to the config file's folder, or None without one."""
+        return None if self.secret_file is None else self._base / self.secret_file
 
     def routing(self) -> tuple[RoutingTable | None, NumberRules | None]:
         """The routing table with every carrier's deck loaded, or (None, None) without decks.
@@ -646,7 +685,7 @@ def cross_problems(data: Any) -> list[tuple[Loc, str]]:
     """
     if not isinstance(data, dict):
         return []
-    return _duplicate_names(data) + _unknown_carriers(data) + _bad_blocked(data)
+    return _duplicate_names(data) + _unknown_carriers(data) + _bad_blocked(data) + _two_keys(data)
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
@@ -680,6 +719,12 @@ def _bad_blocked(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         if not (text.isascii() and text.isdigit() and len(text) <= 20):
             found.append((("blocked", i), f"prefix {text[:40]!r}: expected 1-20 digits"))
     return found
+
+
+def _two_keys(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    if data.get("secret") is not None and data.get("secret_file") is not None:
+        return [(("secret_file",), "give secret or secret_file, not both")]
+    return []
 
 
 def _validation_problem(err: Any) -> tuple[Loc, str]:

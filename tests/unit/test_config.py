@@ -196,3 +196,63 @@ def test_a_password_in_a_carrier_uri_is_refused_without_showing_it() -> None:
     (problem,) = _problems(MINIMAL.replace("sip:127.0.0.1", "sip:acct:Pa55-word@127.0.0.1", 1))
     assert "Pa55-word" not in problem
     assert problem.endswith("'sip:acct:***@127.0.0.1:5071': a password does not belong in the URI")
+
+
+def test_new_fields_have_their_defaults() -> None:
+    config = parse_config(MINIMAL, "x.yaml")
+    assert config.reject == "drop"
+    assert config.server_header is None
+    assert config.failover.dialog_max_age == 14_400.0
+    assert config.dialog_keepalive.interval is None
+    assert [c.transit for c in config.carriers] == [False, False, False]
+    assert (config.secret, config.secret_file, config.secret_path()) == (None, None, None)
+    assert config.shutdown.drain_timeout == 10.0
+
+
+def test_new_fields_take_their_values(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        MINIMAL.replace("name: a,", "name: a, transit: true,")
+        + "reject: 403\nserver_header: trunkguard/0.1 (lab)\nfailover: {dialog_max_age: 60}\n"
+        + "dialog_keepalive: {interval: 30}\nsecret_file: keys/rr.key\n"
+        + "shutdown: {drain_timeout: 0}\n"
+    )
+    config, _ = load_config(path)
+    assert config.reject == "403"
+    assert config.server_header == "trunkguard/0.1 (lab)"
+    assert config.failover.dialog_max_age == 60
+    assert config.dialog_keepalive.interval == 30
+    assert [c.transit for c in config.carriers] == [True, False, False]
+    assert config.secret_path() == tmp_path / "keys" / "rr.key"
+    assert config.shutdown.drain_timeout == 0
+    assert parse_config(MINIMAL + "reject: drop\nsecret: " + "s" * 32 + "\n").secret == "s" * 32
+
+
+def test_new_fields_are_validated_all_at_once() -> None:
+    text = MINIMAL.replace("name: c,", "name: c, transit: maybe,") + (
+        "reject: 404\n"
+        'server_header: "one\\r\\nX-Injected: 1"\n'
+        "failover: {dialog_max_age: 59}\n"
+        "dialog_keepalive: {interval: 9, timeout: 2}\n"
+        "secret: tooshort\n"
+        "secret_file: rr.key\n"
+        "shutdown: {drain_timeout: -1}\n"
+    )
+    assert _problems(text) == [
+        "x.yaml:6: carriers[2].transit: Input should be a valid boolean, unable to interpret input",
+        "x.yaml:7: reject: Input should be 'drop' or '403'",
+        "x.yaml:8: server_header: expected one line of printable ASCII, 1-200 characters, "
+        "without leading or trailing spaces",
+        "x.yaml:9: failover.dialog_max_age: Input should be greater than or equal to 60",
+        "x.yaml:10: dialog_keepalive.interval: Input should be greater than or equal to 10",
+        "x.yaml:10: dialog_keepalive.timeout: Extra inputs are not permitted",
+        "x.yaml:11: secret: String should have at least 32 characters",
+        "x.yaml:12: secret_file: give secret or secret_file, not both",
+        "x.yaml:13: shutdown.drain_timeout: Input should be greater than or equal to 0",
+    ]
+
+
+@pytest.mark.parametrize("value", ["", " lead", "trail ", "x" * 201, "caf\u00e9", "a\tb"])
+def test_server_header_must_be_one_safe_line(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_config(MINIMAL + f"server_header: {value!r}\n".replace("'", '"'), "x.yaml")
