@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -65,9 +66,20 @@ def _log_attempt(record: AttemptRecord) -> None:
 
 def _config_problems(exc: ConfigError) -> int:
     """Print every problem of a config (file:line: field: why) and give the exit code 2."""
-    for problem in exc.problems:
+    for problem in exc.shown():
         print(problem, file=sys.stderr)
     return 2
+
+
+def _unexpected(exc: BaseException, source: str) -> str:
+    """A problem line for an error no check foresaw.
+
+    Its type and where it was raised, not its message: a message may quote the
+    file, and the file holds secrets.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{source}: cannot load: {type(exc).__name__}{where}"
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -107,15 +119,23 @@ async def _reload(runtime: Runtime, source: str) -> None:
         # Decks of millions of rows take seconds: load them off the event loop.
         config, routing = await loop.run_in_executor(None, load)
     except ConfigError as exc:
-        log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
-        for problem in exc.problems[:50]:
-            log.error("  %s", problem)
-        runtime.proxy.counters["reloads_refused"] += 1
+        _reload_refused(runtime, exc)
+        return
+    except Exception as exc:
+        _reload_refused(runtime, ConfigError([_unexpected(exc, source)]))
         return
     for note in runtime.reload(config, routing, loop.time()):
         log.warning("reload: %s", note)
     runtime.proxy.counters["reloads"] += 1
     log.info("reloaded %s: %d carriers", source, len(config.carriers))
+
+
+def _reload_refused(runtime: Runtime, exc: ConfigError) -> None:
+    """Log why a reload was refused, with the lines ``trunkguard check`` prints."""
+    log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
+    for problem in exc.shown():
+        log.error("  %s", problem)
+    runtime.proxy.counters["reloads_refused"] += 1
 
 
 class _GcPolicy:
