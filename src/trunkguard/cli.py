@@ -18,6 +18,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, RouterConfig, load_config
 from .health import HealthEngine, State, transition_table
 from .proxy import AttemptRecord, Plan
@@ -447,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trunkguard", description="SIP failover router for call centers."
     )
+    parser.add_argument("--version", action="version", version=f"trunkguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the router until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
