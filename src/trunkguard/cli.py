@@ -433,9 +433,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_carrier(args: argparse.Namespace) -> int:
+    # Its own parser has its options and --help; the lab is not imported for other commands.
     from .lab._carrier import main as sim_main
 
-    return sim_main(list(args.args))
+    return sim_main(list(args.rest))
 
 
 def _cmd_states(args: argparse.Namespace) -> int:
@@ -487,14 +488,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("-c", "--config", help="the running router's config (admin API)")
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
     status.set_defaults(func=_cmd_status)
+    # No options here: everything after sim-carrier goes to its own parser, in order.
     sim = sub.add_parser(
         "sim-carrier", help="a simulated carrier for tests and the lab", add_help=False
     )
-    sim.add_argument("args", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_sim_carrier)
     states = sub.add_parser("states", help="print the target state transition table")
     states.set_defaults(func=_cmd_states)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "sim-carrier":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
