@@ -48,7 +48,8 @@ Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs may be secrets: a ValidationError's text never quotes them.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 @dataclass(frozen=True, slots=True)

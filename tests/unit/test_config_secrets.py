@@ -130,3 +130,20 @@ def test_a_loaded_config_does_not_show_its_secrets() -> None:
     assert config.admin.token == TOKEN and config.secret == SECRET
     for text in (repr(config), str(config), repr(config.admin), str(config.admin)):
         assert SHORT not in text and "SIGNING-KEY" not in text
+
+
+def test_a_validation_error_raised_outside_parse_config_does_not_quote_inputs() -> None:
+    from pydantic import ValidationError
+
+    from trunkguard.config import RouterConfig
+
+    carriers = [{"name": "a", "uri": "sip:127.0.0.1"}, {"name": "a", "uri": "sip:10.0.0.1"}]
+    base = {"listen": "udp:127.0.0.1:5060", "carriers": carriers, "secret_file": "rr.key"}
+    for data, why in [
+        ({**base, "admin": {"token": TOKEN}, "secret": SECRET}, "duplicate target name 'a'"),
+        ({**base, "admin": {"token": TOKEN[:10]}}, "at least 16 characters"),
+    ]:
+        with pytest.raises(ValidationError) as info:
+            RouterConfig.model_validate(data)
+        assert why in str(info.value)
+        assert SHORT not in str(info.value) and "SIGNING-KEY" not in str(info.value)

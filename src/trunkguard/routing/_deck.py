@@ -234,8 +234,8 @@ def _records(
     """Each CSV record with the line it starts on.
 
     A record the CSV reader cannot read (a cell over its size limit, which a
-    quote left open makes of the rest of the file, or a NUL) ends the deck there
-    as one more problem.
+    quote left open makes of the rest of the file) ends the deck there, as one
+    more problem.
     """
     last = line_num()
     try:
