@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,31 @@ def test_a_validation_error_raised_outside_parse_config_does_not_quote_inputs() 
             RouterConfig.model_validate(data)
         assert why in str(info.value)
         assert SHORT not in str(info.value) and "SIGNING-KEY" not in str(info.value)
+
+
+def test_sighup_with_a_broken_file_keeps_the_router_and_logs_no_secret(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD.replace("5060", "0").replace("8080", "0").encode())
+    ready = tmp_path / "ready.json"
+    run = [sys.executable, "-m", "trunkguard", "run", "-c", str(path), "--ready-file", str(ready)]
+    proc = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.poll()
+        for kind in ("not-utf8", "duplicate-key", "token-too-short"):
+            path.write_bytes(BAD[kind])
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert err.count("reload refused, the config in force stays") == 3, err
+    assert f"{path}:9: not UTF-8 text: byte 0xff at column 14" in err
+    assert "Traceback" not in err and "never retrieved" not in err
+    assert SHORT not in out + err
+    assert '"reloads_refused": 3' in err
