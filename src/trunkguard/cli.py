@@ -12,11 +12,13 @@ import signal
 import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, RouterConfig, load_config
 from .health import HealthEngine, State, transition_table
 from .proxy import AttemptRecord, Plan, Proxy, Target
@@ -64,9 +66,20 @@ def _log_attempt(record: AttemptRecord) -> None:
 
 def _config_problems(exc: ConfigError) -> int:
     """Print every problem of a config (file:line: field: why) and give the exit code 2."""
-    for problem in exc.problems:
+    for problem in exc.shown():
         print(problem, file=sys.stderr)
     return 2
+
+
+def _unexpected(exc: BaseException, source: str) -> str:
+    """A problem line for an error no check foresaw.
+
+    Its type and where it was raised, not its message: a message may quote the
+    file, and the file holds secrets.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{source}: cannot load: {type(exc).__name__}{where}"
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -107,10 +120,10 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
         # Decks of millions of rows take seconds: load them off the event loop.
         config, targets, routing = await loop.run_in_executor(None, load)
     except ConfigError as exc:
-        log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
-        for problem in exc.problems[:50]:
-            log.error("  %s", problem)
-        runtime.proxy.counters["reloads_refused"] += 1
+        _reload_refused(runtime, exc)
+        return
+    except Exception as exc:
+        _reload_refused(runtime, ConfigError([_unexpected(exc, source)]))
         return
     for note in runtime.reload(config, routing, loop.time(), targets):
         log.warning("reload: %s", note)
@@ -137,6 +150,14 @@ async def _drain(proxy: Proxy, timeout: float, stop: asyncio.Event) -> None:
     else:
         log.info("no call in setup: stopping")
     stop.set()
+
+
+def _reload_refused(runtime: Runtime, exc: ConfigError) -> None:
+    """Log why a reload was refused, with the lines ``trunkguard check`` prints."""
+    log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
+    for problem in exc.shown():
+        log.error("  %s", problem)
+    runtime.proxy.counters["reloads_refused"] += 1
 
 
 class _GcPolicy:
@@ -190,7 +211,7 @@ async def _run(
         if proxy.draining:
             stop.set()  # a second SIGTERM: stop now
             return
-        task = loop.create_task(_drain(proxy, config.proxy_settings().drain_timeout, stop))
+        task = loop.create_task(_drain(proxy, config.shutdown.drain_timeout, stop))
         drains.add(task)
         task.add_done_callback(drains.discard)
 
@@ -447,9 +468,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_carrier(args: argparse.Namespace) -> int:
+    # Its own parser has its options and --help; the lab is not imported for other commands.
     from .lab._carrier import main as sim_main
 
-    return sim_main(list(args.args))
+    return sim_main(list(args.rest))
 
 
 def _cmd_states(args: argparse.Namespace) -> int:
@@ -462,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="trunkguard", description="SIP failover router for call centers."
     )
+    parser.add_argument("--version", action="version", version=f"trunkguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the router until SIGINT/SIGTERM")
     run.add_argument("-c", "--config", help="YAML config (default: the embedded default)")
@@ -500,14 +523,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("-c", "--config", help="the running router's config (admin API)")
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
     status.set_defaults(func=_cmd_status)
+    # No options here: everything after sim-carrier goes to its own parser, in order.
     sim = sub.add_parser(
         "sim-carrier", help="a simulated carrier for tests and the lab", add_help=False
     )
-    sim.add_argument("args", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_sim_carrier)
     states = sub.add_parser("states", help="print the target state transition table")
     states.set_defaults(func=_cmd_states)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "sim-carrier":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

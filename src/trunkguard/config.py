@@ -8,7 +8,9 @@ contract: later sections are optional, with defaults.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,7 +51,8 @@ Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Inputs may be secrets: a ValidationError's text never quotes them.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +81,24 @@ def parse_listen(text: str) -> Listen:
     return Listen(transport.lower(), host, int(port_text))
 
 
+_URI_PASSWORD = re.compile(r"^(sips?:[^:@;?]*):[^@]*@", re.IGNORECASE)
+
+
 def _check_target_uri(value: str) -> str:
+    shown = _URI_PASSWORD.sub(r"\1:***@", value)  # errors never show a password
+    if shown != value:
+        raise ValueError(f"{shown!r}: a password does not belong in the URI")
     try:
         uri = parse_uri(value)
     except ParseError as exc:
         raise ValueError(exc.reason) from None
     if not uri.is_sip:
-        raise ValueError(f"{value!r}: a carrier URI must be sip: or sips:")
+        raise ValueError(f"{shown!r}: a carrier URI must be sip:")
     transport = str(uri.params.get("transport") or "udp").lower()
+    if uri.scheme == "sips" or transport == "tls":
+        raise ValueError(f"{shown!r}: TLS is not supported yet: use sip: over udp or tcp")
     if transport not in ("udp", "tcp"):
-        raise ValueError(f"{value!r}: transport must be udp or tcp")
+        raise ValueError(f"{shown!r}: transport must be udp or tcp")
     return value
 
 
@@ -98,6 +110,7 @@ def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
 
 
 _DIGITS = r"^[0-9]{1,20}$"
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
 
 
 class DeckConfig(Strict):
@@ -186,6 +199,7 @@ class CarrierConfig(Strict):
     deck: DeckConfig | None = None
     priority: int = Field(default=0, ge=0, le=1000)
     weight: int = Field(default=1, ge=0, le=1000)
+    transit: bool = False  # calls arriving from this carrier may go out to carriers again
 
     @field_validator("uri")
     @classmethod
@@ -203,6 +217,16 @@ class FailoverConfig(Strict):
     max_attempts: int = Field(default=3, ge=1, le=20)
     time_budget: Seconds = 10.0
     ring_timeout: Seconds = 180.0
+    # How long a dialog is kept without a BYE (an abandoned or unanswered one).
+    dialog_max_age: float = Field(default=14_400.0, ge=60, le=604_800)
+
+
+class DialogKeepaliveConfig(Strict):
+    interval: float | None = Field(default=None, ge=10, le=86_400)  # None: off
+
+
+class ShutdownConfig(Strict):
+    drain_timeout: float = Field(default=10.0, ge=0, le=3_600)  # calls in progress may end
 
 
 class LimitsConfig(Strict):
@@ -282,7 +306,7 @@ class AdminConfig(Strict):
     """The admin API: loopback by default; it does not start without a token."""
 
     listen: str = "127.0.0.1:8080"
-    token: str | None = Field(default=None, min_length=16)
+    token: str | None = Field(default=None, min_length=16, repr=False)
 
     @field_validator("listen")
     @classmethod
@@ -325,6 +349,13 @@ class RouterConfig(Strict):
     blocked: list[str] = Field(default_factory=list)
     typical_call_seconds: Seconds = 90.0
     pools: list[PoolConfig] = Field(default_factory=list)
+    reject: Literal["drop", "403"] = "drop"  # what a source outside allow gets
+    server_header: str | None = None  # None: no Server/User-Agent header at all
+    dialog_keepalive: DialogKeepaliveConfig = DialogKeepaliveConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    # The key that signs Record-Route; neither: one generated into the state directory.
+    secret: str | None = Field(default=None, min_length=32, repr=False)
+    secret_file: str | None = Field(default=None, min_length=1, repr=False)
     _base: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("failures")
@@ -364,21 +395,29 @@ class RouterConfig(Strict):
             parse_listen("udp:" + value)
         return value
 
+    @field_validator("reject", mode="before")
+    @classmethod
+    def _reject(cls, value: Any) -> Any:
+        # YAML reads `reject: 403` as a number.
+        return "403" if value == 403 and not isinstance(value, bool) else value
+
+    @field_validator("server_header")
+    @classmethod
+    def _server_header(cls, value: str | None) -> str | None:
+        if value is not None and not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                "expected one line of printable ASCII, 1-200 characters, "
+                "without leading or trailing spaces"
+            )
+        return value
+
     @model_validator(mode="after")
-    def _unique(self) -> RouterConfig:
-        carrier_names = [c.name for c in self.carriers]
-        names = carrier_names + [m.name for p in self.pools for m in p.members]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"carrier and pool member names must be unique: {', '.join(dupes)}")
-        known = set(carrier_names)
-        for route in self.routes:
-            unknown = sorted({*route.pin, *route.exclude} - known)
-            if unknown:
-                raise ValueError(f"route {route.prefix}: no carrier named {', '.join(unknown)}")
-        for prefix in self.blocked:
-            if not (prefix.isascii() and prefix.isdigit() and len(prefix) <= 20):
-                raise ValueError(f"blocked prefix {prefix!r}: expected 1-20 digits")
+    def _across_fields(self, info: ValidationInfo) -> RouterConfig:
+        # parse_config checks these on the YAML itself, with lines, even when fields fail.
+        if not (info.context or {}).get("cross_checked"):
+            found = cross_problems(self.model_dump())
+            if found:
+                raise ValueError("; ".join(f"{_field_path(loc)}: {why}" for loc, why in found))
         return self
 
     @property
@@ -388,6 +427,10 @@ class RouterConfig(Strict):
 
     def store_path(self) -> Path:
         return self._base / self.store.path
+
+    def secret_path(self) -> Path | None:
+        """``secret_file`` relative to the config file's folder, or None without one."""
+        return None if self.secret_file is None else self._base / self.secret_file
 
     def routing(self) -> tuple[RoutingTable | None, NumberRules | None]:
         """The routing table with every carrier's deck loaded, or (None, None) without decks.
@@ -444,12 +487,18 @@ class RouterConfig(Strict):
             max_attempts=f.max_attempts,
             time_budget=f.time_budget,
             ring_timeout=f.ring_timeout,
+            dialog_max_age=f.dialog_max_age,
             timers=TimerConfig(t1=self.timers.t1, t2=self.timers.t2, t4=self.timers.t4),
             limits=Limits(
                 max_message=self.limits.max_message,
                 max_headers=self.limits.max_headers,
                 max_line=self.limits.max_line,
             ),
+            reject=self.reject,
+            server_header=self.server_header,
+            # Empty: the runtime reads (or makes) the key file; see runtime.record_route_secret.
+            secret=self.secret.encode("utf-8") if self.secret else b"",
+            drain_timeout=self.shutdown.drain_timeout,
         )
 
     def health_policy(self) -> HealthPolicy:
@@ -477,7 +526,7 @@ class RouterConfig(Strict):
             table = base.with_overrides(
                 carrier.failures, q850=carrier.q850, dialstatus=carrier.dialstatus
             )
-            out.append(Target(carrier.name, uri, flow, table))
+            out.append(Target(carrier.name, uri, flow, table, transit=carrier.transit))
         for pool in self.pools:
             for member in pool.members:
                 uri = parse_uri(member.uri)
@@ -507,8 +556,49 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
         self.problems = problems
 
+    def shown(self, limit: int = 50) -> list[str]:
+        """The problems to print or log: the first ``limit``, then how many more."""
+        out = self.problems[:limit]
+        if len(self.problems) > limit:
+            out.append(f"... and {len(self.problems) - limit} more problems")
+        return out
 
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+
+Loc = tuple[int | str, ...]
+_SECRET_WORDS = ("token", "password", "secret")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def is_secret_field(loc: Loc) -> bool:
+    """Whether ``loc`` names a secret (token, password, secret...): its value is never shown."""
+    return any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_WORDS) for p in loc)
+
+
+def _secret_values(data: Any) -> set[str]:
+    """Every value under a secret field of the raw YAML data, to scrub from any message."""
+    found: set[str] = set()
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    seen: set[int] = set()  # YAML aliases share objects
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend(((*loc, k if isinstance(k, int) else str(k)), v) for k, v in items)
+        elif value is not None and is_secret_field(loc) and len(str(value)) >= 4:
+            found.add(str(value))
+    return found
+
+
+def _scrub(text: str, secrets: set[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _node_line(root: yaml.Node | None, loc: Loc) -> int | None:
     """1-based line of the YAML node at ``loc`` (or of its nearest existing parent)."""
     node = root
     line = None if node is None else node.start_mark.line + 1
@@ -532,36 +622,189 @@ def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None
     return line
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
+def _field_path(loc: Loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
 
-def parse_config(text: str, source: str = "<config>") -> RouterConfig:
+def _walk(root: yaml.Node | None) -> Iterator[tuple[Loc, yaml.Node]]:
+    """Every node of the document with its path, each once (aliases share nodes)."""
+    stack: list[tuple[Loc, yaml.Node | None]] = [((), root)]
+    seen: set[int] = set()
+    while stack:
+        loc, node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield loc, node
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(((*loc, str(k.value)), v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(((*loc, i), item) for i, item in enumerate(node.value))
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[tuple[int, str]]:
+    """(line, "field: why") for every key that a mapping has twice, at any depth.
+
+    YAML loaders keep the last value silently; a config with a key twice is
+    almost always a mistake (an edit that meant to replace the first).
+    """
+    found = []
+    for loc, node in _walk(root):
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                where = _field_path((*loc, key.value))
+                before = first[key.tag, key.value]
+                found.append((line, f"{where}: duplicate key (first at line {before})"))
+            else:
+                first[key.tag, key.value] = line
+    return found
+
+
+def _items(data: Any, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mappings in the list ``data[key]``, with their index; anything else is skipped."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _target_names(data: Any) -> list[tuple[Loc, str]]:
+    """Every carrier and pool member name, with its path, in config order."""
+    out: list[tuple[Loc, Any]] = [
+        (("carriers", i, "name"), c.get("name")) for i, c in _items(data, "carriers")
+    ]
+    for i, pool in _items(data, "pools"):
+        for j, member in _items(pool, "members"):
+            out.append((("pools", i, "members", j, "name"), member.get("name")))
+    return [(loc, name) for loc, name in out if isinstance(name, str)]
+
+
+def cross_problems(data: Any) -> list[tuple[Loc, str]]:
+    """What no single field can check: unique names, routes to known carriers...
+
+    Works on the raw YAML data, so these are reported with the field errors.
+    """
+    if not isinstance(data, dict):
+        return []
+    return _duplicate_names(data) + _unknown_carriers(data) + _bad_blocked(data) + _two_keys(data)
+
+
+def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    found: list[tuple[Loc, str]] = []
+    first: dict[str, Loc] = {}
+    for loc, name in _target_names(data):
+        if name in first:
+            found.append((loc, f"duplicate target name {name!r} (also {_field_path(first[name])})"))
+        first.setdefault(name, loc)
+    return found
+
+
+def _unknown_carriers(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    carriers = {name for loc, name in _target_names(data) if loc[0] == "carriers"}
+    found: list[tuple[Loc, str]] = []
+    for i, route in _items(data, "routes"):
+        for field in ("pin", "exclude"):
+            names = route.get(field)
+            unknown = [n for n in names if n not in carriers] if isinstance(names, list) else []
+            if unknown:
+                listed = ", ".join(map(str, unknown))
+                found.append((("routes", i, field), f"no carrier named {listed}"))
+    return found
+
+
+def _bad_blocked(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    blocked = data.get("blocked")
+    found: list[tuple[Loc, str]] = []
+    for i, prefix in enumerate(blocked if isinstance(blocked, list) else []):
+        text = str(prefix)
+        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+            found.append((("blocked", i), f"prefix {text[:40]!r}: expected 1-20 digits"))
+    return found
+
+
+def _two_keys(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    if data.get("secret") is not None and data.get("secret_file") is not None:
+        return [(("secret_file",), "give secret or secret_file, not both")]
+    return []
+
+
+def _validation_problem(err: Any) -> tuple[Loc, str]:
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+    # Union members add their type name to the path; keep only real keys.
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("IPv")))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if is_secret_field(loc) and err["type"] in ("value_error", "assertion_error"):
+        msg = "not valid (the value is not shown: it is a secret)"
+    return loc, msg
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, source: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character))
+        return f"{source}:{line}: not valid YAML: character #x{char:04x} is not allowed"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{where}: not valid YAML: {problem}"
+
+
+def _read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        return yaml.compose(text), yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise ConfigError([_yaml_problem(exc, text, source)]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: not valid YAML: nested too deeply"]) from None
+
+
+def parse_config(text: str, source: str = "<config>") -> RouterConfig:
+    root, data = _read_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: expected a mapping with listen, allow, carriers"])
+    config = None
+    found = cross_problems(data)
     try:
-        return RouterConfig.model_validate(data)
+        config = RouterConfig.model_validate(data, context={"cross_checked": True})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
-            # Union members add their type name to the path; keep only real keys.
-            loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("IPv")))
-            line = _node_line(root, loc)
-            where = f"{source}:{line}" if line else source
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {_field_path(loc)}: {msg}")
-        raise ConfigError(problems) from None
+        found += [_validation_problem(err) for err in exc.errors()]
+    located: list[tuple[int | None, str]] = [*duplicate_keys(root)]
+    located += [(_node_line(root, loc), f"{_field_path(loc)}: {why}") for loc, why in found]
+    if config is not None and not located:
+        return config
+    raise ConfigError(_problem_lines(located, source, _secret_values(data)))
+
+
+def _problem_lines(
+    located: list[tuple[int | None, str]], source: str, secrets: set[str]
+) -> list[str]:
+    """``file:line: field: why`` in file order, with no secret value in them."""
+    located = sorted(located, key=lambda item: item[0] or 0)
+    return [
+        _scrub(f"{source}:{line}: {why}" if line else f"{source}: {why}", secrets)
+        for line, why in located
+    ]
+
+
+def decode_utf8(raw: bytes, source: str) -> str:
+    """``raw`` as text, or a ConfigError naming the line and column of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        byte = raw[exc.start]
+        problem = f"{source}:{line}: not UTF-8 text: byte 0x{byte:02x} at column {column}"
+        raise ConfigError([problem]) from None
 
 
 def load_config(path: str | Path | None) -> tuple[RouterConfig, str]:
@@ -571,10 +814,10 @@ def load_config(path: str | Path | None) -> tuple[RouterConfig, str]:
         return parse_config(text, "<embedded default>"), "<embedded default>"
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror}"]) from None
-    config = parse_config(text, str(p))
+    config = parse_config(decode_utf8(raw, str(p)), str(p))
     config._base = p.resolve().parent
     return config, str(p)
 

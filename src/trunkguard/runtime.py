@@ -12,8 +12,8 @@ import logging
 import os
 import secrets
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import RouterConfig
 from .health import HealthEngine, State, StateChange
@@ -85,7 +85,7 @@ class Runtime:
 
     @staticmethod
     def _secret(config: RouterConfig) -> bytes:
-        path = config.store_path().parent / SECRET_FILE
+        path = config.secret_path() or config.store_path().parent / SECRET_FILE
         try:
             return record_route_secret(path)
         except (OSError, ValueError) as exc:

@@ -346,3 +346,28 @@ def test_the_core_queues_its_events_for_the_adapter() -> None:
     events = net.proxy.take_events()
     assert [(e.target, e.status) for e in events if isinstance(e, AttemptRecord)] == [("a", 503)]
     assert net.proxy.take_events() == []
+
+
+def test_the_edge_settings_come_from_the_config() -> None:
+    from trunkguard.config import parse_config
+
+    config = parse_config(
+        """\
+listen: udp:127.0.0.1:5060
+allow: [127.0.0.0/8]
+reject: 403
+server_header: acme-sbc
+secret: "0123456789abcdef0123456789abcdef"
+failover: {dialog_max_age: 600}
+shutdown: {drain_timeout: 3}
+carriers:
+  - {name: a, uri: "sip:127.0.0.1:5071", transit: true}
+  - {name: b, uri: "sip:127.0.0.1:5072"}
+""",
+        "edge.yaml",
+    )
+    settings = config.proxy_settings()
+    assert (settings.reject, settings.server_header) == ("403", "acme-sbc")
+    assert settings.secret == b"0123456789abcdef0123456789abcdef"
+    assert (settings.dialog_max_age, settings.drain_timeout) == (600.0, 3.0)
+    assert [(t.name, t.transit) for t in config.targets()] == [("a", True), ("b", False)]

@@ -397,7 +397,7 @@ def test_non_utf8_file(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("prefix,rate,description\n33,0.05,Réunion\n".encode("latin-1"))
     (problem,) = problems(path, DeckColumns(description="description"))
-    assert problem.startswith(f"{path}: not UTF-8 text")
+    assert problem.startswith(f"{path}:2: not UTF-8 text")
 
 
 def test_missing_file(tmp_path: Path) -> None:

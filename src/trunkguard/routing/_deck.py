@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -25,6 +25,7 @@ SCALE = 10**8  # rates and fees are stored as integers of 1e-8 units
 MAX_REPORTED = 50
 MEMO_SIZE = 1 << 14  # built Rate objects kept per deck; the memo starts over when full
 _PARSED = 4096  # distinct cell texts (rates, fees, increments, dates) parsed once per load
+_SHOWN = 40  # characters of a bad cell quoted in its error
 
 
 class DeckError(Exception):
@@ -153,6 +154,11 @@ class RateDeck:
                 self._desc[row] = desc
 
 
+def _shown(text: str) -> str:
+    """A cell for an error message: quoted, and cut short if long."""
+    return repr(text) if len(text) <= _SHOWN else repr(text[:_SHOWN]) + f"... ({len(text)} chars)"
+
+
 def _money(text: str, what: str) -> int:
     plain = text.strip()
     whole, _, frac = plain.partition(".")
@@ -166,29 +172,30 @@ def _money(text: str, what: str) -> int:
         # The common case ("0.0061"), in integers; anything else goes through Decimal.
         fast = int(whole) * SCALE + (int(frac.ljust(8, "0")) if frac else 0)
         if fast >= 2**62:
-            raise ValueError(f"{what} {plain!r} is too large")
+            raise ValueError(f"{what} {_shown(plain)} is too large")
         return fast
     try:
         value = Decimal(plain)
     except InvalidOperation:
-        raise ValueError(f"{what} {plain!r} is not a number") from None
+        raise ValueError(f"{what} {_shown(plain)} is not a number") from None
     if not value.is_finite() or value < 0:
-        raise ValueError(f"{what} {plain!r} must be zero or more")
+        raise ValueError(f"{what} {_shown(plain)} must be zero or more")
     units = value * SCALE
     if units != units.to_integral_value():
-        raise ValueError(f"{what} {plain!r} has more than 8 decimals")
+        raise ValueError(f"{what} {_shown(plain)} has more than 8 decimals")
     if units >= 2**62:
-        raise ValueError(f"{what} {plain!r} is too large")
+        raise ValueError(f"{what} {_shown(plain)} is too large")
     return int(units)
 
 
 def _increment(text: str) -> tuple[int, int]:
     first, slash, second = text.strip().partition("/")
+    shown = _shown(text.strip())
     if not slash or not first.isdigit() or not second.isdigit():
-        raise ValueError(f"increment {text.strip()!r}: expected like 6/6 or 60/60")
+        raise ValueError(f"increment {shown}: expected like 6/6 or 60/60")
     initial, step = int(first), int(second)
     if step < 1 or initial > 3600 or step > 3600:
-        raise ValueError(f"increment {text.strip()!r}: seconds must be 0-3600, step at least 1")
+        raise ValueError(f"increment {shown}: seconds must be 0-3600, step at least 1")
     return initial, step
 
 
@@ -207,18 +214,56 @@ def load_deck(
     except OSError as exc:
         raise DeckError([f"{p}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
-        raise DeckError([f"{p}: not UTF-8 text ({exc.reason})"]) from None
+        raise DeckError([f"{p}:{_first_bad_line(p)}: not UTF-8 text ({exc.reason})"]) from None
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8 (a line break is never inside a character)."""
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _records(
+    reader: Iterator[list[str]], line_num: Callable[[], int], source: str, problems: list[str]
+) -> Iterator[tuple[int, list[str]]]:
+    """Each CSV record with the line it starts on.
+
+    A record the CSV reader cannot read (a cell over its size limit, which a
+    quote left open makes of the rest of the file) ends the deck there, as one
+    more problem.
+    """
+    last = line_num()
+    try:
+        for row in reader:
+            yield last + 1, row  # a quoted cell may span lines: count lines, not records
+            last = line_num()
+    except csv.Error as exc:
+        problems.append(f"{source}:{last + 1}: {_csv_reason(exc)}")
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    reason = str(exc)
+    if "field larger than field limit" in reason:
+        return f"a cell is over {csv.field_size_limit()} characters (a quote left open?)"
+    return f"not readable as CSV: {reason}"
 
 
 def _load(
     lines: Iterable[str], source: str, columns: DeckColumns, carrier: str, today: date
 ) -> RateDeck:
     reader = csv.reader(lines)
-    header = next(reader, None)
-    if header is None:
-        raise DeckError([f"{source}: empty file"])
-    names = [h.strip().lower() for h in header]
     problems: list[str] = []
+    records = _records(reader, lambda: reader.line_num, source, problems)
+    first = next(records, None)
+    if first is None:
+        raise DeckError(problems or [f"{source}: empty file"])
+    header = first[1]
+    names = [h.strip().lower() for h in header]
 
     def col(name: str | None, what: str) -> int | None:
         if name is None:
@@ -226,7 +271,8 @@ def _load(
         try:
             return names.index(name.lower())
         except ValueError:
-            problems.append(f"{source}:1: no column {name!r} for the {what} ({header})")
+            found = ", ".join(_shown(h) for h in header[:20])
+            problems.append(f"{source}:1: no column {name!r} for the {what} ([{found}])")
             return None
 
     c_prefix = col(columns.prefix, "prefix")
@@ -254,10 +300,7 @@ def _load(
     same_desc: dict[str, str] = {}  # one string per distinct description
     cutoff = today.toordinal()
     width = max(c for c in (c_prefix, c_rate, c_fee, c_inc, c_eff, c_desc) if c is not None)
-    last = reader.line_num
-    for row in reader:
-        # A quoted cell may span lines: count lines of the file, not records.
-        line, last = last + 1, reader.line_num
+    for line, row in records:
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
         if len(row) <= width:
@@ -266,7 +309,7 @@ def _load(
         prefix = row[c_prefix].strip().lstrip("+")
         try:
             if not prefix.isdigit() or not prefix.isascii() or len(prefix) > 20:
-                raise ValueError(f"prefix {row[c_prefix].strip()!r} is not 1-20 digits")
+                raise ValueError(f"prefix {_shown(row[c_prefix].strip())} is not 1-20 digits")
             cell = row[c_rate]
             units = parsed_money.get(cell)
             if units is None:
@@ -346,4 +389,4 @@ def _date(text: str) -> int:
     try:
         return date.fromisoformat(plain).toordinal()
     except ValueError:
-        raise ValueError(f"effective date {plain!r}: expected YYYY-MM-DD") from None
+        raise ValueError(f"effective date {_shown(plain)}: expected YYYY-MM-DD") from None
