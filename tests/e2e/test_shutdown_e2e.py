@@ -34,7 +34,7 @@ def test_sigterm_lets_a_call_in_setup_finish_and_refuses_new_ones(tmp_path: Path
         RouterProcess(
             tmp_path / "router", [("a", pa)], extra={"shutdown": {"drain_timeout": 8}}
         ) as router,
-        start_uac("uac_call", router.address, timeout=20, tmp_root=tmp_path) as caller,
+        start_uac("uac_call", router.address, timeout=10, tmp_root=tmp_path) as caller,
     ):
         assert a.wait_received("INVITE", 1, timeout=5), a.describe()
         assert router._proc is not None
