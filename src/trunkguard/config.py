@@ -499,6 +499,7 @@ class RouterConfig(Strict):
             # Empty: the runtime reads (or makes) the key file; see runtime.record_route_secret.
             secret=self.secret.encode("utf-8") if self.secret else b"",
             drain_timeout=self.shutdown.drain_timeout,
+            dialog_keepalive=self.dialog_keepalive.interval,
         )
 
     def health_policy(self) -> HealthPolicy:

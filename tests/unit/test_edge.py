@@ -371,3 +371,65 @@ carriers:
     assert settings.secret == b"0123456789abcdef0123456789abcdef"
     assert (settings.dialog_max_age, settings.drain_timeout) == (600.0, 3.0)
     assert [(t.name, t.transit) for t in config.targets()] == [("a", True), ("b", False)]
+
+
+def keepalives(out: list[tuple[Flow, Request | Response]]) -> dict[Flow, Request]:
+    return {f: m for f, m in out if isinstance(m, Request) and m.method == "OPTIONS"}
+
+
+def test_in_dialog_keepalives_end_a_dead_dialog_with_bye_both_ways() -> None:
+    from trunkguard.health import HealthEngine
+
+    net = Net(dialog_keepalive=30.0)
+    health = HealthEngine(["a", "b", "c"])
+    health.set_capacity("a", 1, None)
+    net.proxy.health = health
+    answered_call(net, "ka-1")
+    net.advance(30.0)
+    probes = keepalives(net.take())
+    assert set(probes) == {CALLER, A}
+    to_carrier = probes[A]
+    assert to_carrier.cseq.number == 0  # moves no CSeq state of the endpoints
+    assert to_carrier.from_.tag == "caller1" and to_carrier.to.tag == "carrier"
+    assert str(to_carrier.request_uri) == "sip:carrier@127.0.0.1:5071"  # the 2xx's Contact
+    to_caller = probes[CALLER]
+    assert to_caller.from_.tag == "carrier" and to_caller.to.tag == "caller1"
+    net.feed(reply(to_carrier, 200), A)
+    net.feed(reply(to_caller, 500), CALLER)  # "CSeq out of order" is a sign of life too
+    assert len(net.proxy.dialogs) == 1
+    went_silent = net.now
+    net.advance(30.0)
+    probes = keepalives(net.take())
+    net.feed(reply(probes[CALLER], 200), CALLER)  # the caller answers, the carrier no more
+    ended = None
+    for _ in range(120):
+        net.advance(1.0)
+        byes = [(f, m) for f, m in net.take() if isinstance(m, Request) and m.method == "BYE"]
+        if byes:
+            ended = net.now
+            break
+    assert ended is not None and ended - went_silent <= 120.0
+    assert {f for f, _ in byes} == {CALLER, A}
+    bye_to_caller = next(m for f, m in byes if f == CALLER)
+    assert bye_to_caller.cseq.number >= 1 and bye_to_caller.to.tag == "caller1"
+    assert len(net.proxy.dialogs) == 0
+    assert health.overflow("a", net.now) is None  # the carrier's capacity is free again
+    assert net.proxy.counters["dialogs_ended_dead"] == 1
+
+
+def test_a_481_to_a_keepalive_ends_the_dialog_at_once() -> None:
+    net = Net(dialog_keepalive=30.0)
+    answered_call(net, "ka-2")
+    net.advance(30.0)
+    probes = keepalives(net.take())
+    net.feed(reply(probes[CALLER], 481), CALLER)
+    byes = [f for f, m in net.take() if isinstance(m, Request) and m.method == "BYE"]
+    assert sorted(byes, key=str) == sorted([CALLER, A], key=str)
+    assert len(net.proxy.dialogs) == 0
+
+
+def test_no_keepalives_unless_configured() -> None:
+    net = Net()
+    answered_call(net, "ka-3")
+    net.advance(600.0)
+    assert keepalives(net.take()) == {}

@@ -58,6 +58,7 @@ from ._entries import (
     derived_branch,
     server_key,
 )
+from ._keepalive import Probe, Quiet, build_bye, build_options
 from ._relay import Relay
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
@@ -742,6 +743,12 @@ class Proxy:
         relay.client = entry
         self.clients[branch] = entry
         dialog = hop.dialog
+        if dialog is not None:
+            # The highest CSeq of each side: a BYE of ours must come after it.
+            if hop.from_caller:
+                dialog.caller_cseq = max(dialog.caller_cseq, request.cseq.number)
+            else:
+                dialog.callee_cseq = max(dialog.callee_cseq, request.cseq.number)
         if method == "BYE" and dialog is not None and not dialog.ending:
             # Keep the dialog a little for retransmitted BYEs and their responses.
             dialog.ending = True
@@ -760,17 +767,60 @@ class Proxy:
     def open_dialog(self, call: Call, branch: Branch, response: Response, now: float) -> None:
         """A 2xx went to the caller: remember the dialog (and its place on the carrier)."""
         request = call.request
-        self.dialogs.open(
-            Dialog(
-                call_id=request.call_id,
-                caller_tag=request.from_.tag,
-                callee_tag=response.to.tag,
-                caller=call.source,
-                callee=branch.flow,
-                target=branch.target.name,
-                created=now,
-            )
+        dialog = Dialog(
+            call_id=request.call_id,
+            caller_tag=request.from_.tag,
+            callee_tag=response.to.tag,
+            caller=call.source,
+            callee=branch.flow,
+            target=branch.target.name,
+            created=now,
+            caller_contact=_contact(request),
+            callee_contact=_contact(response),
+            caller_from=request.get("from") or "",
+            callee_to=response.get("to") or "",
+            caller_cseq=request.cseq.number,
         )
+        self.dialogs.open(dialog)
+        interval = self.settings.dialog_keepalive
+        if interval is not None:
+            self.timers.schedule(now + interval, partial(self._keepalive, dialog.call_id))
+
+    def _keepalive(self, call_id: str, now: float) -> None:
+        """OPTIONS inside the dialog to both sides; a side that is gone ends it (see _keepalive)."""
+        dialog = self.dialogs.table.get(call_id)
+        interval = self.settings.dialog_keepalive
+        if dialog is None or dialog.ending or interval is None:
+            return
+        agent = self.settings.server_header
+        for to_caller, flow, contact in (
+            (True, dialog.caller, dialog.caller_contact),
+            (False, dialog.callee, dialog.callee_contact),
+        ):
+            if contact:
+                probe = Probe(call_id, self._dialog_dead)
+                self.send_request(flow, build_options(dialog, to_caller, agent), probe, now)
+                self.counters["dialog_keepalives_sent"] += 1
+        self.timers.schedule(now + interval, partial(self._keepalive, call_id))
+
+    def _dialog_dead(self, call_id: str, why: str, now: float) -> None:
+        """One side of a dialog is gone: BYE both sides, free the capacity, forget it."""
+        dialog = self.dialogs.table.get(call_id)
+        if dialog is None or dialog.ending:
+            return
+        dialog.ending = True
+        agent = self.settings.server_header
+        for to_caller, flow, contact in (
+            (True, dialog.caller, dialog.caller_contact),
+            (False, dialog.callee, dialog.callee_contact),
+        ):
+            if contact:
+                self.send_request(flow, build_bye(dialog, to_caller, agent), Quiet(), now)
+        if self.health is not None:
+            self.health.call_ended(dialog.target)
+        self.dialogs.end(call_id)
+        self.counters["dialogs_ended_dead"] += 1
+        self.counters[f"dialogs_ended_dead:{why}"] += 1
 
     def _sweep_dialogs(self, now: float) -> None:
         # Dialogs whose BYE never came through us must not pile up, nor hold capacity.
@@ -833,3 +883,12 @@ class Proxy:
             "branches_pending": branches,
             "dialogs": len(self.dialogs),
         }
+
+
+def _contact(message: Request | Response) -> str:
+    """The first Contact URI of a message, or "" when it has none that parses."""
+    try:
+        contacts = message.contacts
+    except ParseError:
+        return ""
+    return str(contacts[0].uri) if contacts else ""

@@ -39,6 +39,15 @@ class Dialog:
     target: str
     created: float
     ending: bool = False
+    # For requests of the router's own inside the dialog (keepalives, and the BYEs that
+    # end a dead dialog): each side's Contact and name-addr, and the highest CSeq each
+    # side has used, as the router saw them go by.
+    caller_contact: str = ""
+    callee_contact: str = ""
+    caller_from: str = ""  # the caller's From (with its tag)
+    callee_to: str = ""  # the callee's To (with its tag)
+    caller_cseq: int = 0
+    callee_cseq: int = 0
 
 
 class Hop(NamedTuple):

@@ -28,6 +28,7 @@ class ProxySettings:
     server_header: str | None = None  # Server/User-Agent value; None: no such header
     secret: bytes = b""  # key of the signed Record-Route; empty: a random one per process
     drain_timeout: float = 10.0  # on SIGTERM, how long calls in setup may take to finish
+    dialog_keepalive: float | None = None  # seconds between in-dialog OPTIONS; None: off
 
 
 @dataclass(frozen=True, slots=True)
