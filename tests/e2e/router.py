@@ -1,6 +1,7 @@
 """The router under test as a real process: ``trunkguard run`` on 127.0.0.1, port 0.
 
-It binds a free port itself and reports it through ``--ready-file``; on stop
+It binds a free port itself and reports it through ``--ready-file`` (or, with
+``port=``, the port it is given: a restarted router takes its predecessor's); on stop
 (SIGTERM) it writes its counters next to that file, so tests can check what
 the router saw and that nothing was left open.
 """
@@ -36,11 +37,12 @@ class RouterProcess:
         failover: dict[str, object] | None = None,
         extra: dict[str, object] | None = None,
         transport: str = "udp",
+        port: int = 0,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         config: dict[str, object] = {
-            "listen": f"{transport}:127.0.0.1:0",
+            "listen": f"{transport}:127.0.0.1:{port}",
             "allow": ["127.0.0.0/8"],
             "carriers": [_carrier(*c) for c in carriers],
         }
@@ -55,6 +57,8 @@ class RouterProcess:
         self.ready_file = workdir / "ready.json"
         self.log_path = workdir / "router.log"
         self.port = 0
+        #: Every listener as (transport, host, port), in config order, once started.
+        self.bound: list[tuple[str, str, int]] = []
         self.counters: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +92,8 @@ class RouterProcess:
             time.sleep(0.02)
         time.sleep(0.02)  # the file is written in one call; give it a moment to be complete
         ready = json.loads(self.ready_file.read_text())
-        self.port = int(ready["listen"][0][2])
+        self.bound = [(str(t), str(h), int(p)) for t, h, p in ready["listen"]]
+        self.port = self.bound[0][2]
         return self
 
     @property
