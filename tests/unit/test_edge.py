@@ -433,3 +433,13 @@ def test_no_keepalives_unless_configured() -> None:
     answered_call(net, "ka-3")
     net.advance(600.0)
     assert keepalives(net.take()) == {}
+
+
+def test_a_strangers_481_to_a_keepalive_ends_nothing() -> None:
+    net = Net(dialog_keepalive=30.0)
+    answered_call(net, "ka-4")
+    net.advance(30.0)
+    probes = keepalives(net.take())
+    net.feed(reply(probes[CALLER], 481), STRANGER)  # the right branch, from the wrong place
+    assert net.take() == []
+    assert len(net.proxy.dialogs) == 1
