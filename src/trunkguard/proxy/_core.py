@@ -444,20 +444,14 @@ class Proxy:
         self.drive(entry, txn.start(now), now)
         return branch
 
-    def abandon_branch(self, call: Call, branch: Branch, now: float) -> None:
+    def abandon_branch(self, branch: Branch, now: float) -> None:
+        """Stop retransmitting a branch's INVITE; its transaction still takes late answers."""
         entry = self.clients.get(branch.id)
-        if entry is None or branch.txn is None:
-            return
-        if branch.first_response is not None:
-            self._send_cancel(call, branch, now)
-        else:
-            branch.cancel_pending = True
+        if entry is not None and branch.txn is not None:
             self.drive(entry, branch.txn.abandon(now), now)
 
-    def _send_cancel(self, call: Call, branch: Branch, now: float) -> None:
-        if branch.cancel_sent:
-            return
-        branch.cancel_sent = True
+    def cancel_branch(self, call: Call, branch: Branch, now: float) -> None:
+        """CANCEL a branch that sent a provisional, in a transaction of its own."""
         data = make_cancel(call.request, uri=branch.uri, via=branch.via, routes=branch.routes)
         txn = ClientNonInvite(
             data, reliable=branch.flow.transport != "udp", timers=self.settings.timers
@@ -467,28 +461,23 @@ class Proxy:
         self.counters["cancels_sent"] += 1
         self.drive(entry, txn.start(now), now)
 
-    def clean_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
-        """A response on a branch the call no longer wants: make sure no leg is left up."""
-        status = response.status
-        if status < 200:
-            if branch.first_response is None:
-                branch.first_response = now
-            if branch.cancel_pending or branch.abandoned:
-                self._send_cancel(call, branch, now)
-            return
-        if status >= 300:
-            return  # the client transaction ACKs it
-        # A late 2xx: ACK it, then BYE it, so the carrier does not bill a call nobody hears.
-        self.counters["stray_2xx"] += 1
-        request = call.request
+    def _stray_leg(
+        self, call: Call, branch: Branch, response: Response
+    ) -> tuple[str, list[str], str, str]:
+        """Where requests inside a stray 2xx's dialog go: (target, routes, To, From)."""
         try:
             contacts = response.contacts
         except ParseError:
             contacts = []
         target_uri = str(contacts[0].uri) if contacts else branch.uri
         routes = [v for v in reversed(response.values("record-route"))]
-        to = response.get("to") or ""
-        from_ = request.get("from") or ""
+        return target_uri, routes, response.get("to") or "", call.request.get("from") or ""
+
+    def ack_stray(self, call: Call, branch: Branch, response: Response) -> None:
+        """ACK a 2xx nobody wanted (again for each retransmission of it)."""
+        self.counters["stray_2xx"] += 1
+        request = call.request
+        target_uri, routes, to, from_ = self._stray_leg(call, branch, response)
         ack = make_request(
             "ACK",
             target_uri,
@@ -500,9 +489,11 @@ class Proxy:
             routes=routes,
         )
         self.send(branch.flow, ack)
-        if branch.cleaned:
-            return
-        branch.cleaned = True
+
+    def bye_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
+        """BYE a 2xx nobody wanted, so the carrier does not bill a call nobody hears."""
+        request = call.request
+        target_uri, routes, to, from_ = self._stray_leg(call, branch, response)
         bye_branch = self.new_branch()
         bye = make_request(
             "BYE",
@@ -633,9 +624,7 @@ class Proxy:
     def open_work(self) -> dict[str, int]:
         """What is still unfinished: calls without a final answer, branches awaiting one."""
         calls = sum(
-            1
-            for e in self.servers.values()
-            if isinstance(e.owner, Call) and e.owner.state == "TRYING"
+            1 for e in self.servers.values() if isinstance(e.owner, Call) and e.owner.unanswered
         )
         # An abandoned branch is not waited on: a late answer on it is cleaned up (CANCEL,
         # or ACK + BYE), and Timer B ends its transaction.
@@ -643,7 +632,7 @@ class Proxy:
             1
             for e in self.clients.values()
             if isinstance(e.owner, Branch)
-            and not e.owner.abandoned
+            and e.owner.pending
             and e.txn.state in ("CALLING", "PROCEEDING")
         )
         return {
