@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import ConfigError, RouterConfig, load_config
 from .health import HealthEngine, State, transition_table
 from .proxy import AttemptRecord, Plan
+from .proxy._call import Branch, Call
 from .proxy._plan import build_plan
 from .proxy._server import Router, serve
 from .routing import NumberRules, RoutingTable
@@ -418,8 +419,14 @@ def _cmd_sim_carrier(args: argparse.Namespace) -> int:
 
 
 def _cmd_states(args: argparse.Namespace) -> int:
-    del args
-    print(transition_table())
+    if not args.call:
+        print(transition_table())
+        return 0
+    print("# a call and the branch it waits on: state + input -> next state, actions")
+    print(Call.transition_table())
+    print()
+    print("# a branch the call has let go of (its final came, or it was abandoned)")
+    print(Branch.transition_table())
     return 0
 
 
@@ -471,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("args", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_sim_carrier)
     states = sub.add_parser("states", help="print the target state transition table")
+    states.add_argument(
+        "--call", action="store_true", help="the failover table of one call instead"
+    )
     states.set_defaults(func=_cmd_states)
     args = parser.parse_args(argv)
     try:
