@@ -22,6 +22,7 @@ from . import __version__
 from .config import ConfigError, RouterConfig, load_config
 from .health import HealthEngine, State, transition_table
 from .proxy import AttemptRecord, Plan, Proxy, Target
+from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
 from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
@@ -475,8 +476,14 @@ def _cmd_sim_carrier(args: argparse.Namespace) -> int:
 
 
 def _cmd_states(args: argparse.Namespace) -> int:
-    del args
-    print(transition_table())
+    if not args.call:
+        print(transition_table())
+        return 0
+    print("# a call and the branch it waits on: state + input -> next state, actions")
+    print(Call.transition_table())
+    print()
+    print("# a branch the call has let go of (its final came, or it was abandoned)")
+    print(Branch.transition_table())
     return 0
 
 
@@ -529,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sim.set_defaults(func=_cmd_sim_carrier)
     states = sub.add_parser("states", help="print the target state transition table")
+    states.add_argument(
+        "--call", action="store_true", help="the failover table of one call instead"
+    )
     states.set_defaults(func=_cmd_states)
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "sim-carrier":

@@ -443,3 +443,17 @@ def test_a_strangers_481_to_a_keepalive_ends_nothing() -> None:
     net.feed(reply(probes[CALLER], 481), STRANGER)  # the right branch, from the wrong place
     assert net.take() == []
     assert len(net.proxy.dialogs) == 1
+
+
+def test_a_cancelled_branch_that_never_answers_is_given_up_after_64_t1() -> None:
+    net = Net()
+    net.feed(invite("cancel-silent"), CALLER)
+    sent = only_request(net.take(), A, "INVITE")
+    net.feed(reply(sent, 180), A)
+    cancel = invite("cancel-silent").replace(b"INVITE sip:", b"CANCEL sip:", 1)
+    cancel = cancel.replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+    net.feed(cancel, CALLER)
+    assert only_request(net.take(), A, "CANCEL")  # and a never answers 487
+    net.advance(33.0)
+    assert net.proxy.clients == {}
+    assert net.proxy.counters["cancelled_branches_given_up"] == 1

@@ -41,7 +41,6 @@ from ..sip import (
     TransportFailed,
     Uri,
     make_cancel,
-    make_request,
     make_response,
     parse_message,
 )
@@ -60,6 +59,7 @@ from ._entries import (
 )
 from ._keepalive import Probe, Quiet, build_bye, build_options
 from ._relay import Relay
+from ._stray import stray_request
 from ._timers import TimerHandle, TimerQueue
 from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
 
@@ -474,20 +474,14 @@ class Proxy:
         self.drive(entry, txn.start(now), now)
         return branch
 
-    def abandon_branch(self, call: Call, branch: Branch, now: float) -> None:
+    def abandon_branch(self, branch: Branch, now: float) -> None:
+        """Stop retransmitting a branch's INVITE; its transaction still takes late answers."""
         entry = self.clients.get(branch.id)
-        if entry is None or branch.txn is None:
-            return
-        if branch.first_response is not None:
-            self._send_cancel(call, branch, now)
-        else:
-            branch.cancel_pending = True
+        if entry is not None and branch.txn is not None:
             self.drive(entry, branch.txn.abandon(now), now)
 
-    def _send_cancel(self, call: Call, branch: Branch, now: float) -> None:
-        if branch.cancel_sent:
-            return
-        branch.cancel_sent = True
+    def cancel_branch(self, call: Call, branch: Branch, now: float) -> None:
+        """CANCEL a branch that sent a provisional, in a transaction of its own."""
         data = make_cancel(call.request, uri=branch.uri, via=branch.via, routes=branch.routes)
         txn = ClientNonInvite(
             data, reliable=branch.flow.transport != "udp", timers=self.settings.timers
@@ -496,57 +490,43 @@ class Proxy:
         self.clients[entry.key] = entry
         self.counters["cancels_sent"] += 1
         self.drive(entry, txn.start(now), now)
+        # RFC 3261 §9.1: a CANCELled INVITE that never gets its final is given up after
+        # 64*T1; its transaction (no timer of its own in PROCEEDING) must not live on.
+        self.timers.schedule(
+            now + self.settings.timers.timeout, partial(self._give_up_branch, branch.id)
+        )
 
-    def clean_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
-        """A response on a branch the call no longer wants: make sure no leg is left up."""
-        status = response.status
-        if status < 200:
-            if branch.first_response is None:
-                branch.first_response = now
-            if branch.cancel_pending or branch.abandoned:
-                self._send_cancel(call, branch, now)
-            return
-        if status >= 300:
-            return  # the client transaction ACKs it
-        # A late 2xx: ACK it, then BYE it, so the carrier does not bill a call nobody hears.
+    def _give_up_branch(self, key: str, now: float) -> None:
+        del now
+        entry = self.clients.get(key)
+        if entry is not None and entry.txn.state == "PROCEEDING":
+            self.counters["cancelled_branches_given_up"] += 1
+            self._forget(entry)
+
+    def ack_stray(self, call: Call, branch: Branch, response: Response) -> None:
+        """ACK a 2xx nobody wanted (again for each retransmission of it)."""
         self.counters["stray_2xx"] += 1
-        request = call.request
-        try:
-            contacts = response.contacts
-        except ParseError:
-            contacts = []
-        target_uri = str(contacts[0].uri) if contacts else branch.uri
-        routes = [v for v in reversed(response.values("record-route"))]
-        to = response.get("to") or ""
-        from_ = request.get("from") or ""
-        agent = self.settings.server_header
-        ack = make_request(
+        via = self.via(branch.flow, derived_branch(branch.id + "ack"))
+        ack = stray_request(
             "ACK",
-            target_uri,
-            via=self.via(branch.flow, derived_branch(branch.id + "ack")),
-            from_=from_,
-            to=to,
-            call_id=request.call_id,
-            cseq=request.cseq.number,
-            routes=routes,
-            agent=agent,
+            call.request,
+            response,
+            branch_uri=branch.uri,
+            via=via,
+            agent=self.settings.server_header,
         )
         self.send(branch.flow, ack)
-        if branch.cleaned:
-            return
-        branch.cleaned = True
+
+    def bye_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
+        """BYE a 2xx nobody wanted, so the carrier does not bill a call nobody hears."""
         bye_branch = self.new_branch()
-        bye = make_request(
+        bye = stray_request(
             "BYE",
-            target_uri,
+            call.request,
+            response,
+            branch_uri=branch.uri,
             via=self.via(branch.flow, bye_branch),
-            from_=from_,
-            to=to,
-            call_id=request.call_id,
-            cseq=request.cseq.number + 1,
-            routes=routes,
-            extra=[("Reason", 'SIP;cause=200;text="Call completed elsewhere"')],
-            agent=agent,
+            agent=self.settings.server_header,
         )
         txn = ClientNonInvite(
             bye, reliable=branch.flow.transport != "udp", timers=self.settings.timers
@@ -865,9 +845,7 @@ class Proxy:
     def open_work(self) -> dict[str, int]:
         """What is still unfinished: calls without a final answer, branches awaiting one."""
         calls = sum(
-            1
-            for e in self.servers.values()
-            if isinstance(e.owner, Call) and e.owner.state == "TRYING"
+            1 for e in self.servers.values() if isinstance(e.owner, Call) and e.owner.unanswered
         )
         # An abandoned branch is not waited on: a late answer on it is cleaned up (CANCEL,
         # or ACK + BYE), and Timer B ends its transaction.
@@ -875,7 +853,7 @@ class Proxy:
             1
             for e in self.clients.values()
             if isinstance(e.owner, Branch)
-            and not e.owner.abandoned
+            and e.owner.pending
             and e.txn.state in ("CALLING", "PROCEEDING")
         )
         return {

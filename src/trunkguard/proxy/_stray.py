@@ -1,0 +1,49 @@
+"""Late answers on a branch the call gave up on: the requests that leave no leg billing.
+
+A 2xx nobody wanted gets an ACK (again for each retransmission of it) and one
+BYE, both inside the dialog the 2xx made: to its Contact, along its
+Record-Route. The call table decides when; these build the bytes.
+"""
+
+from __future__ import annotations
+
+from ..sip import ParseError, Request, Response, make_request
+
+BYE_REASON = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+def _leg(request: Request, branch_uri: str, response: Response) -> tuple[str, list[str], str, str]:
+    """Where requests inside a stray 2xx's dialog go: (target, routes, To, From)."""
+    try:
+        contacts = response.contacts
+    except ParseError:
+        contacts = []
+    target_uri = str(contacts[0].uri) if contacts else branch_uri
+    routes = [v for v in reversed(response.values("record-route"))]
+    return target_uri, routes, response.get("to") or "", request.get("from") or ""
+
+
+def stray_request(
+    method: str,
+    request: Request,
+    response: Response,
+    *,
+    branch_uri: str,
+    via: str,
+    agent: str | None,
+) -> bytes:
+    """The ACK (same CSeq as the INVITE) or the BYE (the next CSeq) for a stray 2xx."""
+    target_uri, routes, to, from_ = _leg(request, branch_uri, response)
+    bye = method == "BYE"
+    return make_request(
+        method,
+        target_uri,
+        via=via,
+        from_=from_,
+        to=to,
+        call_id=request.call_id,
+        cseq=request.cseq.number + (1 if bye else 0),
+        routes=routes,
+        extra=[("Reason", BYE_REASON)] if bye else (),
+        agent=agent,
+    )
