@@ -193,12 +193,11 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     )
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield
     # Only end-to-end tests start processes that run on their own; naming the test that
     # left one makes the failure at the end of the session actionable.
-    if _watch is None or item.get_closest_marker("e2e") is None:
-        return
-    for proc in _watch.alive():
-        _watch.first_seen.setdefault((proc.pid, proc.command), item.nodeid)
+    if _watch is not None and item.get_closest_marker("e2e") is not None:
+        for proc in _watch.alive():
+            _watch.first_seen.setdefault((proc.pid, proc.command), item.nodeid)
