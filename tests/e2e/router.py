@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 import yaml
+from sipp import die_with_parent
 
 READY_TIMEOUT = 15.0
 
@@ -80,6 +81,8 @@ class RouterProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Like the SIPp peers: a router never outlives a test run that was killed.
+            preexec_fn=die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT

@@ -86,7 +86,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGKILL when the test process dies."""
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -252,6 +253,27 @@ def final_codes(messages: Sequence[ShortMessage]) -> list[int]:
         ):
             finals[m.call_id] = status
     return [finals[call_id] for call_id in order if call_id in finals]
+
+
+def setup_times(messages: Sequence[ShortMessage]) -> list[float]:
+    """Per call that got one, in the order the calls started: seconds from the caller's
+    first INVITE to the first final response for it, by the caller's own trace (the time
+    the call took, without SIPp's start and exit)."""
+    sent: dict[str, float] = {}
+    took: dict[str, float] = {}
+    for m in messages:
+        status = m.status
+        if m.direction == "S" and m.method == "INVITE":
+            sent.setdefault(m.call_id, m.time)
+        elif (
+            m.direction == "R"
+            and status is not None
+            and status >= 200
+            and m.cseq_method == "INVITE"
+            and m.call_id in sent
+        ):
+            took.setdefault(m.call_id, m.time - sent[m.call_id])
+    return [took[call_id] for call_id in sent if call_id in took]
 
 
 @dataclass(frozen=True)
@@ -652,7 +674,7 @@ def _spawn(command: list[str], workdir: Path) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
 
