@@ -52,6 +52,7 @@ class Proc:
     pid: int
     ppid: int
     state: str
+    started: int  # clock ticks after boot
     command: str
 
     def __str__(self) -> str:
@@ -73,7 +74,8 @@ def _proc(pid: int) -> Proc | None:
     comm_end = stat.rfind(")")
     fields = stat[comm_end + 2 :].split()
     command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-    return Proc(pid, int(fields[1]), fields[0], command or stat[stat.find("(") : comm_end + 1])
+    comm = stat[stat.find("(") : comm_end + 1]
+    return Proc(pid, int(fields[1]), fields[0], int(fields[19]), command or comm)
 
 
 def _has_marker(pid: int, token: bytes) -> bool:
@@ -94,14 +96,15 @@ def _mentions(proc: Proc, places: tuple[str, ...]) -> bool:
 def session_processes(token: bytes, places: tuple[str, ...]) -> list[Proc]:
     """Live processes this session started: pytest's descendants, any process carrying the
     session's marker, and SIPp/trunkguard/Kamailio processes run in this checkout or this
-    session's temporary directories (other sessions on the machine have their own)."""
+    session's temporary directories since pytest started (other sessions on the machine
+    have their own; a router run by hand in this checkout before the tests is not ours)."""
     me = os.getpid()
     procs = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me:
-            proc = _proc(int(entry))
-            if proc is not None:
-                procs[proc.pid] = proc
+        proc = _proc(int(entry)) if entry.isdigit() else None
+        if proc is not None:
+            procs[proc.pid] = proc
+    own = procs.pop(me)
     children: dict[int, list[int]] = {}
     for proc in procs.values():
         children.setdefault(proc.ppid, []).append(proc.pid)
@@ -116,13 +119,11 @@ def session_processes(token: bytes, places: tuple[str, ...]) -> list[Proc]:
     for proc in procs.values():
         if proc.state == "Z":  # exited; only its parent's wait() is missing
             continue
-        named = any(n in proc.command.split(" ", 1)[0] for n in WATCHED_NAMES) or (
-            "trunkguard" in proc.command
-        )
+        named = any(n in proc.command for n in WATCHED_NAMES)
         if (
             proc.pid in descendants
             or _has_marker(proc.pid, token)
-            or (named and _mentions(proc, places))
+            or (named and proc.started >= own.started and _mentions(proc, places))
         ):
             found.append(proc)
     return sorted(found, key=lambda p: p.pid)
