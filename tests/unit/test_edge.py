@@ -457,3 +457,19 @@ def test_a_cancelled_branch_that_never_answers_is_given_up_after_64_t1() -> None
     net.advance(33.0)
     assert net.proxy.clients == {}
     assert net.proxy.counters["cancelled_branches_given_up"] == 1
+
+
+def test_icmp_on_in_dialog_traffic_takes_the_carrier_out_at_once() -> None:
+    from trunkguard.health import HealthEngine, State
+
+    net = Net()
+    health = HealthEngine(["a", "b", "c"])
+    net.proxy.health = health
+    answered_call(net, "dead-1")
+    bye = in_dialog("BYE", call_id="dead-1", ruri="sip:carrier@127.0.0.1:5071", to_tag="carrier")
+    net.feed(bye, CALLER)
+    assert only_request(net.take(), A, "BYE")
+    net.proxy.transport_error(A, net.now)  # the BYE met a closed port
+    assert health.state("a") is State.DOWN
+    assert [(c.target, c.new) for c in net.changes] == [("a", State.DOWN)]
+    assert responses(net.take(), CALLER) == [502]  # the caller's BYE is answered

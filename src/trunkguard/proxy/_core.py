@@ -293,6 +293,14 @@ class Proxy:
         for entry in [e for e in self.clients.values() if e.flow == flow]:
             if entry.txn.state in ("CALLING", "TRYING", "PROCEEDING"):
                 self.drive(entry, entry.txn.transport_error(now), now)
+        target = self.admission.peer(flow)
+        if target is not None and self.health is not None:
+            # A target whose port is closed is out at once, whichever message found it: a
+            # BYE of a call it was carrying too, not only an INVITE or a keepalive (which
+            # have tripped it above already, with their own reason).
+            self.apply_health_changes(
+                self.health.unreachable(target.name, now, "port unreachable"), now
+            )
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
         self.counters[f"rejected_{status}"] += 1
