@@ -195,6 +195,8 @@ class Runtime:
             notes.append("listen/advertise changes take effect at the next restart")
         if config.store_path() != old.store_path():
             notes.append("store.path changes take effect at the next restart")
+        if (config.secret, config.secret_path()) != (old.secret, old.secret_path()):
+            notes.append("secret/secret_file changes take effect at the next restart")
         if targets is None:
             targets = config.targets()
         self.proxy.reconfigure(config.proxy_settings(), targets)
