@@ -57,7 +57,7 @@ from ._entries import (
     derived_branch,
     server_key,
 )
-from ._keepalive import Probe, Quiet, build_bye, build_options
+from ._keepalive import Probe, Quiet, build_bye, build_options, contact_uri
 from ._relay import Relay
 from ._stray import stray_request
 from ._timers import TimerHandle, TimerQueue
@@ -678,9 +678,7 @@ class Proxy:
 
     def _hop(self, request: Request) -> Hop | None:
         """The next hop of an in-dialog request, when the dialog is ours (else counted)."""
-        routes = request.routes
-        top_is_us = bool(routes) and self.is_us(routes[0].uri)
-        hop, why = self.dialogs.hop(request, top_is_us)
+        hop, why = self.dialogs.hop(request, self.admission.is_us)
         if hop is None:
             self.counters["dialog_refused"] += 1
             self.counters[f"dialog_refused:{why}"] += 1
@@ -763,8 +761,8 @@ class Proxy:
             callee=branch.flow,
             target=branch.target.name,
             created=now,
-            caller_contact=_contact(request),
-            callee_contact=_contact(response),
+            caller_contact=request.get("contact") or "",
+            callee_contact=response.get("contact") or "",
             caller_from=request.get("from") or "",
             callee_to=response.get("to") or "",
             caller_cseq=request.cseq.number,
@@ -785,7 +783,7 @@ class Proxy:
             (True, dialog.caller, dialog.caller_contact),
             (False, dialog.callee, dialog.callee_contact),
         ):
-            if contact:
+            if contact_uri(contact):
                 probe = Probe(call_id, self._dialog_dead)
                 self.send_request(flow, build_options(dialog, to_caller, agent), probe, now)
                 self.counters["dialog_keepalives_sent"] += 1
@@ -802,7 +800,7 @@ class Proxy:
             (True, dialog.caller, dialog.caller_contact),
             (False, dialog.callee, dialog.callee_contact),
         ):
-            if contact:
+            if contact_uri(contact):
                 self.send_request(flow, build_bye(dialog, to_caller, agent), Quiet(), now)
         if self.health is not None:
             self.health.call_ended(dialog.target)
@@ -870,11 +868,3 @@ class Proxy:
             "dialogs": len(self.dialogs),
         }
 
-
-def _contact(message: Request | Response) -> str:
-    """The first Contact URI of a message, or "" when it has none that parses."""
-    try:
-        contacts = message.contacts
-    except ParseError:
-        return ""
-    return str(contacts[0].uri) if contacts else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,8 +41,8 @@ class Dialog:
     created: float
     ending: bool = False
     # For requests of the router's own inside the dialog (keepalives, and the BYEs that
-    # end a dead dialog): each side's Contact and name-addr, and the highest CSeq each
-    # side has used, as the router saw them go by.
+    # end a dead dialog): each side's Contact header (parsed only when used) and
+    # name-addr, and the highest CSeq each side has used, as the router saw them go by.
     caller_contact: str = ""
     callee_contact: str = ""
     caller_from: str = ""  # the caller's From (with its tag)
@@ -117,7 +118,7 @@ class DialogTable:
     def open(self, dialog: Dialog) -> None:
         self.table[dialog.call_id] = dialog
 
-    def hop(self, request: Request, top_route_is_us: bool) -> tuple[Hop | None, str]:
+    def hop(self, request: Request, is_us: Callable[[Uri], bool]) -> tuple[Hop | None, str]:
         """Where ``request`` goes inside its dialog, or (None, why) when it is not ours."""
         from_tag, to_tag = request.from_.tag, request.to.tag
         dialog = self.table.get(request.call_id)
@@ -126,9 +127,10 @@ class DialogTable:
                 return Hop(dialog.callee, True, dialog), ""
             if to_tag == dialog.caller_tag and from_tag == dialog.callee_tag:
                 return Hop(dialog.caller, False, dialog), ""
-        if not top_route_is_us:
+        routes = request.routes
+        if not routes or not is_us(routes[0].uri):
             return None, "no dialog of ours and no Route of ours"
-        route = request.routes[0].uri
+        route = routes[0].uri
         if "tgm" not in route.params:
             return None, "a Route of ours without a signature"
         peers = self.signer.verify(route, request.call_id, from_tag)

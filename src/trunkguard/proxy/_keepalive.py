@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..sip import Response, make_request
+from ..sip import ParseError, Response, make_request, split_name_addrs
 from ._dialogs import Dialog
 
 DEAD = frozenset({404, 408, 410, 481})
@@ -51,11 +51,20 @@ def build_bye(dialog: Dialog, to_caller: bool, agent: str | None) -> Callable[[s
     return build
 
 
+def contact_uri(header: str) -> str:
+    """The URI of a Contact header value, or "" when it has none that parses."""
+    try:
+        contacts = split_name_addrs(header, "Contact") if header.strip() not in ("", "*") else []
+    except ParseError:
+        return ""
+    return str(contacts[0].uri) if contacts else ""
+
+
 def _leg(dialog: Dialog, to_caller: bool) -> tuple[str, str, str]:
     """(Request-URI, From, To) of a request of ours toward one side of the dialog."""
     if to_caller:
-        return dialog.caller_contact, dialog.callee_to, dialog.caller_from
-    return dialog.callee_contact, dialog.caller_from, dialog.callee_to
+        return contact_uri(dialog.caller_contact), dialog.callee_to, dialog.caller_from
+    return contact_uri(dialog.callee_contact), dialog.caller_from, dialog.callee_to
 
 
 class Probe:

@@ -38,6 +38,7 @@ STALL = 0.25  # a heartbeat this late means the loop was stalled
 
 
 MAX_FLUSH_ROUNDS = 1000  # sends that fail make more work; this bounds one flush
+FLOW_CACHE = 4096  # peers whose Flow a listener keeps made
 
 
 class _UdpListener(asyncio.DatagramProtocol):
@@ -45,6 +46,7 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.router = router
         self.local: Addr | None = None
         self.family = socket.AF_INET
+        self._flows: dict[tuple[str | int, ...], Flow] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -54,7 +56,14 @@ class _UdpListener(asyncio.DatagramProtocol):
         self.family = transport.get_extra_info("socket").family
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.router.receive(data, Flow("udp", (str(addr[0]), int(addr[1])), self.local))
+        # One Flow per peer, made once: a busy dialer sends from a handful of addresses.
+        flow = self._flows.get(addr)
+        if flow is None:
+            if len(self._flows) >= FLOW_CACHE:
+                self._flows.clear()
+            flow = Flow("udp", (str(addr[0]), int(addr[1])), self.local)
+            self._flows[addr] = flow
+        self.router.receive(data, flow)
 
     def error_received(self, exc: Exception) -> None:
         # An unconnected socket cannot say which peer failed; count it only.

@@ -40,7 +40,7 @@ from ._transaction import (
     Transaction,
     TransportFailed,
 )
-from ._uri import NameAddr, Uri, parse_name_addr, parse_uri, split_hostport
+from ._uri import NameAddr, Uri, parse_name_addr, parse_uri, split_hostport, split_name_addrs
 from ._via import MAGIC_COOKIE, Via, parse_via
 
 __all__ = [
@@ -85,4 +85,5 @@ __all__ = [
     "parse_uri",
     "parse_via",
     "split_hostport",
+    "split_name_addrs",
 ]

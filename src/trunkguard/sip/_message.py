@@ -188,7 +188,11 @@ class Message:
 
     @property
     def routes(self) -> list[NameAddr]:
-        return split_name_addrs(", ".join(self.get_all("route")), "Route")
+        cached = self._cache.get("route")
+        if cached is None:
+            value = ", ".join(self.get_all("route"))
+            self._cache["route"] = cached = split_name_addrs(value, "Route") if value else []
+        return cached  # type: ignore[return-value]
 
     @property
     def record_routes(self) -> list[NameAddr]:
@@ -196,10 +200,12 @@ class Message:
 
     @property
     def contacts(self) -> list[NameAddr]:
-        value = ", ".join(self.get_all("contact"))
-        if value.strip() == "*":
-            return []
-        return split_name_addrs(value, "Contact")
+        cached = self._cache.get("contact")
+        if cached is None:
+            value = ", ".join(self.get_all("contact"))
+            found = [] if value.strip() in ("*", "") else split_name_addrs(value, "Contact")
+            self._cache["contact"] = cached = found
+        return cached  # type: ignore[return-value]
 
     def check_common(self) -> None:
         """Parse the fields a proxy uses (RFC 3261 §16.3 step 1); raise ParseError on a bad one.
