@@ -115,6 +115,16 @@ def free_udp_port(host: str = HOST) -> int:
         return port
 
 
+def free_udp_ports(n: int, host: str = HOST) -> list[int]:
+    """``n`` distinct UDP ports that were free on ``host`` a moment ago (see free_udp_port)."""
+    out: list[int] = []
+    while len(out) < n:
+        port = free_udp_port(host)
+        if port not in out:
+            out.append(port)
+    return out
+
+
 def _udp_socket_inodes(port: int, host: str = HOST, table_name: str = "udp") -> set[str]:
     """Inodes of the sockets bound to ``host:port`` or the wildcard (/proc/net/udp or tcp).
 

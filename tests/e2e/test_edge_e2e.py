@@ -17,22 +17,13 @@ from pathlib import Path
 
 import pytest
 from router import RouterProcess
-from sipp import ShortMessage, free_udp_port, run_uac, start_uac, start_uas
+from sipp import ShortMessage, free_udp_ports, run_uac, start_uac, start_uas
 
 pytestmark = pytest.mark.e2e
 
 #: Requests a host outside the router receives from an attacker's in-dialog forgeries.
 ATTACK_METHODS = ("INVITE", "BYE", "INFO", "ACK")
 NO_PROBES: dict[str, object] = {"probe": {"enabled": False}}
-
-
-def ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_udp_port()
-        if p not in out:
-            out.append(p)
-    return out
 
 
 def sent(messages: Sequence[ShortMessage], *, acks: bool) -> int:
@@ -58,14 +49,14 @@ def test_unknown_dialog_requests_aimed_at_an_outside_host_never_reach_it(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    victim_port, carrier_port = ports(2)
+    victim_port, carrier_port = free_udp_ports(2)
     with (
         start_uas("uas_answer", port=victim_port, tmp_root=tmp_path) as victim,
         start_uas("uas_answer", port=carrier_port, tmp_root=tmp_path) as carrier,
         RouterProcess(tmp_path / "router", [("carrier", carrier_port)]) as router,
     ):
         ruri = f"sip:19005551234@127.0.0.1:{victim_port}"
-        senders = ports(4)
+        senders = free_udp_ports(4)
         variants = {
             "request-uri only": "X-No-Route: 1",
             "route to the victim": f"Route: <sip:127.0.0.1:{victim_port};lr>",
@@ -134,7 +125,7 @@ HOLD_MS = 6000  # the caller's pause between its ACK and its BYE: the router res
 def test_a_bye_after_a_router_restart_still_ends_the_call(tmp_path: Path) -> None:
     started = time.monotonic()
     workdir = tmp_path / "router"
-    carrier_port, router_port = ports(2)
+    carrier_port, router_port = free_udp_ports(2)
     # The router sends to a carrier from a socket connected to it (for ICMP errors), whose
     # ephemeral port dies with the process. SIPp answers every request of a call to the
     # address its INVITE came from, so its 200 to the new router's BYE would go to that dead
@@ -201,7 +192,7 @@ RECV_TIMEOUT_MS = 1500
 
 def test_a_source_not_in_allow_gets_no_answer(tmp_path: Path) -> None:
     started = time.monotonic()
-    (carrier_port,) = ports(1)
+    (carrier_port,) = free_udp_ports(1)
     with (
         start_uas("uas_answer", port=carrier_port, tmp_root=tmp_path) as carrier,
         RouterProcess(
@@ -242,7 +233,7 @@ def test_a_source_not_in_allow_gets_no_answer(tmp_path: Path) -> None:
 
 def test_a_carriers_invite_toward_an_outside_number_is_refused(tmp_path: Path) -> None:
     started = time.monotonic()
-    other_port, hairpin_port = ports(2)
+    other_port, hairpin_port = free_udp_ports(2)
     with (
         start_uas("uas_answer", port=other_port, tmp_root=tmp_path) as other,
         RouterProcess(
@@ -283,7 +274,7 @@ def test_a_carriers_invite_toward_an_outside_number_is_refused(tmp_path: Path) -
 
 def test_no_ack_loop_between_two_listen_addresses(tmp_path: Path) -> None:
     started = time.monotonic()
-    (carrier_port,) = ports(1)
+    (carrier_port,) = free_udp_ports(1)
     with (
         start_uas("uas_answer", port=carrier_port, tmp_root=tmp_path) as carrier,
         RouterProcess(

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 from router import RouterProcess
-from sipp import free_udp_port, run_uac, setup_times, start_uac, start_uas
+from sipp import free_udp_ports, run_uac, setup_times, start_uac, start_uas
 
 pytestmark = pytest.mark.e2e
-
-
-def ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_udp_port()
-        if p not in out:
-            out.append(p)
-    return out
 
 
 def assert_nothing_open(counters: dict[str, int]) -> None:
@@ -32,7 +23,7 @@ def assert_nothing_open(counters: dict[str, int]) -> None:
 
 
 def test_normal_call_through_first_carrier(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     with (
         start_uas("uas_answer", port=pa, trace_messages=True, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
@@ -60,7 +51,7 @@ def test_normal_call_through_first_carrier(tmp_path: Path) -> None:
 
 
 def test_503_fails_over_and_caller_never_sees_it(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     with (
         start_uas("uas_reject", port=pa, reject_code=503, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
@@ -79,7 +70,7 @@ def test_503_fails_over_and_caller_never_sees_it(tmp_path: Path) -> None:
 
 
 def test_silent_carrier_fails_over_after_invite_timeout(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     timeout = 0.8
     with (
         start_uas("uas_answer", port=pa, tmp_root=tmp_path) as a,
@@ -110,7 +101,7 @@ def test_silent_carrier_fails_over_after_invite_timeout(tmp_path: Path) -> None:
 
 
 def test_closed_port_fails_over_without_waiting(tmp_path: Path) -> None:
-    pa, pb = ports(2)  # nothing listens on pa: the kernel answers ICMP port unreachable
+    pa, pb = free_udp_ports(2)  # nothing listens on pa: the kernel answers ICMP port unreachable
     with (
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
         RouterProcess(
@@ -134,7 +125,7 @@ def test_closed_port_fails_over_without_waiting(tmp_path: Path) -> None:
 
 
 def test_busy_is_final_and_next_carrier_sees_nothing(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     with (
         start_uas("uas_reject", port=pa, reject_code=486, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
@@ -152,7 +143,7 @@ def test_busy_is_final_and_next_carrier_sees_nothing(tmp_path: Path) -> None:
 
 
 def test_caller_cancel_while_ringing(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     with (
         start_uas("uas_ring", port=pa, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
@@ -172,7 +163,7 @@ def test_caller_cancel_while_ringing(tmp_path: Path) -> None:
 
 
 def test_all_carriers_fail_one_clean_final_within_budget(tmp_path: Path) -> None:
-    pa, pb, pc = ports(3)
+    pa, pb, pc = free_udp_ports(3)
     budget = 4.0
     with (
         start_uas("uas_reject", port=pa, reject_code=503, tmp_root=tmp_path) as a,
@@ -200,7 +191,7 @@ def test_all_carriers_fail_one_clean_final_within_budget(tmp_path: Path) -> None
 
 
 def test_100_concurrent_calls_with_half_rejected(tmp_path: Path) -> None:
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     with (
         start_uas("uas_half", port=pa, reject_code=503, tmp_root=tmp_path) as a,
         start_uas("uas_answer", port=pb, tmp_root=tmp_path) as b,
@@ -233,7 +224,7 @@ def test_100_concurrent_calls_with_half_rejected(tmp_path: Path) -> None:
 
 def test_tcp_caller_and_carriers_with_refused_connection(tmp_path: Path) -> None:
     """Over TCP: carrier a refuses the connection, the call completes through b at once."""
-    pa, pb = ports(2)  # nothing listens on TCP pa: connect() is refused
+    pa, pb = free_udp_ports(2)  # nothing listens on TCP pa: connect() is refused
     with (
         start_uas("uas_answer", port=pb, extra_args=["-t", "t1"], tmp_root=tmp_path) as b,
         RouterProcess(

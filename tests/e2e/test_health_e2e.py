@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 from router import RouterProcess
-from sipp import ShortMessage, SippProcess, Uac, Uas, free_udp_port, start_uac, start_uas
+from sipp import (
+    ShortMessage,
+    SippProcess,
+    Uac,
+    Uas,
+    free_udp_ports,
+    start_uac,
+    start_uas,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -38,15 +46,6 @@ CALLER_SLACK = 12.0
 # (uvloop), mapped to the wall clock once at start: a router time is within this of the
 # harness's wall clock for the same instant.
 ROUTER_CLOCK_STEP = 0.002
-
-
-def ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_udp_port()
-        if p not in out:
-            out.append(p)
-    return out
 
 
 # ----------------------------------------------------------------------------- records
@@ -243,7 +242,7 @@ def dropped_dialogs(
 
 def test_kill_primary_under_load(tmp_path: Path) -> None:
     """20 calls/s; carrier a's process is killed mid-run (its port closes: ICMP)."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     rate, seconds, kill_after = 20, 12.0, 5.0
     invite_timeout = 2.0
     with (
@@ -333,7 +332,7 @@ def test_503_carrier_trips_after_five_consecutive(tmp_path: Path) -> None:
     replaced by a uas_reject process: the replacement leaves the port closed for 15-20 ms,
     and an INVITE meeting it takes a out as unreachable, not for its 503s.
     """
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     rate, seconds, fault_after = 20, 10.0, 4.0
     # The carrier learns its fault time when it starts, before the router and the caller.
     origin = time.time() + 1.5  # about when the caller starts
@@ -386,7 +385,7 @@ def test_503_carrier_trips_after_five_consecutive(tmp_path: Path) -> None:
 def test_carrier_returns_only_after_probes_and_trials(tmp_path: Path) -> None:
     """a rejects with 503 until DOWN, is then replaced by an answering carrier; with a 2 s
     hold-down, traffic returns to a only after good OPTIONS and trial calls."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     rate, seconds, fault_after = 20, 12.0, 3.0
     hold_down, probe_successes, trial_calls = 2.0, 2, 3
     origin = time.time() + 1.5
@@ -486,7 +485,7 @@ RATE = 50
 def test_target_blackhole(tmp_path: Path) -> None:
     """a keeps receiving but answers nothing: < 10 calls delayed over 0.5 s, and no new
     INVITE reaches a later than 0.5 s after the fault."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     seconds, fault_after = 8.0, 3.0
     origin = time.time() + 1.5
     fault = origin + fault_after
@@ -533,7 +532,7 @@ def test_target_blackhole(tmp_path: Path) -> None:
 
 def test_target_port_closed(tmp_path: Path) -> None:
     """a's process is killed: fewer than 3 calls delayed at all (> 50 ms over normal)."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     seconds, kill_after = 8.0, 3.0
     with (
         start_uas("uas_answer", port=pa, tmp_root=tmp_path / "a") as a,
@@ -582,7 +581,7 @@ def test_target_port_closed(tmp_path: Path) -> None:
 def test_target_503_outage_flips(tmp_path: Path) -> None:
     """a answers OPTIONS 200 but every INVITE 503 for 3 s: it stays out until its trial
     calls succeed, with at most 2 route flips for the outage."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     seconds, fault_after, fault_length = 10.0, 2.0, 3.0
     trial_calls = 3
     origin = time.time() + 1.5
@@ -653,7 +652,7 @@ def test_call_ringing_on_a_carrier_that_dies_moves_on(tmp_path: Path) -> None:
     """The kill tests' rare failure made deterministic: a call rings at a (100, 180, no
     final yet) when a's process dies; the next call meets the closed port and a goes DOWN.
     The ringing call must not wait on a carrier known to be gone."""
-    pa, pb = ports(2)
+    pa, pb = free_udp_ports(2)
     budget = 4.0
     with (
         start_uas("uas_ring", port=pa, tmp_root=tmp_path / "a") as a,

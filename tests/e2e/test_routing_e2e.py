@@ -39,7 +39,7 @@ from sipp import (
     SipMessage,
     UacResult,
     Uas,
-    free_udp_port,
+    free_udp_ports,
     read_messages,
     run_uac,
     start_uas,
@@ -96,15 +96,6 @@ FAST_PROBES = {"interval": 0.5, "interval_out": 0.5, "timeout": 0.5}
 
 UAS_LIFETIME = 90.0
 CALL_TIMEOUT = 10.0
-
-
-def ports(n: int) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_udp_port()
-        if p not in out:
-            out.append(p)
-    return out
 
 
 def request_user(first_line: str) -> str | None:
@@ -270,7 +261,7 @@ def routing_lab(
     workdir = tmp_path / "router"
     workdir.mkdir(parents=True)
     write_decks(workdir)  # deck paths are relative to router.yaml, written in the same place
-    carrier_ports = dict(zip(NAMES, ports(len(NAMES)), strict=True))
+    carrier_ports = dict(zip(NAMES, free_udp_ports(len(NAMES)), strict=True))
     extra: dict[str, object] = {
         "carriers": [
             {
