@@ -91,7 +91,6 @@ class Proxy:
         self.stalled_until = float("-inf")
         self.shedding_until = float("-inf")
         self.draining = False  # shutting down: new calls get 503, the rest finish
-        self.admission = Admission(settings, self.targets)
         self._own: list[Addr] = []
         self.tag = os.urandom(6).hex()
         self._secret = settings.secret or os.urandom(32)
@@ -104,17 +103,19 @@ class Proxy:
             settings, advertise=self.settings.advertise, secret=self._secret
         )
         self.targets = list(targets)
-        self.admission = Admission(self.settings, self.targets)
-        self.admission.set_own(self._own)
+        self._new_admission()
 
     def set_advertise(self, addr: Addr) -> None:
         """The address put in Via and Record-Route (known only after binding port 0)."""
         self.settings = dataclasses.replace(self.settings, advertise=addr)
         host, port = addr
         self._via_host = f"{host}:{port}"
+        self._new_admission()
+        self.dialogs = DialogTable(RouteSigner(self._secret, self._via_host))
+
+    def _new_admission(self) -> None:
         self.admission = Admission(self.settings, self.targets)
         self.admission.set_own(self._own)
-        self.dialogs = DialogTable(RouteSigner(self._secret, self._via_host))
 
     def set_own_addresses(self, addrs: Sequence[Addr]) -> None:
         """Every address the router listens on: never a next hop, and a Route to it is ours."""
