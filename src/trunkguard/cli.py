@@ -261,7 +261,6 @@ async def _run(
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
             runtime.close()
             return 1
-        log.info("admin API on %s", config.admin.url())
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
     try:
         await serve(proxy, listeners, stop, ready)
