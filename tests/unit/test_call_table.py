@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,16 +454,17 @@ def test_call_row(state: str, what: str, then: str | None) -> None:
 
 
 # -- every pair the call table leaves out ---------------------------------------------------
-def _call_gaps() -> list[object]:
+def _gaps(states: Iterable[str], inputs: Iterable[str], table: Container[object]) -> list[object]:
+    """Every (state, input) pair that ``table`` has no row for, as test parameters."""
     return [
         pytest.param(state, what, id=f"{state}+{what}")
-        for state in CALL_STATES
-        for what in CALL_INPUTS
-        if (state, what) not in Call.TABLE
+        for state in states
+        for what in inputs
+        if (state, what) not in table
     ]
 
 
-@pytest.mark.parametrize(("state", "what"), _call_gaps())
+@pytest.mark.parametrize(("state", "what"), _gaps(CALL_STATES, CALL_INPUTS, Call.TABLE))
 def test_call_gap(state: str, what: str) -> None:
     s = reach(state)
     call = s.call
@@ -585,16 +586,11 @@ def test_branch_row(state: str, what: str) -> None:
         assert branch.first_response == first_response
 
 
-def _branch_gaps() -> list[object]:
-    return [
-        pytest.param(state, what, id=f"{state}+{what}")
-        for state in BRANCH_STATES
-        for what in BRANCH_INPUTS
-        if (state, what) not in Branch.TABLE
-    ]
 
 
-@pytest.mark.parametrize(("state", "what"), _branch_gaps())
+@pytest.mark.parametrize(
+    ("state", "what"), _gaps(BRANCH_STATES, BRANCH_INPUTS, Branch.TABLE)
+)
 def test_branch_gap(state: str, what: str) -> None:
     s, branch = reach_branch(state)
     b = snapshot(s)

@@ -12,6 +12,7 @@ import ipaddress
 import pytest
 from test_proxy_core import CALLER, A, B, C, Net, invite, only_request, reply, responses, target
 
+from trunkguard.health import HealthEngine
 from trunkguard.proxy import Flow, Proxy, ProxySettings
 from trunkguard.proxy._timers import TimerQueue
 from trunkguard.proxy._types import AttemptRecord
@@ -60,6 +61,15 @@ def answered_call(net: Net, call_id: str) -> Request:
     net.feed(reply(sent, 200), A)
     assert responses(net.take(), CALLER) == [200]
     return sent
+
+
+def net_with_room_for_one_call_on_a(**settings: object) -> tuple[Net, HealthEngine]:
+    """A proxy whose carrier a takes one call at a time: a dialog that lingers keeps it full."""
+    net = Net(**settings)
+    health = HealthEngine(["a", "b", "c"])
+    health.set_capacity("a", 1, None)
+    net.proxy.health = health
+    return net, health
 
 
 # -- 1. an in-dialog request with no dialog of ours is not an open relay -----------------------
@@ -251,12 +261,7 @@ def test_the_destination_comes_from_the_signature_not_the_request_uri() -> None:
 
 # -- 5. bounded dialogs, draining, limits, robustness -------------------------------------------
 def test_an_abandoned_dialog_is_ended_after_dialog_max_age_and_frees_capacity() -> None:
-    from trunkguard.health import HealthEngine
-
-    net = Net(dialog_max_age=120.0)
-    health = HealthEngine(["a", "b", "c"])
-    health.set_capacity("a", 1, None)
-    net.proxy.health = health
+    net, health = net_with_room_for_one_call_on_a(dialog_max_age=120.0)
     answered_call(net, "held-1")
     assert health.overflow("a", net.now) is not None  # a is full with the one call
     net.advance(200.0)  # no BYE ever came
@@ -378,12 +383,7 @@ def keepalives(out: list[tuple[Flow, Request | Response]]) -> dict[Flow, Request
 
 
 def test_in_dialog_keepalives_end_a_dead_dialog_with_bye_both_ways() -> None:
-    from trunkguard.health import HealthEngine
-
-    net = Net(dialog_keepalive=30.0)
-    health = HealthEngine(["a", "b", "c"])
-    health.set_capacity("a", 1, None)
-    net.proxy.health = health
+    net, health = net_with_room_for_one_call_on_a(dialog_keepalive=30.0)
     answered_call(net, "ka-1")
     net.advance(30.0)
     probes = keepalives(net.take())
@@ -460,7 +460,7 @@ def test_a_cancelled_branch_that_never_answers_is_given_up_after_64_t1() -> None
 
 
 def test_icmp_on_in_dialog_traffic_takes_the_carrier_out_at_once() -> None:
-    from trunkguard.health import HealthEngine, State
+    from trunkguard.health import State
 
     net = Net()
     health = HealthEngine(["a", "b", "c"])

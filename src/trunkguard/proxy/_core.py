@@ -368,6 +368,11 @@ class Proxy:
     def is_us(self, uri: Uri) -> bool:
         return self.admission.is_us(uri)
 
+    def _top_route_is_us(self, request: Request) -> bool:
+        """Is the first Route ours? Then it is consumed as the request goes on (loose routing)."""
+        routes = request.routes
+        return bool(routes) and self.is_us(routes[0].uri)
+
     # -- new calls --------------------------------------------------------------------------
     def _new_call(
         self, request: Request, source: Flow, key: tuple[object, ...], now: float
@@ -445,8 +450,7 @@ class Proxy:
         if flow.transport == "tcp":
             uri += ";transport=tcp"
         branch = Branch(target, attempt, branch_id, uri, via, now)
-        routes = request.routes
-        pop = bool(routes) and self.is_us(routes[0].uri)
+        pop = self._top_route_is_us(request)
         mf = request.max_forwards
         # The dialog's peers, signed: a BYE after a restart still finds its way.
         record_route = self.dialogs.signer.record_route(
@@ -671,8 +675,7 @@ class Proxy:
         # ACK for a 2xx: a transaction of its own, forwarded statelessly along the dialog;
         # the same branch for a retransmission.
         branch = derived_branch(request.top_via.branch or request.call_id)
-        routes = request.routes
-        pop = bool(routes) and self.is_us(routes[0].uri)
+        pop = self._top_route_is_us(request)
         data = request.forwarded(via=self.via(hop.dest, branch), max_forwards=mf, pop_route=pop)
         self.counters["acks_forwarded"] += 1
         self.send(hop.dest, data)
@@ -710,8 +713,7 @@ class Proxy:
             self.respond(server, 100, make_response(request, 100), now)
         branch = self.new_branch()
         dest = hop.dest
-        routes = request.routes
-        pop = bool(routes) and self.is_us(routes[0].uri)
+        pop = self._top_route_is_us(request)
         via = self.via(dest, branch)
         data = request.forwarded(via=via, max_forwards=mf, pop_route=pop)
         reliable = dest.transport != "udp"
