@@ -110,6 +110,11 @@ ALGORITHMS: dict[str, _Algorithm] = {
 }
 
 
+def _algorithm(name: str) -> _Algorithm | None:
+    # ASCII only: str.upper() would also turn "md5-\u017fess" (a long s) into MD5-SESS.
+    return ALGORITHMS.get(name.upper()) if name.isascii() else None
+
+
 # -- reading a challenge --------------------------------------------------------------------
 # Line folding (RFC 3261 §7.3.1) is LWS and means one space, in quoted strings too.
 _FOLD = re.compile(r"\r?\n[ \t]+")
@@ -137,8 +142,8 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _scan(value: str) -> tuple[str, dict[str, str]]:
-    """Split ``scheme name=value, ...`` into the scheme and the parameters.
+def _scan(value: str) -> dict[str, str]:
+    """The parameters of ``Digest name=value, ...``.
 
     Names are lower-cased; quoted values are unquoted. Empty list elements
     (``a=1,,b=2``) are skipped, as RFC 7230 §7 allows.
@@ -193,7 +198,7 @@ def _scan(value: str) -> tuple[str, dict[str, str]]:
         pos = _skip_ws(text, found.end())
         if pos < end and text[pos] != ",":
             raise fail(f"expected ',' at offset {pos}")
-    return scheme, params
+    return params
 
 
 def parse_challenge(value: str, *, proxy: bool) -> Challenge:
@@ -203,10 +208,10 @@ def parse_challenge(value: str, *, proxy: bool) -> Challenge:
     unsupported algorithm or qop, bad syntax, or a value over 4096 characters.
     Unknown parameters (``domain``, ``charset``, ...) are ignored.
     """
-    _, params = _scan(value)
+    params = _scan(value)
     raw_algorithm = params.get("algorithm", "MD5")  # RFC 7616 §3.3: absent means MD5
     offered = f"Digest {_short(raw_algorithm)}"
-    algorithm = ALGORITHMS.get(raw_algorithm.upper())
+    algorithm = _algorithm(raw_algorithm)
     if algorithm is None:
         raise DigestError(f"unsupported algorithm {_show(raw_algorithm)}", offered=offered)
     realm = params.get("realm")
@@ -325,7 +330,7 @@ class DigestClient:
                 f"challenge for realm {_show(challenge.realm)}, "
                 f"credentials {_show(credentials.user)} are for {_show(credentials.realm)}"
             )
-        algorithm = ALGORITHMS.get(challenge.algorithm.upper())
+        algorithm = _algorithm(challenge.algorithm)
         if algorithm is None:
             raise DigestError(f"unsupported algorithm {_show(challenge.algorithm)}")
         qop = next((q for q in QOP_PREFERENCE if q in challenge.qop), None)
