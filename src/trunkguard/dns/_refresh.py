@@ -64,7 +64,7 @@ def refresh_step(state: Refresh, result: Resolution, now: float, settings: DnsSe
         failures = state.failures + 1
         delay = retry_delay(failures, settings)
         kept = previous.destinations if previous is not None else ()
-        if result.transient and kept and now < state.keep_until:
+        if result.transient and kept and settings.serve_stale > 0 and now < state.keep_until:
             stale = Resolution(kept, 0.0, result.error, transient=True)
             new = Refresh(stale, failures, state.keep_until)
             message = f"{result.error}; keeping {_count(stale)}, retrying in {delay:g}s"

@@ -144,12 +144,13 @@ class Resolver:
             except dns.resolver.NoNameservers as exc:
                 errors = exc.kwargs.get("errors", [])
                 refused = bool(errors) and all(isinstance(e[3], OSError) for e in errors)
-                if refused and loop.time() + pause < deadline:
-                    await asyncio.sleep(pause)
+                if refused:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return self._timeout(lookup, "connection refused")
+                    await asyncio.sleep(min(pause, remaining))
                     pause = min(pause * 2, _REFUSED_PAUSE_MAX)
                     continue
-                if refused:
-                    return self._timeout(lookup, "connection refused")
                 return _Failure(f"no nameserver answered {lookup} ({_errors_text(errors)})")
             except dns.exception.DNSException as exc:
                 return _Failure(f"{lookup}: {exc}")
