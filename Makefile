@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp chromium stress-ng lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq chromium stress-ng lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ sipp:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq sip-tester >/dev/null; }
 	@command -v sipp >/dev/null 2>&1 || { echo "SIPp is still missing: install Debian's sip-tester" >&2; exit 1; }
+
+# dnsmasq is the DNS server of the DNS end-to-end tests. Debian's dnsmasq-base is the
+# program alone; the dnsmasq package would also install and start a system service.
+dnsmasq:
+	@command -v dnsmasq >/dev/null 2>&1 || test -x /usr/sbin/dnsmasq || { \
+	  echo "installing dnsmasq (Debian package dnsmasq-base)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null; }
+	@command -v dnsmasq >/dev/null 2>&1 || test -x /usr/sbin/dnsmasq || { \
+	  echo "dnsmasq is still missing: install Debian's dnsmasq-base" >&2; exit 1; }
 
 # Headless Chromium checks that the lab's HTML report renders its charts.
 chromium:
@@ -56,10 +66,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp
+e2e: $(STAMP) sipp dnsmasq
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp chromium lint typecheck
+test: $(STAMP) sipp dnsmasq chromium lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
