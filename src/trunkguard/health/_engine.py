@@ -82,6 +82,9 @@ class TargetHealth:
     capacity: Capacity = field(default_factory=Capacity)
     attempts: int = 0
     faults: int = 0
+    # Why the target may not come back whatever its probes say (its registration is
+    # lost, say), or None. Set and cleared by gate() and ungate().
+    gate: str | None = None
 
 
 class HealthEngine:
@@ -121,6 +124,18 @@ class HealthEngine:
         target = self.targets.get(name)
         if target is not None:
             target.capacity.release()
+
+    def share_capacity(self, names: list[str]) -> None:
+        """One carrier's destinations (DNS records) share its call and rate limits."""
+        if not names:
+            return
+        shared = self.targets[names[0]].capacity
+        for name in names[1:]:
+            self.targets[name].capacity = shared
+
+    def remove_target(self, name: str) -> None:
+        """Forget a target that no longer exists (a DNS record gone)."""
+        self.targets.pop(name, None)
 
     def add_target(self, name: str) -> TargetHealth:
         p = self.policy
@@ -166,6 +181,8 @@ class HealthEngine:
         """A target's state for a plan's explanation: "DOWN for 42s (5 consecutive 503)"."""
         h = self.targets[name]
         what = "one trial at a time" if h.state is State.PROBING else h.reason
+        if h.gate is not None and h.gate != what:
+            what = f"{what}; {h.gate}"
         return f"{h.state} for {now - h.since:.0f}s ({what})"
 
     def response_timeout(self, name: str) -> float:
@@ -175,6 +192,8 @@ class HealthEngine:
     def admits(self, name: str) -> bool:
         """May a new call be sent to ``name`` now? PROBING admits one trial at a time."""
         h = self.targets[name]
+        if h.gate is not None:
+            return False
         if h.state is State.UP:
             return True
         if h.state is State.PROBING:
@@ -188,7 +207,7 @@ class HealthEngine:
         times = [
             t
             for h in self.targets.values()
-            for t in (h.hold_down_until, h.forced_until)
+            for t in (None if h.gate else h.hold_down_until, h.forced_until)
             if t is not None
         ]
         k = self.policy.suspect_outstanding
@@ -380,6 +399,38 @@ class HealthEngine:
             return self._move(h, Input.TRIP, reason, now)
         return []
 
+    # -- gates ---------------------------------------------------------------------------
+    def gate(self, name: str, reason: str, now: float) -> list[StateChange]:
+        """Take ``name`` out until :meth:`ungate`, whatever its probes say.
+
+        For a carrier whose registration is lost or refused: it is DOWN with
+        ``reason`` (a new hold-down when it was in rotation), and its hold-down
+        does not end while the gate stands. The operator's states stay as they
+        are; the gate still keeps the target from taking calls.
+        """
+        h = self.targets[name]
+        h.gate = reason
+        if h.state in (State.UP, State.SUSPECT, State.PROBING):
+            return self._move(h, Input.TRIP, reason, now)
+        if h.state is State.DOWN:
+            h.reason = reason
+        return []
+
+    def ungate(self, name: str, now: float, detail: str) -> list[StateChange]:
+        """The gate's cause is gone (registered again): a good probe, and the usual way back.
+
+        A DOWN target whose hold-down is over goes to PROBING now; its
+        remaining probes and trial calls still have to pass.
+        """
+        h = self.targets[name]
+        if h.gate is None:
+            return self.probe_result(name, True, now, detail)
+        h.gate = None
+        changes: list[StateChange] = []
+        if h.state is State.DOWN and (h.hold_down_until is None or now >= h.hold_down_until):
+            changes = self._move(h, Input.HOLD_DOWN_OVER, f"{detail}, hold-down over", now)
+        return changes + self.probe_result(name, True, now, detail)
+
     # -- the operator --------------------------------------------------------------------------
     def drain(
         self, name: str, now: float, reason: str = "drained by operator"
@@ -419,7 +470,10 @@ class HealthEngine:
             ):
                 out += self._move(h, self._restore_input(h), "forced-down period over", now)
             elif (
-                h.state is State.DOWN and h.hold_down_until is not None and now >= h.hold_down_until
+                h.state is State.DOWN
+                and h.gate is None
+                and h.hold_down_until is not None
+                and now >= h.hold_down_until
             ):
                 held = now - h.since
                 out += self._move(h, Input.HOLD_DOWN_OVER, f"hold-down of {held:.0f}s over", now)

@@ -95,30 +95,54 @@ def make_response(
 
 
 def make_ack(
-    invite: Request, response: Response, *, uri: str, via: str, routes: Sequence[str]
+    invite: Request,
+    response: Response,
+    *,
+    uri: str,
+    via: str,
+    routes: Sequence[str],
+    cseq: int | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> bytes:
     """ACK for a non-2xx final response, sent by the client transaction (RFC 3261 §17.1.1.3).
 
     ``uri``, ``via`` and ``routes`` are those of the INVITE as it was sent on
     this branch; To comes from the response (it carries the remote tag).
+    ``cseq`` and ``extra`` are the branch's own when it resent the INVITE with
+    credentials: the ACK carries the same CSeq and credentials (RFC 3261 §22.1).
     """
     lines = [f"Via: {via}", "Max-Forwards: 70"]
     lines += invite.raw_lines("from")
     lines += response.raw_lines("to")[:1]
     lines += invite.raw_lines("call-id")[:1]
-    lines.append(f"CSeq: {invite.cseq.number} ACK")
+    lines.append(f"CSeq: {invite.cseq.number if cseq is None else cseq} ACK")
     lines += [f"Route: {r}" for r in routes]
+    lines += [f"{name}: {value}" for name, value in extra]
     return _encode(f"ACK {uri} SIP/2.0", lines)
 
 
-def make_cancel(invite: Request, *, uri: str, via: str, routes: Sequence[str]) -> bytes:
-    """CANCEL for the INVITE sent on one branch (RFC 3261 §9.1): same branch, same To."""
+def make_cancel(
+    invite: Request,
+    *,
+    uri: str,
+    via: str,
+    routes: Sequence[str],
+    cseq: int | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """CANCEL for the INVITE sent on one branch (RFC 3261 §9.1): same branch, same To.
+
+    For an INVITE resent with credentials, ``cseq`` is its CSeq number and
+    ``extra`` its credentials, which the CANCEL repeats: a CANCEL cannot be
+    challenged (RFC 3261 §22.1).
+    """
     lines = [f"Via: {via}", "Max-Forwards: 70"]
     lines += invite.raw_lines("from")
     lines += invite.raw_lines("to")[:1]
     lines += invite.raw_lines("call-id")[:1]
-    lines.append(f"CSeq: {invite.cseq.number} CANCEL")
+    lines.append(f"CSeq: {invite.cseq.number if cseq is None else cseq} CANCEL")
     lines += [f"Route: {r}" for r in routes]
+    lines += [f"{name}: {value}" for name, value in extra]
     return _encode(f"CANCEL {uri} SIP/2.0", lines)
 
 

@@ -11,7 +11,7 @@ before it is acted on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ._errors import LimitError, ParseError
@@ -312,20 +312,30 @@ class Request(Message):
         max_forwards: int | None = None,
         pop_route: bool = False,
         record_route: str | None = None,
+        cseq: int | None = None,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> bytes:
         """Bytes of this request as a proxy forwards it (RFC 3261 §16.6).
 
         Adds ``via`` on top, optionally rewrites the Request-URI, sets
         Max-Forwards, removes the first Route value and adds a Record-Route.
-        Every other header line is copied exactly.
+        ``cseq`` renumbers the CSeq (a request resent with credentials, RFC
+        3261 §22.1); ``extra`` headers (credentials) are added and replace any
+        of the same name. Every other header line is copied exactly.
         """
         lines: list[str] = ["Via: " + via]
         if record_route is not None:
             lines.append("Record-Route: " + record_route)
         route_popped = not pop_route
         mf_done = max_forwards is None
+        replaced = {name.lower() for name, _ in extra}
         for h in self.headers:
             name = h.name
+            if name in replaced:
+                continue
+            if name == "cseq" and cseq is not None:
+                lines.append(f"CSeq: {cseq} {self.method}")
+                continue
             if name == "max-forwards" and not mf_done:
                 lines.append(f"Max-Forwards: {max_forwards}")
                 mf_done = True
@@ -339,6 +349,7 @@ class Request(Message):
             lines.append(h.raw)
         if not mf_done:
             lines.append(f"Max-Forwards: {max_forwards}")
+        lines += [f"{name}: {value}" for name, value in extra]
         start = f"{self.method} {uri or self.uri} {self.version}"
         return self._serialise(start, self._lines_with_length(lines))
 
@@ -365,11 +376,18 @@ class Response(Message):
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
 
-    def without_top_via(self) -> bytes:
-        """Bytes of this response with the first Via value removed (RFC 3261 §16.7 step 3)."""
+    def without_top_via(self, cseq: int | None = None) -> bytes:
+        """Bytes of this response with the first Via value removed (RFC 3261 §16.7 step 3).
+
+        ``cseq`` puts back the CSeq number of the request as the sender sent
+        it, when the router renumbered it on the way (credentials added).
+        """
         lines: list[str] = []
         popped = False
         for h in self.headers:
+            if h.name == "cseq" and cseq is not None:
+                lines.append(f"CSeq: {cseq} {self.cseq.method}")
+                continue
             if h.name == "via" and not popped:
                 popped = True
                 rest = split_top_level(h.value, ",")[1:]
