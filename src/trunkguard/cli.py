@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sqlite3
+import ssl
 import sys
 import time
 import traceback
@@ -20,14 +21,17 @@ from pathlib import Path
 
 from . import __version__
 from .config import ConfigError, RouterConfig, load_config
+from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
 from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
+from .proxy._tls import server_context
 from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
 from .store import EventStore
 
+UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
 log = logging.getLogger("trunkguard")
 
 
@@ -96,7 +100,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for i, t in enumerate(targets, 1):
         deck = decks.get(t.name)
         rates = f", {len(deck)} prefixes from {deck.source}" if deck is not None else ""
-        print(f"  carrier {i}: {t.name} at {t.flow}{rates}")
+        where = str(t.flow) if t.flow.addr[1] else f"{t.uri.host} (DNS, resolved when running)"
+        print(f"  carrier {i}: {t.name} at {where}{rates}")
     f = config.failover
     print(
         f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "
@@ -227,16 +232,52 @@ async def _run(
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
-    def ready(router: Router) -> None:
+    watcher: DnsWatcher | None = None
+
+    def dns_changed(name: str, resolution: Resolution | None) -> None:
+        if resolution is None or not routers:
+            return
+        router = routers[0]
+        if runtime.dns_changed(
+            name, list(resolution.destinations), resolution.error, loop.time()
+        ):
+            task = loop.create_task(router.sync_targets())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        router.flush()
+
+    async def ready(router: Router) -> None:
+        nonlocal watcher
         routers.append(router)
         router.on_events = runtime.pump
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)
         log.info("trunkguard listening on %s (config %s)", where, source)
+        queries = config.dns_queries()
+        if queries:
+            # The first answers come within the DNS timeout; a name that does not resolve
+            # leaves its carrier out (with the reason) and is retried in the background.
+            watcher = DnsWatcher(config.dns_settings(), on_change=dns_changed)
+            for name, query in queries.items():
+                watcher.add(name, query)
+            await watcher.start()
+            runtime.watcher = watcher
         for i, target in enumerate(proxy.targets, 1):
             log.info("carrier %d: %s at %s", i, target.name, target.flow)
         if ready_file:
             with open(ready_file, "w", encoding="utf-8") as fh:
                 json.dump({"listen": [list(b) for b in router.bound]}, fh)
+
+    async def before_stop(router: Router) -> None:
+        # Unregister (Expires: 0) while the sockets are open; wait a little for the answers.
+        done = runtime.stop(loop.time())
+        router.flush()
+        if done:
+            log.info("unregistering from %s", ", ".join(done))
+            deadline = loop.time() + UNREGISTER_WAIT
+            while runtime.registrations.pending() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        if watcher is not None:
+            await watcher.stop()
 
     gc_policy = _GcPolicy(loop)
     admin_server = None
@@ -263,7 +304,13 @@ async def _run(
             return 1
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
     try:
-        await serve(proxy, listeners, stop, ready)
+        tls_server = _tls_server(config)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("cannot load the tls: certificate: %s", exc)
+        runtime.close()
+        return 1
+    try:
+        await serve(proxy, listeners, stop, ready, before_stop, tls_server)
     except OSError as exc:
         log.error("cannot listen on %s: %s", ", ".join(config.listen), exc.strerror or exc)
         return 1
@@ -279,6 +326,19 @@ async def _run(
         with open(ready_file + ".counters", "w", encoding="utf-8") as fh:
             json.dump({**counters, **{f"open:{k}": v for k, v in open_work.items()}}, fh)
     return 0
+
+
+def _tls_server(config: RouterConfig) -> ssl.SSLContext | None:
+    t = config.tls
+    if t is None:
+        return None
+    base = config.base_dir
+    return server_context(
+        str(base / t.cert_file),
+        str(base / t.key_file),
+        None if t.ca_file is None else str(base / t.ca_file),
+        t.verify_clients,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -337,19 +397,32 @@ def _cmd_events(args: argparse.Namespace) -> int:
         store = EventStore(path)
         try:
             rows = store.events(args.target, since, until, args.limit)
+            notices = [
+                n
+                for n in store.notices(args.target, since, args.limit)
+                if until is None or n.at <= until
+            ]
         finally:
             store.close()
     except sqlite3.Error as exc:
         print(f"trunkguard: cannot read the event log {path}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=1))
+        out = [asdict(r) for r in rows] + [{"notice": n.kind, **asdict(n)} for n in notices]
+        print(json.dumps(sorted(out, key=lambda d: (d["at"], d["id"])), indent=1))
         return 0
+    lines: list[tuple[float, str]] = []
     for r in rows:
         when = datetime.fromtimestamp(r.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         hold = f" (hold-down {r.hold_down:.0f}s)" if r.hold_down else ""
-        print(f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}")
-    if not rows:
+        lines.append((r.at, f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}"))
+    for n in notices:
+        when = datetime.fromtimestamp(n.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        label = "registration" if n.kind == "registration" else "ALARM"
+        lines.append((n.at, f"{when}  {n.target:<12} {label:>11}    {n.state:<11} {n.detail}"))
+    for _, line in sorted(lines, key=lambda item: item[0]):
+        print(line)
+    if not lines:
         print("no events")
     return 0
 

@@ -8,9 +8,10 @@ contract: later sections are optional, with defaults.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,9 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from .dns import Destination, DnsSettings, Query
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
 from .proxy import ProxySettings
+from .register import RegisterSettings
 from .routing import (
     POOL_MEMBER,
     CarrierRoute,
@@ -43,9 +46,11 @@ from .routing import (
     RoutingTable,
     ServerPool,
     Target,
+    TlsClient,
     load_deck,
 )
-from .sip import Limits, ParseError, TimerConfig, parse_uri
+from .sip import Limits, ParseError, TimerConfig, Uri, parse_uri
+from .sip._digest import Credentials
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -66,10 +71,10 @@ class Listen:
 
 
 def parse_listen(text: str) -> Listen:
-    """``udp:HOST:PORT`` or ``tcp:HOST:PORT`` (IPv6 as ``udp:[::1]:5060``)."""
+    """``udp:HOST:PORT``, ``tcp:HOST:PORT`` or ``tls:HOST:PORT`` (IPv6 as ``udp:[::1]:5060``)."""
     transport, sep, rest = text.partition(":")
-    if not sep or transport.lower() not in ("udp", "tcp"):
-        raise ValueError(f"{text!r}: expected udp:HOST:PORT or tcp:HOST:PORT")
+    if not sep or transport.lower() not in ("udp", "tcp", "tls"):
+        raise ValueError(f"{text!r}: expected udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT")
     host, sep, port_text = rest.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: expected a port number after the host")
@@ -94,12 +99,28 @@ def _check_target_uri(value: str) -> str:
         raise ValueError(exc.reason) from None
     if not uri.is_sip:
         raise ValueError(f"{shown!r}: a carrier URI must be sip:")
-    transport = str(uri.params.get("transport") or "udp").lower()
-    if uri.scheme == "sips" or transport == "tls":
-        raise ValueError(f"{shown!r}: TLS is not supported yet: use sip: over udp or tcp")
-    if transport not in ("udp", "tcp"):
-        raise ValueError(f"{shown!r}: transport must be udp or tcp")
+    transport = str(uri.params.get("transport") or "").lower()
+    if transport not in ("", "udp", "tcp", "tls"):
+        raise ValueError(f"{shown!r}: transport must be udp, tcp or tls")
+    if uri.scheme == "sips" and transport == "udp":
+        raise ValueError(f"{shown!r}: a sips: URI cannot use transport=udp")
     return value
+
+
+def uri_transport(uri: Uri) -> str:
+    """udp, tcp or tls: what a target URI asks for (``sips:`` is TLS)."""
+    transport = str(uri.params.get("transport") or "").lower()
+    if uri.scheme == "sips" or transport == "tls":
+        return "tls"
+    return transport or "udp"
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_codes(value: dict[int, OutcomeClass]) -> dict[int, OutcomeClass]:
@@ -188,9 +209,132 @@ class PoolConfig(Strict):
         return value
 
 
+_USER = r"^[^\x00-\x1f\x7f\"\\]{1,128}$"
+
+
+class AuthConfig(Strict):
+    """Digest credentials for a carrier: the password inline, in a file, or in the environment."""
+
+    user: str = Field(pattern=_USER)
+    password: str | None = Field(default=None, min_length=1, max_length=256, repr=False)
+    password_file: str | None = Field(default=None, min_length=1, repr=False)
+    password_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    realm: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> AuthConfig:
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of password, password_file, password_env")
+        return self
+
+    def credentials(self, base: Path) -> Credentials:
+        """The credentials, reading the password file or variable now; ConfigError if missing."""
+        password = self.password
+        if self.password_file is not None:
+            path = base / self.password_file
+            try:
+                password = path.read_text(encoding="utf-8").strip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError([f"password_file {path}: cannot read it ({why})"]) from None
+            if not password:
+                raise ConfigError([f"password_file {path}: it is empty"])
+        elif self.password_env is not None:
+            password = os.environ.get(self.password_env)
+            if not password:
+                raise ConfigError([f"password_env {self.password_env}: not set in the environment"])
+        assert password is not None
+        return Credentials(self.user, password, self.realm)
+
+
+class RegisterConfig(AuthConfig):
+    """Outbound registration: the carrier takes calls from us only while we are registered."""
+
+    expires: int = Field(default=300, ge=5, le=86_400)
+    contact_user: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.!~*'()&=+$,;?/\-]{1,64}$")
+    registrar: str | None = None  # sip:host[:port]; default: the carrier's host
+    timeout: Seconds = 2.0  # a REGISTER unanswered this long counts as a timeout
+    lost_after: int = Field(default=3, ge=1, le=100)  # timeouts in a row: registration lost
+    retry_max: Seconds = 300.0
+
+    @field_validator("registrar")
+    @classmethod
+    def _registrar(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_target_uri(value)
+        return value
+
+
+class TlsClientConfig(Strict):
+    """TLS toward a carrier: the CA to trust (default: the system's), and our certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = Field(default=None, min_length=1, max_length=253)
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsClientConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together")
+        return self
+
+
+class TlsListenConfig(Strict):
+    """The certificate of the router's own tls: listeners (for callers)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None  # to verify callers' certificates
+    verify_clients: bool = False
+
+
+class DnsConfig(Strict):
+    """The resolver for carrier host names (RFC 3263): servers as IP or IP:port."""
+
+    servers: list[str] = Field(default_factory=list)  # empty: the system's resolver
+    timeout: Seconds = 2.0
+    min_ttl: Seconds = 1.0
+    max_ttl: Seconds = 3600.0
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            dns_server(item)
+        return value
+
+    def server_list(self) -> tuple[tuple[str, int], ...]:
+        return tuple(dns_server(item) for item in self.servers)
+
+
+def dns_server(text: str) -> tuple[str, int]:
+    """``127.0.0.1``, ``127.0.0.1:5353``, ``::1`` or ``[::1]:5353``."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not (rest.startswith(":") and rest[1:].isdigit()):
+                raise ValueError(f"{text!r}: expected [IPv6]:PORT")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"{text!r}: expected IP:PORT")
+        port = int(port_text)
+    if not is_ip(host) or not 0 < port < 65536:
+        raise ValueError(f"{text!r}: expected an IP address, optionally with :PORT")
+    return host, port
+
+
 class CarrierConfig(Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     uri: str
+    registration: RegisterConfig | None = Field(default=None, alias="register")
+    auth: AuthConfig | None = None  # answers 401/407; default: the register credentials
+    tls: TlsClientConfig | None = None
     failures: dict[int, OutcomeClass] = Field(default_factory=dict)
     q850: dict[int, OutcomeClass] = Field(default_factory=dict)
     dialstatus: dict[str, OutcomeClass] = Field(default_factory=dict)
@@ -353,6 +497,8 @@ class RouterConfig(Strict):
     server_header: str | None = None  # None: no Server/User-Agent header at all
     dialog_keepalive: DialogKeepaliveConfig = DialogKeepaliveConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
+    tls: TlsListenConfig | None = None  # needed by tls: listeners
+    dns: DnsConfig = DnsConfig()
     # The key that signs Record-Route; neither: one generated into the state directory.
     secret: str | None = Field(default=None, min_length=32, repr=False)
     secret_file: str | None = Field(default=None, min_length=1, repr=False)
@@ -515,25 +661,151 @@ class RouterConfig(Strict):
             dead=p.dead_codes(),
         )
 
-    def targets(self) -> list[Target]:
-        """Carriers as targets, in config order; host names are resolved once, here."""
-        base = FailureTable(self.failures, q850=self.q850, dialstatus=self.dialstatus)
-        out = []
+    def credentials(self, carrier: CarrierConfig) -> Credentials | None:
+        """The credentials that answer ``carrier``'s challenges (``auth``, else ``register``)."""
+        auth = carrier.auth or carrier.registration
+        return None if auth is None else auth.credentials(self._base)
+
+    def register_settings(self) -> dict[str, RegisterSettings]:
+        """Every carrier's registration, by carrier name; ConfigError if a password is missing."""
+        out: dict[str, RegisterSettings] = {}
+        problems: list[str] = []
+        for carrier in self.carriers:
+            reg = carrier.registration
+            if reg is None:
+                continue
+            try:
+                credentials = reg.credentials(self._base)
+            except ConfigError as exc:
+                problems += [f"carriers.{carrier.name}.register: {p}" for p in exc.problems]
+                continue
+            uri = parse_uri(carrier.uri)
+            scheme = "sips" if uri.scheme == "sips" else "sip"
+            registrar = reg.registrar or f"{scheme}:{uri.hostport()}"
+            domain = parse_uri(registrar).host
+            out[carrier.name] = RegisterSettings(
+                credentials=credentials,
+                registrar=registrar,
+                aor=f"{scheme}:{reg.user}@{domain}",
+                contact_user=reg.contact_user or reg.user,
+                expires=reg.expires,
+                timeout=reg.timeout,
+                lost_after=reg.lost_after,
+                retry_max=reg.retry_max,
+            )
+        if problems:
+            raise ConfigError(problems)
+        return out
+
+    def dns_settings(self) -> DnsSettings:
+        d = self.dns
+        return DnsSettings(
+            servers=d.server_list(), timeout=d.timeout, min_ttl=d.min_ttl, max_ttl=d.max_ttl
+        )
+
+    def dns_queries(self) -> dict[str, Query]:
+        """The carriers whose host is a name, with what RFC 3263 is asked for each."""
+        out: dict[str, Query] = {}
         for carrier in self.carriers:
             uri = parse_uri(carrier.uri)
-            transport = str(uri.params.get("transport") or "udp").lower()
-            host = resolve(uri.host)
-            flow = Flow(transport, (host, uri.port or 5060))
-            table = base.with_overrides(
-                carrier.failures, q850=carrier.q850, dialstatus=carrier.dialstatus
+            if is_ip(uri.host):
+                continue
+            explicit = str(uri.params.get("transport") or "").lower() or None
+            out[carrier.name] = Query(
+                host=uri.host,
+                port=uri.port,
+                transport=explicit,
+                secure=uri.scheme == "sips",
             )
-            out.append(Target(carrier.name, uri, flow, table, transit=carrier.transit))
+        return out
+
+    def _tls_client(self, carrier: CarrierConfig, uri: Uri) -> TlsClient:
+        t = carrier.tls or TlsClientConfig()
+
+        def path(name: str | None) -> str | None:
+            return None if name is None else str(self._base / name)
+
+        return TlsClient(
+            server_name=t.server_name or uri.host.strip("[]"),
+            ca_file=path(t.ca_file),
+            cert_file=path(t.cert_file),
+            key_file=path(t.key_file),
+            verify=t.verify,
+        )
+
+    def carrier_targets(
+        self, carrier: CarrierConfig, destinations: Sequence[Destination] | None = None
+    ) -> list[Target]:
+        """One carrier as targets: itself (an IP host), or one per DNS destination.
+
+        ``destinations`` are its host name's records (RFC 3263), in order; with
+        none (not resolved yet, or no such name) the carrier is one target that
+        cannot be sent to (port 0) and stays out until its name resolves.
+        """
+        base = FailureTable(self.failures, q850=self.q850, dialstatus=self.dialstatus)
+        table = base.with_overrides(
+            carrier.failures, q850=carrier.q850, dialstatus=carrier.dialstatus
+        )
+        uri = parse_uri(carrier.uri)
+        transport = uri_transport(uri)
+        auth = self.credentials(carrier)
+        tls = self._tls_client(carrier, uri) if transport == "tls" or destinations else None
+        common = {"failures": table, "transit": carrier.transit, "carrier": carrier.name}
+        if is_ip(uri.host):
+            port = uri.port or (5061 if transport == "tls" else 5060)
+            flow = Flow(transport, (uri.host.strip("[]"), port))
+            tls = tls if transport == "tls" else None
+            return [Target(carrier.name, uri, flow, auth=auth, tls=tls, **common)]  # type: ignore[arg-type]
+        if not destinations:
+            flow = Flow(transport, ("0.0.0.0", 0))
+            return [Target(carrier.name, uri, flow, auth=auth, **common)]  # type: ignore[arg-type]
+        out = []
+        for d in destinations:
+            flow = Flow(d.transport, (d.addr, d.port))
+            host = f"[{d.addr}]" if ":" in d.addr else d.addr
+            out.append(
+                Target(
+                    f"{carrier.name}/{host}:{d.port}",
+                    uri,
+                    flow,
+                    auth=auth,
+                    tls=tls if d.transport == "tls" else None,
+                    priority=d.priority,
+                    weight=d.weight,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        return out
+
+    def targets(self, resolved: Mapping[str, Sequence[Destination]] | None = None) -> list[Target]:
+        """Carriers (and pool servers) as targets, in config order.
+
+        A carrier host that is a DNS name takes its destinations from
+        ``resolved`` (the DNS cache): without them it is a placeholder that
+        stays out until its name resolves. Pool servers' names are resolved
+        once, here.
+        """
+        resolved = resolved or {}
+        out = []
+        problems: list[str] = []
+        for carrier in self.carriers:
+            try:
+                out += self.carrier_targets(carrier, resolved.get(carrier.name))
+            except ConfigError as exc:
+                problems += [f"carriers.{carrier.name}: {p}" for p in exc.problems]
+        if problems:
+            raise ConfigError(problems)
+        base = FailureTable(self.failures, q850=self.q850, dialstatus=self.dialstatus)
         for pool in self.pools:
             for member in pool.members:
                 uri = parse_uri(member.uri)
-                transport = str(uri.params.get("transport") or "udp").lower()
-                flow = Flow(transport, (resolve(uri.host), uri.port or 5060))
-                out.append(Target(member.name, uri, flow, base, kind=POOL_MEMBER))
+                transport = uri_transport(uri)
+                port = uri.port or (5061 if transport == "tls" else 5060)
+                flow = Flow(transport, (resolve(uri.host), port))
+                tls = None
+                if transport == "tls":
+                    tls = TlsClient(server_name=uri.host.strip("[]"))
+                out.append(Target(member.name, uri, flow, base, kind=POOL_MEMBER, tls=tls))
         return out
 
 
@@ -696,7 +968,13 @@ def cross_problems(data: Any) -> list[tuple[Loc, str]]:
     """
     if not isinstance(data, dict):
         return []
-    return _duplicate_names(data) + _unknown_carriers(data) + _bad_blocked(data) + _two_keys(data)
+    return (
+        _duplicate_names(data)
+        + _unknown_carriers(data)
+        + _bad_blocked(data)
+        + _two_keys(data)
+        + _tls_listener(data)
+    )
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
@@ -735,6 +1013,16 @@ def _bad_blocked(data: dict[str, Any]) -> list[tuple[Loc, str]]:
 def _two_keys(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     if data.get("secret") is not None and data.get("secret_file") is not None:
         return [(("secret_file",), "give secret or secret_file, not both")]
+    return []
+
+
+def _tls_listener(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    listen = data.get("listen")
+    items = [listen] if isinstance(listen, str) else listen if isinstance(listen, list) else []
+    for i, item in enumerate(items):
+        if str(item).lower().startswith("tls:") and not data.get("tls"):
+            loc: Loc = ("listen",) if isinstance(listen, str) else ("listen", i)
+            return [(loc, "a tls: listener needs the tls: section (cert_file, key_file)")]
     return []
 
 

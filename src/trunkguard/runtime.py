@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import RouterConfig
+from .dns import Destination, DnsWatcher
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
-from .proxy import AttemptRecord, Proxy, Target
+from .proxy import Alarm, AttemptRecord, Proxy, RegistrationEvent, Target
+from .register import FAILED, Registrations
 from .routing import NumberRules, RoutingTable
 from .store import EventStore
 
@@ -65,6 +67,9 @@ class Runtime:
         if not settings.secret:
             settings = dataclasses.replace(settings, secret=self._secret(config))
         self.proxy = Proxy(settings, config.targets())
+        self.dns_errors: dict[str, str] = {}  # carrier -> why its name has no destinations
+        self.dns_destinations: dict[str, list[Destination]] = {}  # carrier -> its records
+        self.watcher: DnsWatcher | None = None  # set by the adapter that runs it
         # Decks may be large: a caller that loaded them already passes them in.
         self.proxy.routing, self.proxy.numbers = routing or config.routing()
         names = [t.name for t in self.proxy.targets]
@@ -80,6 +85,9 @@ class Runtime:
             if config.probe.enabled
             else None
         )
+        self.registrations = Registrations(self.proxy, self.health, config.register_settings())
+        for carrier in config.dns_queries():
+            self._dns_gate(carrier, f"DNS: {carrier} not resolved yet", 0.0)
         self._clock = 0.0  # monotonic "now" of the last call into us
         self._offset = time.time()  # wall clock minus monotonic clock
 
@@ -95,7 +103,10 @@ class Runtime:
 
     def _set_capacity(self, config: RouterConfig) -> None:
         for carrier in config.carriers:
-            self.health.set_capacity(carrier.name, carrier.max_calls, carrier.max_cps)
+            names = [t.name for t in self.proxy.targets if t.carrier == carrier.name]
+            if names:
+                self.health.share_capacity(names)
+                self.health.set_capacity(names[0], carrier.max_calls, carrier.max_cps)
         for pool in config.pools:
             for member in pool.members:
                 self.health.set_capacity(member.name, member.max_calls, None)
@@ -133,8 +144,15 @@ class Runtime:
             log.info("%s restored as %s (%s)", name, state, row.reason)
         if self.prober is not None:
             self.prober.start(now)
+        self.registrations.start(now)
         self.proxy.apply_health_changes([], now)  # arms the engine's first deadline
         self.pump()
+
+    def stop(self, now: float) -> list[str]:
+        """Clean shutdown: unregister from the carriers (Expires: 0); returns which."""
+        done = self.registrations.stop(now)
+        self.pump()
+        return done
 
     def pump(self) -> None:
         """Take what the proxy core reported (attempts, state changes) to the logs and the store.
@@ -145,8 +163,85 @@ class Runtime:
         for event in self.proxy.take_events():
             if isinstance(event, StateChange):
                 self._on_change(event)
+            elif isinstance(event, RegistrationEvent):
+                level = logging.WARNING if event.state == FAILED else logging.INFO
+                log.log(level, "%s: registration %s: %s", event.carrier, event.state, event.detail)
+                self.store.record_notice(
+                    event.carrier, "registration", event.state, event.detail, self._wall(event.at)
+                )
+            elif isinstance(event, Alarm):
+                self.store.record_notice(
+                    event.target, "alarm", event.kind, event.detail, self._wall(event.at)
+                )
             elif self.on_attempt is not None:
                 self.on_attempt(event)
+
+    # -- DNS --------------------------------------------------------------------------------
+    def _dns_gate(self, carrier: str, why: str, now: float) -> None:
+        self.dns_errors[carrier] = why
+        changes = []
+        for t in self.proxy.targets:
+            if t.carrier == carrier and t.name in self.health.targets:
+                changes += self.health.gate(t.name, why, now)
+        self.proxy.apply_health_changes(changes, now)
+
+    def dns_changed(
+        self, carrier: str, destinations: list[Destination], error: str | None, now: float
+    ) -> bool:
+        """A carrier's name resolved to new destinations (or to none, with ``error``).
+
+        Each destination is a target of its own; those that stay keep their
+        health, new ones start UP (but for the carrier's registration), gone
+        ones are forgotten. Returns whether the flows changed (the adapter then
+        opens sockets toward the new ones).
+        """
+        config_carrier = next((c for c in self.config.carriers if c.name == carrier), None)
+        if config_carrier is None:
+            return False
+        new = self.config.carrier_targets(config_carrier, destinations or None)
+        old = [t for t in self.proxy.targets if t.carrier == carrier]
+        if [(t.name, t.flow, t.priority, t.weight) for t in new] == [
+            (t.name, t.flow, t.priority, t.weight) for t in old
+        ]:
+            if not destinations and error:
+                self._dns_gate(carrier, f"DNS: {error}", now)
+            return False
+        targets: list[Target] = []
+        placed = False
+        for t in self.proxy.targets:
+            if t.carrier != carrier:
+                targets.append(t)
+            elif not placed:
+                targets += new
+                placed = True
+        self.proxy.set_targets(targets)
+        names = {t.name for t in new}
+        for t in old:
+            if t.name not in names:
+                self.health.remove_target(t.name)
+        for t in new:
+            if t.name not in self.health.targets:
+                self.health.add_target(t.name)
+        self._set_capacity(self.config)
+        if self.prober is not None:
+            for t in new:
+                self.prober.add(t, now)
+        if destinations:
+            self.dns_destinations[carrier] = list(destinations)
+            self.dns_errors.pop(carrier, None)
+            log.info(
+                "%s: %d destinations from DNS: %s",
+                carrier,
+                len(new),
+                ", ".join(str(t.flow) for t in new),
+            )
+        else:
+            self.dns_destinations.pop(carrier, None)
+            self._dns_gate(carrier, f"DNS: {error or 'no destinations'}", now)
+        self.registrations.sync(now)
+        self.proxy.apply_health_changes([], now)
+        self.pump()
+        return True
 
     def _before_operator(self, name: str) -> State:
         """The health state the operator's drain or force-down interrupted, from the log.
@@ -198,7 +293,7 @@ class Runtime:
         if (config.secret, config.secret_path()) != (old.secret, old.secret_path()):
             notes.append("secret/secret_file changes take effect at the next restart")
         if targets is None:
-            targets = config.targets()
+            targets = config.targets(self.dns_destinations)
         self.proxy.reconfigure(config.proxy_settings(), targets)
         self.proxy.routing, self.proxy.numbers = routing
         self.health.set_policy(config.health_policy())
@@ -211,6 +306,14 @@ class Runtime:
             for target in targets:
                 self.prober.add(target, now)
         self.config = config
+        self.registrations.reconfigure(config.register_settings(), now)
+        if self.watcher is not None:
+            queries = config.dns_queries()
+            for name in self.watcher.names():
+                if name not in queries:
+                    self.watcher.remove(name)
+            for name, query in queries.items():
+                self.watcher.add(name, query)
         self.proxy.apply_health_changes([], now)  # pools' tiers under the new config
         self.pump()
         return notes

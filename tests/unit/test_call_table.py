@@ -37,6 +37,7 @@ from trunkguard.proxy._call import (
     CANCEL,
     CANCELLED,
     CANCELLING,
+    CHALLENGE,
     CLEANED,
     DEST_FINAL,
     DESTINATION_FINAL,
@@ -72,6 +73,7 @@ from trunkguard.proxy._call import (
 from trunkguard.proxy._entries import server_key
 from trunkguard.proxy._timers import TimerHandle
 from trunkguard.sip import Request, Response, ServerInvite, parse_message
+from trunkguard.sip._digest import Credentials
 
 RING = 20.0  # ring_timeout (Timer C) in these tests
 Message = Request | Response
@@ -90,13 +92,16 @@ KIND = {
 }
 REFUSED = Plan([], rejected=(403, "blocked by a number rule"))
 FULL = Plan([], overflow=["a", "b", "c"])
+# Every carrier of these scenes has credentials, so a 401 is a challenge to answer.
+CREDENTIALS = Credentials("trunk1", "pw-of-the-table", "carrier.test")
+CHALLENGE_HEADER = 'WWW-Authenticate: Digest realm="carrier.test", nonce="n1", qop="auth"\r\n'
 
 
 class Scene:
     """One call through a proxy, and everything the proxy sent, in order."""
 
     def __init__(self, **settings: object) -> None:
-        self.net = Net(ring_timeout=RING, **settings)
+        self.net = Net(ring_timeout=RING, auth=CREDENTIALS, **settings)
         self.call_id = f"table-{next(_ids)}"
         self.log: list[tuple[Flow, Message]] = []
         self.invites: list[tuple[Flow, Request]] = []
@@ -235,6 +240,14 @@ def apply(s: Scene, what: str) -> None:
         s.fire(call.budget_timer)
     elif what == CANCEL:
         call.cancel(s.now)
+    elif what == CHALLENGE:
+        assert branch is not None
+        flow, request = s.invites[s.current()]
+        del flow
+        data = reply(request, 401, to_tag=f"t{s.current()}", extra=CHALLENGE_HEADER)
+        challenge = parse_message(data)
+        assert isinstance(challenge, Response)
+        call.on_response(branch, challenge, s.now)
     else:
         raise AssertionError(what)
     s.take()
@@ -349,6 +362,19 @@ def _nothing(s: Scene, b: Before, what: str) -> None:
     pass
 
 
+def _authenticate(s: Scene, b: Before, what: str) -> None:
+    old = _branch(b)
+    branch = s.call.branch
+    assert branch is not None and branch is not old and branch.state == CALLING
+    assert (branch.target, branch.attempt, s.call.attempts) == (old.target, old.attempt, b.tries)
+    (sent,) = [r for r in requests_to(s.log[b.log :], branch.flow) if r.method == "INVITE"]
+    assert sent.vias[0].branch == branch.id
+    assert sent.cseq.number == old.cseq + 1  # RFC 3261 §22.2: CSeq + 1, same Call-ID
+    assert sent.call_id == s.call_id and sent.from_.tag == "caller1"
+    assert (sent.get("authorization") or "").startswith('Digest username="trunk1"')
+    _counted("auth_challenges_answered")(s, b, what)
+
+
 def _refuse(s: Scene, b: Before, what: str) -> None:
     (final,) = [m for f, m in s.log[b.log :] if f == CALLER and isinstance(m, Response)]
     assert final.get("warning") == '399 127.0.0.1:5060 "blocked by a number rule"'
@@ -382,6 +408,7 @@ CALL_ACTIONS: dict[str, Check] = {
     "relay_final": _counted("calls_final"),
     "answer_408": _nothing,
     "answer_487": _counted("calls_cancelled"),
+    "authenticate": _authenticate,
 }
 
 

@@ -183,13 +183,33 @@ def test_check_prints_no_traceback_for_bad_utf8_or_duplicates(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    "uri", ["sips:127.0.0.1:5071", "sip:127.0.0.1:5071;transport=tls", "SIPS:carrier.example"]
+    ("uri", "transport", "port"),
+    [
+        ("sips:127.0.0.1", "tls", 5061),
+        ("sip:127.0.0.1:5071;transport=tls", "tls", 5071),
+        ("sip:127.0.0.1:5071;transport=tcp", "tcp", 5071),
+        ("sip:127.0.0.1", "udp", 5060),
+    ],
 )
-def test_tls_carriers_are_refused_until_tls_exists(uri: str) -> None:
+def test_carrier_transports_and_default_ports(uri: str, transport: str, port: int) -> None:
+    config = parse_config(MINIMAL.replace("sip:127.0.0.1:5071", uri), "x.yaml")
+    (target, *_) = config.targets()
+    assert target.flow.transport == transport and target.flow.addr == ("127.0.0.1", port)
+    assert (target.tls is not None) == (transport == "tls")
+    if target.tls is not None:
+        assert target.tls.server_name == "127.0.0.1" and target.tls.verify
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("sips:127.0.0.1:5071;transport=udp", "a sips: URI cannot use transport=udp"),
+        ("sip:127.0.0.1:5071;transport=sctp", "transport must be udp, tcp or tls"),
+    ],
+)
+def test_impossible_transports_are_refused(uri: str, why: str) -> None:
     (problem,) = _problems(MINIMAL.replace("sip:127.0.0.1:5071", uri))
-    assert problem == f"x.yaml:4: carriers[0].uri: {uri!r}: TLS is not supported yet: " + (
-        "use sip: over udp or tcp"
-    )
+    assert problem == f"x.yaml:4: carriers[0].uri: {uri!r}: {why}"
 
 
 def test_a_password_in_a_carrier_uri_is_refused_without_showing_it() -> None:

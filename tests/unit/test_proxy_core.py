@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 from collections.abc import Callable
@@ -10,8 +11,9 @@ import pytest
 
 from trunkguard.health import FailureTable, OutcomeClass, StateChange
 from trunkguard.proxy import Flow, Proxy, ProxySettings, Target, select_final
-from trunkguard.proxy._types import AttemptRecord
+from trunkguard.proxy._types import Alarm, AttemptRecord
 from trunkguard.sip import Request, Response, parse_message, parse_uri
+from trunkguard.sip._digest import Credentials
 
 CALLER = Flow("udp", ("127.0.0.1", 5090))
 A = Flow("udp", ("127.0.0.1", 5071))
@@ -28,18 +30,19 @@ def target(name: str, flow: Flow, failures: FailureTable | None = None) -> Targe
 class Net:
     """A proxy plus a fake clock; collects what the proxy sends, per destination."""
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, auth: Credentials | None = None, **settings: object) -> None:
         defaults: dict[str, object] = {
             "advertise": ("127.0.0.1", 5060),
             "allow": (ipaddress.ip_network("127.0.0.0/8"),),
         }
         defaults.update(settings)
-        self.proxy = Proxy(
-            ProxySettings(**defaults),  # type: ignore[arg-type]
-            [target("a", A), target("b", B), target("c", C)],
-        )
+        targets = [target("a", A), target("b", B), target("c", C)]
+        if auth is not None:  # every carrier answers 401/407 with these
+            targets = [dataclasses.replace(t, auth=auth) for t in targets]
+        self.proxy = Proxy(ProxySettings(**defaults), targets)  # type: ignore[arg-type]
         self._attempts: list[AttemptRecord] = []
         self._changes: list[StateChange] = []
+        self.alarms: list[Alarm] = []
         self.on_change: list[Callable[[StateChange], object]] = []
         self.now = 1000.0
 
@@ -48,7 +51,9 @@ class Net:
         for event in self.proxy.take_events():
             if isinstance(event, AttemptRecord):
                 self._attempts.append(event)
-            else:
+            elif isinstance(event, Alarm):
+                self.alarms.append(event)
+            elif isinstance(event, StateChange):
                 self._changes.append(event)
                 for hook in self.on_change:
                     hook(event)
@@ -149,7 +154,7 @@ def test_invite_relayed_to_first_carrier_with_proxy_edits() -> None:
     [rr] = sent.record_routes
     assert str(rr.uri).startswith("sip:127.0.0.1:5060;lr;tgd=")
     # The Record-Route signs the dialog's two peers: the caller and carrier a.
-    assert net.proxy.dialogs.signer.verify(rr.uri, sent.call_id, "caller1") == (CALLER, A)
+    assert net.proxy.dialogs.signer.verify(rr.uri, sent.call_id, "caller1") == (CALLER, A, 0)
     assert sent.get("x-dialer-campaign") == "spring sale"
     assert sent.body.startswith(b"v=0")
     assert net.sent_to(B, out) == []

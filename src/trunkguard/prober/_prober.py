@@ -126,6 +126,8 @@ class Prober:
         self._schedule(target, now + self._interval(target))
         if self.health.state(target.name) in (State.DRAINED, State.FORCED_DOWN):
             return  # the operator's: probes would not change it
+        if not target.flow.addr[1]:
+            return  # a carrier name that has not resolved: nowhere to send to
         probe = _Probe(self, target, now)
         self._cseq += 1
         hostport = target.uri.hostport()

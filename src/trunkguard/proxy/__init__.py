@@ -1,16 +1,27 @@
 """The stateful SIP proxy: a sans-IO core (``Proxy``) and its asyncio adapter (``Router``)."""
 
 from ._call import Call, select_final
-from ._core import Proxy
-from ._types import AttemptRecord, Flow, Plan, ProxySettings, Target
+from ._core import CoreEvent, Proxy
+from ._types import (
+    Alarm,
+    AttemptRecord,
+    Flow,
+    Plan,
+    ProxySettings,
+    RegistrationEvent,
+    Target,
+)
 
 __all__ = [
+    "Alarm",
     "AttemptRecord",
     "Call",
+    "CoreEvent",
     "Flow",
     "Plan",
     "Proxy",
     "ProxySettings",
+    "RegistrationEvent",
     "Target",
     "select_final",
 ]

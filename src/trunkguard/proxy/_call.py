@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..health import Q850_TO_STATUS, TIMEOUT, UNREACHABLE, FailureTable, Verdict, q850_cause
 from ..sip import ClientInvite, Request, Response
+from ..sip._digest import Challenge
 from ._timers import TimerHandle
 from ._types import AttemptRecord, Flow, Plan, Target
 
@@ -100,6 +101,9 @@ PORT_UNREACHABLE = "unreachable"  # ICMP unreachable, TCP refused or reset
 RING_TIMEOUT = "Timer C"  # rang for ring_timeout without a final (RFC 3261 §16.6 step 11)
 BUDGET = "budget spent"  # time_budget since the INVITE came
 CANCEL = "caller CANCEL"
+# A 401/407 from a target we have credentials for, not yet answered on this attempt (or
+# stale): the INVITE goes again with them (RFC 3261 §22.2). Challenged again: TRUNK_FAULT.
+CHALLENGE = "401/407"
 
 CALL_INPUTS = (
     PLAN,
@@ -118,6 +122,7 @@ CALL_INPUTS = (
     RING_TIMEOUT,
     BUDGET,
     CANCEL,
+    CHALLENGE,
 )
 # What the network and the timers bring: late or duplicate is normal, so absorbed when unlisted.
 CALL_NETWORK_INPUTS = frozenset(CALL_INPUTS) - {PLAN, PLAN_REFUSED, ROUTES_FULL, ROUTE, NO_ROUTE}
@@ -204,6 +209,8 @@ class Branch:
 
     __slots__ = (
         "attempt",
+        "auth",
+        "cseq",
         "first_response",
         "flow",
         "health_id",
@@ -240,6 +247,8 @@ class Branch:
         self.timer: TimerHandle | None = None  # the invite timer, then Timer C
         self.txn: ClientInvite | None = None
         self.health_id = 0
+        self.cseq = 0  # the CSeq number this branch's INVITE carries
+        self.auth: tuple[str, str] | None = None  # the credentials it carries, if any
 
     @property
     def pending(self) -> bool:
@@ -283,6 +292,8 @@ class Call:
             ("abandon", "record_fault", "keep_local", "pick_route"),
         ),
         (TRYING, BUDGET): (FAILED, ("abandon", "record_neutral", "keep_local", "give_up")),
+        # The same attempt goes on: the INVITE again, CSeq + 1, with credentials.
+        (TRYING, CHALLENGE): (TRYING, ("sample", "end_branch", "authenticate")),
         (TRYING, CANCEL): (CANCELLED, ("abandon", "record_neutral", "answer_487")),
         (PROCEEDING, P100): (PROCEEDING, ()),
         (PROCEEDING, P18X): (PROCEEDING, ("relay_provisional",)),
@@ -303,11 +314,13 @@ class Call:
         # ends it). Should this branch still fail, pick_route finds the budget spent.
         (PROCEEDING, BUDGET): (PROCEEDING, ()),
         (PROCEEDING, CANCEL): (CANCELLED, ("abandon", "record_neutral", "answer_487")),
+        (PROCEEDING, CHALLENGE): (TRYING, ("end_branch", "authenticate")),
         (ANSWERED, R2XX): (ANSWERED, ("relay",)),  # retransmitted: the caller may not have it
     }
 
     __slots__ = (
         "_branch",
+        "_challenge",
         "_kind",
         "_now",
         "_response",
@@ -363,6 +376,7 @@ class Call:
         self._kind = ""
         self._target: Target | None = None
         self._then: str | None = None
+        self._challenge: Challenge | None = None
 
     @property
     def unanswered(self) -> bool:
@@ -404,6 +418,12 @@ class Call:
         elif status < 300:
             what = R2XX
         else:
+            if status in (401, 407) and branch.target.auth is not None:
+                challenge = self.proxy.answerable_challenge(branch, response, now)
+                if challenge is not None:
+                    self._challenge = challenge
+                    self._feed(CHALLENGE, now, branch, response)
+                    return
             verdict = branch.target.failures.classify(status, response.get("reason"))
             self._verdict = verdict
             if not verdict.failover:
@@ -471,6 +491,7 @@ class Call:
                 self._stop_budget()
         finally:
             self._branch = self._response = self._verdict = None
+            self._challenge = None
 
     def _feed_branch(
         self, what: str, now: float, branch: Branch, response: Response | None
@@ -575,6 +596,19 @@ class Call:
             self.proxy.counters["failovers"] += 1
         self.branch = self.proxy.start_branch(self, target, self.attempts, self._now)
 
+    def _a_authenticate(self) -> None:
+        """The challenged INVITE again, to the same target, with credentials (same attempt)."""
+        old = self._current()
+        challenge = self._challenge
+        assert challenge is not None
+        branch = self.proxy.resend_branch(self, old, challenge, self._now)
+        if branch is None:
+            # The challenge cannot be answered (another realm, say): a trunk fault.
+            self._verdict = old.target.failures.classify(self._message().status)
+            self._then = TRUNK_FAULT
+            return
+        self.branch = branch
+
     def _a_refuse(self) -> None:
         assert self.plan.rejected is not None
         status, why = self.plan.rejected
@@ -589,9 +623,7 @@ class Call:
 
     def _a_refuse_full(self) -> None:
         self.proxy.counters["calls_overflow"] += 1
-        self._answer(
-            503, [("Retry-After", "1"), self.proxy.warning("every route at capacity")]
-        )
+        self._answer(503, [("Retry-After", "1"), self.proxy.warning("every route at capacity")])
 
     def _a_give_up(self) -> None:
         self.proxy.counters["calls_failed"] += 1
@@ -632,11 +664,16 @@ class Call:
         # media that differs per branch, so each 183 with a body goes up.
         if status not in self.relayed or (status == 183 and response.body):
             self.relayed.add(status)
-            self.proxy.respond(self.server, status, response.without_top_via(), self._now)
+            self.proxy.respond(self.server, status, self._upstream(response), self._now)
+
+    def _upstream(self, response: Response) -> bytes:
+        """A branch's response as the caller gets it: our Via off, the caller's CSeq back."""
+        number = self.request.cseq.number
+        return response.without_top_via(None if self._current().cseq == number else number)
 
     def _a_relay(self) -> None:
         response = self._message()
-        self.proxy.respond(self.server, response.status, response.without_top_via(), self._now)
+        self.proxy.respond(self.server, response.status, self._upstream(response), self._now)
 
     def _a_relay_final(self) -> None:
         response = self._message()
@@ -650,7 +687,7 @@ class Call:
             mapped = Q850_TO_STATUS.get(cause, 500) if cause is not None else 500
             self._answer(mapped, [("Reason", reason)])
             return
-        self.proxy.respond(self.server, status, response.without_top_via(), self._now)
+        self.proxy.respond(self.server, status, self._upstream(response), self._now)
 
     def _a_open_dialog(self) -> None:
         self.proxy.open_dialog(self, self._current(), self._message(), self._now)

@@ -44,6 +44,7 @@ from ..sip import (
     make_response,
     parse_message,
 )
+from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, choose_challenge
 from ._admission import Admission
 from ._call import Branch, Call
 from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
@@ -61,14 +62,23 @@ from ._keepalive import Probe, Quiet, build_bye, build_options, contact_uri
 from ._relay import Relay
 from ._stray import stray_request
 from ._timers import TimerHandle, TimerQueue
-from ._types import Addr, AttemptRecord, Flow, Plan, ProxySettings, Target
+from ._types import (
+    Addr,
+    Alarm,
+    AttemptRecord,
+    Flow,
+    Plan,
+    ProxySettings,
+    RegistrationEvent,
+    Target,
+)
 
 log = logging.getLogger("trunkguard.proxy")
 
 STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 
-CoreEvent = AttemptRecord | StateChange
+CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent
 
 
 class Proxy:
@@ -92,6 +102,8 @@ class Proxy:
         self.shedding_until = float("-inf")
         self.draining = False  # shutting down: new calls get 503, the rest finish
         self._own: list[Addr] = []
+        self._digests: dict[str, tuple[Credentials, DigestClient]] = {}
+        self._alarmed: set[str] = set()  # carriers whose credentials alarm is raised
         self.tag = os.urandom(6).hex()
         self._secret = settings.secret or os.urandom(32)
         self.set_advertise(settings.advertise)
@@ -102,6 +114,11 @@ class Proxy:
         self.settings = dataclasses.replace(
             settings, advertise=self.settings.advertise, secret=self._secret
         )
+        self.targets = list(targets)
+        self._new_admission()
+
+    def set_targets(self, targets: Sequence[Target]) -> None:
+        """A new list of targets (a carrier's DNS records changed): calls keep their plans."""
         self.targets = list(targets)
         self._new_admission()
 
@@ -282,26 +299,31 @@ class Proxy:
         if isinstance(message, Request) and message.method != "ACK" and message.raw_lines("via"):
             self.send(source, self.response(message, 403, to_tag=self.tag))
 
-    def transport_error(self, flow: Flow, now: float) -> None:
-        """ICMP unreachable, TCP refused/reset, or a send that failed toward ``flow``.
+    def transport_error(self, flow: Flow, now: float, why: str = "port unreachable") -> None:
+        """ICMP unreachable, TCP refused/reset, a TLS handshake that failed, or a failed send.
 
         Fails its pending requests; for a call, the branch fails over. Ringing
         branches too (PROCEEDING): a carrier whose port is closed will never
         answer the calls it was ringing, and they can still complete through
-        the next carrier.
+        the next carrier. ``why`` is the reason the target is out with.
         """
         self.counters["transport_errors"] += 1
+        target = self.admission.peer(flow)
+        # A target whose port is closed is out at once, whichever message found it: a BYE
+        # of a call it was carrying too, not only an INVITE or a keepalive (which trip it
+        # with their own reason). A TLS failure's reason says more: it goes first.
+        specific = why != "port unreachable"
+        if specific:
+            self._unreachable(target, why, now)
         for entry in [e for e in self.clients.values() if e.flow == flow]:
             if entry.txn.state in ("CALLING", "TRYING", "PROCEEDING"):
                 self.drive(entry, entry.txn.transport_error(now), now)
-        target = self.admission.peer(flow)
+        if not specific:
+            self._unreachable(target, why, now)
+
+    def _unreachable(self, target: Target | None, why: str, now: float) -> None:
         if target is not None and self.health is not None:
-            # A target whose port is closed is out at once, whichever message found it: a
-            # BYE of a call it was carrying too, not only an INVITE or a keepalive (which
-            # have tripped it above already, with their own reason).
-            self.apply_health_changes(
-                self.health.unreachable(target.name, now, "port unreachable"), now
-            )
+            self.apply_health_changes(self.health.unreachable(target.name, now, why), now)
 
     def _reject(self, request: Request, source: Flow, status: int, why: str) -> None:
         self.counters[f"rejected_{status}"] += 1
@@ -439,7 +461,19 @@ class Proxy:
             return
         self.drive(entry, txn.respond(status, data, now), now)
 
-    def start_branch(self, call: Call, target: Target, attempt: int, now: float) -> Branch:
+    def start_branch(
+        self,
+        call: Call,
+        target: Target,
+        attempt: int,
+        now: float,
+        resent: tuple[Branch, tuple[str, str]] | None = None,
+    ) -> Branch:
+        """Send the call's INVITE to ``target`` on a new branch.
+
+        ``resent``: the branch that was challenged and the credentials header
+        to add: the same attempt goes on with CSeq + 1 (RFC 3261 §22.2).
+        """
         request = call.request
         branch_id = self.new_branch()
         flow = target.flow
@@ -447,14 +481,24 @@ class Proxy:
         user = call.plan.number or request.request_uri.user
         host = target.uri.hostport()
         uri = f"sip:{user}@{host}" if user else f"sip:{host}"
-        if flow.transport == "tcp":
-            uri += ";transport=tcp"
+        if flow.transport != "udp":
+            uri += f";transport={flow.transport}"
         branch = Branch(target, attempt, branch_id, uri, via, now)
+        number = request.cseq.number
+        extra: list[tuple[str, str]] = []
+        if resent is not None:
+            old, header = resent
+            branch.cseq = old.cseq + 1
+            branch.auth = header
+            branch.started, branch.first_response = old.started, old.first_response
+            extra.append(header)
+        else:
+            branch.cseq = number
         pop = self._top_route_is_us(request)
         mf = request.max_forwards
         # The dialog's peers, signed: a BYE after a restart still finds its way.
         record_route = self.dialogs.signer.record_route(
-            request.call_id, request.from_.tag or "", call.source, flow
+            request.call_id, request.from_.tag or "", call.source, flow, branch.cseq - number
         )
         data = request.forwarded(
             via=via,
@@ -462,11 +506,21 @@ class Proxy:
             max_forwards=69 if mf is None else mf - 1,
             pop_route=pop,
             record_route=record_route,
+            cseq=None if branch.cseq == number else branch.cseq,
+            extra=extra,
         )
         branch.routes = [v for v in request.values("route")][1 if pop else 0 :]
         txn = ClientInvite(
             data,
-            partial(ack_for, request, branch.uri, branch.via, branch.routes),
+            partial(
+                ack_for,
+                request,
+                branch.uri,
+                branch.via,
+                branch.routes,
+                cseq=branch.cseq,
+                extra=extra,
+            ),
             reliable=flow.transport != "udp",
             timers=self.settings.timers,
         )
@@ -475,7 +529,10 @@ class Proxy:
         self.clients[branch_id] = entry
         timeout = self.settings.invite_timeout
         if self.health is not None:
-            branch.health_id = self.health.attempt_started(target.name, now)
+            if resent is None:
+                branch.health_id = self.health.attempt_started(target.name, now)
+            else:
+                branch.health_id = resent[0].health_id  # one attempt, one capacity slot
             # The adaptive timer is there to reach the next route sooner. With no route
             # left for this call, giving up early gains nothing (and under load, answers
             # that queue past it would fail calls that were about to be answered).
@@ -487,6 +544,77 @@ class Proxy:
         self.drive(entry, txn.start(now), now)
         return branch
 
+    # -- digest authentication toward targets ------------------------------------------------
+    def _digest(self, target: Target) -> DigestClient | None:
+        credentials = target.auth
+        if credentials is None:
+            return None
+        known = self._digests.get(target.carrier)
+        if known is None or known[0] != credentials:  # new, or changed by a reload
+            known = self._digests[target.carrier] = (credentials, DigestClient(credentials))
+        return known[1]
+
+    def answerable_challenge(
+        self, branch: Branch, response: Response, now: float
+    ) -> Challenge | None:
+        """The challenge of a 401/407 on ``branch``, if we answer it; else None (a trunk fault).
+
+        Not answered: one that cannot be parsed, and a second challenge in a row
+        (not ``stale``) after our credentials: they are wrong. Both raise a
+        credentials alarm once for the carrier, not once per call.
+        """
+        status = response.status
+        target = branch.target
+        proxy_auth = status == 407
+        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        try:
+            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth)
+        except DigestError as exc:
+            self.counters[f"auth_failures:{target.carrier}"] += 1
+            self.alarm(
+                target.carrier, f"INVITE challenged with {status} we cannot answer: {exc}", now
+            )
+            return None
+        if branch.auth is not None and not challenge.stale:
+            self.counters[f"auth_failures:{target.carrier}"] += 1
+            self.alarm(
+                target.carrier,
+                f"credentials for {target.auth} rejected with {status} on INVITE",
+                now,
+            )
+            return None
+        if branch.auth is not None:
+            self.counters[f"auth_stale_nonce:{target.carrier}"] += 1
+        return challenge
+
+    def resend_branch(
+        self, call: Call, old: Branch, challenge: Challenge, now: float
+    ) -> Branch | None:
+        """The challenged INVITE again, with credentials; None when they cannot be made."""
+        client = self._digest(old.target)
+        if client is None:
+            return None
+        try:
+            header = client.authorize(challenge, "INVITE", old.uri)
+        except DigestError as exc:
+            self.counters[f"auth_failures:{old.target.carrier}"] += 1
+            self.alarm(old.target.carrier, f"cannot answer the INVITE's challenge: {exc}", now)
+            return None
+        self.counters["auth_challenges_answered"] += 1
+        return self.start_branch(call, old.target, old.attempt, now, resent=(old, header))
+
+    def alarm(self, target: str, detail: str, now: float) -> None:
+        """A credentials alarm for ``target``: once, until its credentials work again."""
+        if target in self._alarmed:
+            return
+        self._alarmed.add(target)
+        self.counters[f"alarms:{target}"] += 1
+        log.error("ALARM %s: %s", target, detail)
+        self.events.append(Alarm(target, "credentials", detail, now))
+
+    def clear_alarm(self, target: str) -> None:
+        self._alarmed.discard(target)
+
     def abandon_branch(self, branch: Branch, now: float) -> None:
         """Stop retransmitting a branch's INVITE; its transaction still takes late answers."""
         entry = self.clients.get(branch.id)
@@ -495,7 +623,14 @@ class Proxy:
 
     def cancel_branch(self, call: Call, branch: Branch, now: float) -> None:
         """CANCEL a branch that sent a provisional, in a transaction of its own."""
-        data = make_cancel(call.request, uri=branch.uri, via=branch.via, routes=branch.routes)
+        data = make_cancel(
+            call.request,
+            uri=branch.uri,
+            via=branch.via,
+            routes=branch.routes,
+            cseq=branch.cseq,
+            extra=[branch.auth] if branch.auth is not None else (),
+        )
         txn = ClientNonInvite(
             data, reliable=branch.flow.transport != "udp", timers=self.settings.timers
         )
@@ -552,6 +687,8 @@ class Proxy:
     # -- health -----------------------------------------------------------------------------
     def record_attempt(self, branch: Branch, record: AttemptRecord) -> None:
         self.counters[f"attempts:{record.kind}"] += 1
+        if branch.auth is not None and record.status is not None and record.status < 300:
+            self.clear_alarm(branch.target.carrier)  # its credentials work
         self.events.append(record)
         health = self.health
         if health is None:
@@ -676,7 +813,15 @@ class Proxy:
         # the same branch for a retransmission.
         branch = derived_branch(request.top_via.branch or request.call_id)
         pop = self._top_route_is_us(request)
-        data = request.forwarded(via=self.via(hop.dest, branch), max_forwards=mf, pop_route=pop)
+        offset = hop.cseq_offset if hop.from_caller else 0
+        auth = hop.dialog.auth if hop.from_caller and hop.dialog is not None else None
+        data = request.forwarded(
+            via=self.via(hop.dest, branch),
+            max_forwards=mf,
+            pop_route=pop,
+            cseq=request.cseq.number + offset if offset else None,
+            extra=[auth] if auth is not None else (),  # an ACK repeats the INVITE's (§22.1)
+        )
         self.counters["acks_forwarded"] += 1
         self.send(hop.dest, data)
 
@@ -711,26 +856,12 @@ class Proxy:
         server.owner = relay
         if method == "INVITE":
             self.respond(server, 100, make_response(request, 100), now)
-        branch = self.new_branch()
-        dest = hop.dest
-        pop = self._top_route_is_us(request)
-        via = self.via(dest, branch)
-        data = request.forwarded(via=via, max_forwards=mf, pop_route=pop)
-        reliable = dest.transport != "udp"
-        txn: ClientInvite | ClientNonInvite
-        if method == "INVITE":
-            remaining = request.values("route")[1 if pop else 0 :]
-            txn = ClientInvite(
-                data,
-                partial(ack_for, request, request.uri, via, remaining),
-                reliable=reliable,
-                timers=self.settings.timers,
-            )
-        else:
-            txn = ClientNonInvite(data, reliable=reliable, timers=self.settings.timers)
-        entry = ClientEntry(txn, dest, relay, branch)
-        relay.client = entry
-        self.clients[branch] = entry
+        offset = hop.cseq_offset if hop.from_caller else 0
+        if offset:
+            relay.cseq = request.cseq.number  # the caller's number, put back in responses
+        if hop.from_caller:
+            relay.challenged = partial(self._in_dialog_challenge, hop, request, mf, offset)
+        self._relay_out(relay, hop, request, mf, offset, None, now)
         dialog = hop.dialog
         if dialog is not None:
             # The highest CSeq of each side: a BYE of ours must come after it.
@@ -747,7 +878,89 @@ class Proxy:
                 now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
             )
         self.counters[f"in_dialog:{method}"] += 1
+
+    def _relay_out(
+        self,
+        relay: Relay,
+        hop: Hop,
+        request: Request,
+        mf: int,
+        offset: int,
+        auth: tuple[str, str] | None,
+        now: float,
+    ) -> None:
+        """Send an in-dialog request on to ``hop``, in a client transaction of ``relay``'s."""
+        method = request.method
+        branch = self.new_branch()
+        dest = hop.dest
+        pop = self._top_route_is_us(request)
+        via = self.via(dest, branch)
+        cseq = request.cseq.number + offset if offset else None
+        extra = [auth] if auth is not None else []
+        data = request.forwarded(via=via, max_forwards=mf, pop_route=pop, cseq=cseq, extra=extra)
+        reliable = dest.transport != "udp"
+        txn: ClientInvite | ClientNonInvite
+        if method == "INVITE":
+            remaining = request.values("route")[1 if pop else 0 :]
+            txn = ClientInvite(
+                data,
+                partial(ack_for, request, request.uri, via, remaining, cseq=cseq, extra=extra),
+                reliable=reliable,
+                timers=self.settings.timers,
+            )
+        else:
+            txn = ClientNonInvite(data, reliable=reliable, timers=self.settings.timers)
+        entry = ClientEntry(txn, dest, relay, branch)
+        relay.client = entry
+        self.clients[branch] = entry
         self.drive(entry, txn.start(now), now)
+
+    def _in_dialog_challenge(
+        self,
+        hop: Hop,
+        request: Request,
+        mf: int,
+        offset: int,
+        relay: Relay,
+        response: Response,
+        now: float,
+    ) -> bool:
+        """A 401/407 to a caller's in-dialog request (BYE, re-INVITE): resend it with credentials.
+
+        True when it was resent (the challenge goes no further); once per request.
+        """
+        dialog = hop.dialog
+        target = next(
+            (t for t in self.targets if dialog is not None and t.name == dialog.target), None
+        )
+        if target is None or relay.authorized:
+            if relay.authorized and target is not None:
+                self.counters[f"auth_failures:{target.carrier}"] += 1
+                self.alarm(
+                    target.carrier,
+                    f"credentials for {target.auth} rejected with {response.status} "
+                    f"on {request.method}",
+                    now,
+                )
+            return False
+        client = self._digest(target)
+        if client is None:
+            return False
+        proxy_auth = response.status == 407
+        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        try:
+            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth)
+            auth = client.authorize(challenge, request.method, str(request.uri))
+        except DigestError:
+            return False
+        relay.authorized = True
+        offset += 1
+        if dialog is not None:
+            dialog.cseq_offset = max(dialog.cseq_offset, offset)
+        relay.cseq = request.cseq.number
+        self.counters["auth_challenges_answered"] += 1
+        self._relay_out(relay, hop, request, mf, offset, auth, now)
+        return True
 
     def _end_dialog(self, call_id: str, now: float) -> None:
         del now
@@ -769,6 +982,8 @@ class Proxy:
             caller_from=request.get("from") or "",
             callee_to=response.get("to") or "",
             caller_cseq=request.cseq.number,
+            cseq_offset=branch.cseq - request.cseq.number,
+            auth=branch.auth,
         )
         self.dialogs.open(dialog)
         interval = self.settings.dialog_keepalive
@@ -870,4 +1085,3 @@ class Proxy:
             "branches_pending": branches,
             "dialogs": len(self.dialogs),
         }
-

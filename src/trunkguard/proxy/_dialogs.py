@@ -49,6 +49,11 @@ class Dialog:
     callee_to: str = ""  # the callee's To (with its tag)
     caller_cseq: int = 0
     callee_cseq: int = 0
+    # How far the callee's CSeq numbers for the caller's requests run ahead of the
+    # caller's own: each INVITE or in-dialog request the router resent with credentials
+    # (RFC 3261 §22.2) took one more number on the callee's side.
+    cseq_offset: int = 0
+    auth: tuple[str, str] | None = None  # the INVITE's credentials, repeated in its ACK
 
 
 class Hop(NamedTuple):
@@ -57,6 +62,7 @@ class Hop(NamedTuple):
     dest: Flow
     from_caller: bool
     dialog: Dialog | None  # None: known only by the signed Record-Route
+    cseq_offset: int = 0  # add to the CSeq of a request from the caller (see Dialog)
 
 
 def _flow_fields(flow: Flow) -> list[str]:
@@ -79,28 +85,39 @@ class RouteSigner:
         self._key = secret
         self.hostport = hostport
 
-    def _mac(self, call_id: str, caller_tag: str, peers: str) -> str:
-        text = "\x00".join((call_id, caller_tag, peers)).encode("utf-8", "surrogateescape")
+    def _mac(self, call_id: str, caller_tag: str, peers: str, offset: str = "") -> str:
+        parts = (call_id, caller_tag, peers, offset) if offset else (call_id, caller_tag, peers)
+        text = "\x00".join(parts).encode("utf-8", "surrogateescape")
         return hmac.new(self._key, text, hashlib.sha256).digest()[:MAC_BYTES].hex()
 
-    def record_route(self, call_id: str, caller_tag: str, caller: Flow, callee: Flow) -> str:
+    def record_route(
+        self, call_id: str, caller_tag: str, caller: Flow, callee: Flow, cseq_offset: int = 0
+    ) -> str:
+        """The Record-Route of one branch; ``tgo`` is its ``cseq_offset`` (credentials resent)."""
         peers = "\x00".join([*_flow_fields(caller), *_flow_fields(callee)])
         data = peers.encode("utf-8", "surrogateescape").hex()
-        mac = self._mac(call_id, caller_tag, data)
-        return f"<sip:{self.hostport};lr;tgd={data};tgm={mac}>"
+        offset = str(cseq_offset) if cseq_offset else ""
+        mac = self._mac(call_id, caller_tag, data, offset)
+        extra = f";tgo={offset}" if offset else ""
+        return f"<sip:{self.hostport};lr;tgd={data}{extra};tgm={mac}>"
 
-    def verify(self, uri: Uri, call_id: str, caller_tag: str | None) -> tuple[Flow, Flow] | None:
-        """The (caller, callee) flows signed into ``uri`` for this dialog, or None."""
+    def verify(
+        self, uri: Uri, call_id: str, caller_tag: str | None
+    ) -> tuple[Flow, Flow, int] | None:
+        """The (caller, callee, CSeq offset) signed into ``uri`` for this dialog, or None."""
         data, mac = uri.params.get("tgd"), uri.params.get("tgm")
+        offset = uri.params.get("tgo") or ""
         if not data or not mac or caller_tag is None:
             return None
-        if not hmac.compare_digest(self._mac(call_id, caller_tag, data), mac.lower()):
+        if offset and not (offset.isascii() and offset.isdigit() and len(offset) <= 4):
+            return None
+        if not hmac.compare_digest(self._mac(call_id, caller_tag, data, offset), mac.lower()):
             return None
         try:
             fields = bytes.fromhex(data).decode("utf-8", "surrogateescape").split("\x00")
             if len(fields) != 10:
                 return None
-            return _flow_from(fields[:5]), _flow_from(fields[5:])
+            return _flow_from(fields[:5]), _flow_from(fields[5:]), int(offset or 0)
         except ValueError:
             return None
 
@@ -124,7 +141,7 @@ class DialogTable:
         dialog = self.table.get(request.call_id)
         if dialog is not None:
             if from_tag == dialog.caller_tag and to_tag == dialog.callee_tag:
-                return Hop(dialog.callee, True, dialog), ""
+                return Hop(dialog.callee, True, dialog, dialog.cseq_offset), ""
             if to_tag == dialog.caller_tag and from_tag == dialog.callee_tag:
                 return Hop(dialog.caller, False, dialog), ""
         routes = request.routes
@@ -135,7 +152,7 @@ class DialogTable:
             return None, "a Route of ours without a signature"
         peers = self.signer.verify(route, request.call_id, from_tag)
         if peers is not None:
-            return Hop(peers[1], True, None), ""
+            return Hop(peers[1], True, None, peers[2]), ""
         peers = self.signer.verify(route, request.call_id, to_tag)
         if peers is not None:
             return Hop(peers[0], False, None), ""

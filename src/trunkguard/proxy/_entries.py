@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,8 +61,16 @@ class ServerEntry:
     handle: TimerHandle | None = None
 
 
-def ack_for(request: Request, uri: str, via: str, routes: list[str], response: Response) -> bytes:
-    return make_ack(request, response, uri=uri, via=via, routes=routes)
+def ack_for(
+    request: Request,
+    uri: str,
+    via: str,
+    routes: list[str],
+    response: Response,
+    cseq: int | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    return make_ack(request, response, uri=uri, via=via, routes=routes, cseq=cseq, extra=extra)
 
 
 def server_key(request: Request, method: str) -> tuple[object, ...]:

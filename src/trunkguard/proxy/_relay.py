@@ -20,8 +20,21 @@ if TYPE_CHECKING:
 Respond = Callable[["ServerEntry", int, bytes, float], None]
 
 
+# A 401/407 for the relayed request: True when the proxy resent it with credentials.
+Challenged = Callable[["Relay", Response, float], bool]
+
+
 class Relay:
-    __slots__ = ("agent", "client", "method", "respond", "server")
+    __slots__ = (
+        "agent",
+        "authorized",
+        "challenged",
+        "client",
+        "cseq",
+        "method",
+        "respond",
+        "server",
+    )
 
     def __init__(
         self, server: ServerEntry, method: str, respond: Respond, agent: str | None
@@ -31,11 +44,21 @@ class Relay:
         self.respond = respond
         self.agent = agent
         self.client: ClientEntry | None = None
+        self.cseq: int | None = None  # the sender's CSeq number, when ours differs
+        self.challenged: Challenged | None = None
+        self.authorized = False  # resent once with credentials already
 
     def on_response(self, response: Response, now: float) -> None:
-        if response.status == 100:
+        status = response.status
+        if status == 100:
             return  # hop by hop: our own 100 already went up for INVITEs
-        self.respond(self.server, response.status, response.without_top_via(), now)
+        if (
+            status in (401, 407)
+            and self.challenged is not None
+            and self.challenged(self, response, now)
+        ):
+            return
+        self.respond(self.server, status, response.without_top_via(self.cseq), now)
 
     def on_failure(self, kind: str, now: float) -> None:
         txn = self.server.txn

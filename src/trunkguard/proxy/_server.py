@@ -24,11 +24,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import cast
 
+from ..routing import TlsClient
 from ..sip import ParseError, StreamFramer
 from ._core import Proxy
+from ._tls import client_context, describe
 from ._types import Addr, Flow
 
 log = logging.getLogger("trunkguard.proxy")
@@ -91,8 +95,11 @@ class _CarrierSocket(asyncio.DatagramProtocol):
 
 
 class _TcpConnection(asyncio.Protocol):
-    def __init__(self, router: Router, remote: Addr | None = None) -> None:
+    """One TCP or TLS connection, from a peer or opened toward one; frames go to the core."""
+
+    def __init__(self, router: Router, transport: str = "tcp", remote: Addr | None = None) -> None:
         self.router = router
+        self.kind = transport  # "tcp" or "tls"
         self.remote = remote
         self.framer = StreamFramer(router.proxy.settings.limits)
         self.transport: asyncio.Transport | None = None
@@ -101,7 +108,7 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
-        self.router.tcp[self.remote] = self
+        self.router.tcp[(self.kind, self.remote)] = self
 
     def data_received(self, data: bytes) -> None:
         assert self.remote is not None
@@ -109,19 +116,21 @@ class _TcpConnection(asyncio.Protocol):
             frames = self.framer.feed(data)
         except ParseError as exc:
             self.router.proxy.counters["tcp_framing_errors"] += 1
-            log.warning("closing TCP connection from %s: %s", self.remote, exc)
+            log.warning("closing %s connection from %s: %s", self.kind.upper(), self.remote, exc)
             if self.transport is not None:
                 self.transport.close()
             return
-        flow = Flow("tcp", self.remote)
+        flow = Flow(self.kind, self.remote)
         for frame in frames:
             self.router.receive(frame, flow)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.remote is not None and self.router.tcp.get(self.remote) is self:
-            del self.router.tcp[self.remote]
+        remote = self.remote
+        if remote is not None and self.router.tcp.get((self.kind, remote)) is self:
+            del self.router.tcp[(self.kind, remote)]
             if exc is not None:
-                self.router.transport_error(Flow("tcp", self.remote))
+                why = describe(exc) if self.kind == "tls" else "connection reset"
+                self.router.transport_error(Flow(self.kind, remote), why)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -137,8 +146,11 @@ class Router:
         self.udp: dict[Addr, _UdpListener] = {}  # by local address
         self.on_events: Callable[[], None] | None = None  # drains proxy.take_events()
         self.carriers: dict[Addr, _CarrierSocket] = {}
-        self.tcp: dict[Addr, _TcpConnection] = {}
-        self._pending_tcp: dict[Addr, list[bytes]] = {}
+        # Stream connections by (transport, peer): reused for every message to that peer.
+        self.tcp: dict[tuple[str, Addr], _TcpConnection] = {}
+        self._pending_tcp: dict[tuple[str, Addr], list[bytes]] = {}
+        self.tls_server: ssl.SSLContext | None = None  # for tls: listeners
+        self._tls_clients: dict[TlsClient, ssl.SSLContext] = {}
         self._servers: list[asyncio.Server] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -160,11 +172,17 @@ class Router:
                 self._grow_buffers(udp.get_extra_info("socket"))
                 self.bound.append(("udp", host, listener.local[1]))
             else:
+                if transport == "tls" and self.tls_server is None:
+                    raise ValueError("a tls: listener needs a certificate (the tls: section)")
                 server = await self.loop.create_server(
-                    lambda: _TcpConnection(self), host=host, port=port, family=family
+                    partial(_TcpConnection, self, transport),
+                    host=host,
+                    port=port,
+                    family=family,
+                    ssl=self.tls_server if transport == "tls" else None,
                 )
                 self._servers.append(server)
-                self.bound.append(("tcp", host, server.sockets[0].getsockname()[1]))
+                self.bound.append((transport, host, server.sockets[0].getsockname()[1]))
         host, port = self.proxy.settings.advertise
         if port == 0:
             # Listening on port 0 (tests): advertise the port the kernel picked.
@@ -242,8 +260,8 @@ class Router:
         self.proxy.receive(data, flow, self.loop.time())
         self.flush()
 
-    def transport_error(self, flow: Flow) -> None:
-        self.proxy.transport_error(flow, self.loop.time())
+    def transport_error(self, flow: Flow, why: str = "port unreachable") -> None:
+        self.proxy.transport_error(flow, self.loop.time(), why)
         self.flush()
 
     def _on_timer(self) -> None:
@@ -320,30 +338,55 @@ class Router:
                 return
             self._listener(flow).sendto(data, flow.addr)
             return
-        conn = self.tcp.get(flow.addr)
+        key = (flow.transport, flow.addr)
+        conn = self.tcp.get(key)
         if conn is not None:
             conn.send(data)
             return
-        pending = self._pending_tcp.get(flow.addr)
+        pending = self._pending_tcp.get(key)
         if pending is not None:
             pending.append(data)
             return
-        self._pending_tcp[flow.addr] = [data]
-        self.loop.create_task(self._open_tcp(flow))
+        self._pending_tcp[key] = [data]
+        self.loop.create_task(self._open_stream(flow))
 
-    async def _open_tcp(self, flow: Flow) -> None:
+    def _client_tls(self, flow: Flow) -> tuple[ssl.SSLContext, str]:
+        """The TLS context and server name toward ``flow``'s target (OSError if none)."""
+        target = next((t for t in self.proxy.targets if t.flow == flow and t.tls), None)
+        if target is None or target.tls is None:
+            # A peer that is not a target (a caller's new connection, say): nothing to check
+            # its certificate against, so the router does not open one.
+            raise OSError(f"no TLS settings for {flow}: it is not a carrier")
+        ctx = self._tls_clients.get(target.tls)
+        if ctx is None:
+            ctx = self._tls_clients[target.tls] = client_context(target.tls)
+        return ctx, target.tls.server_name
+
+    async def _open_stream(self, flow: Flow) -> None:
         host, port = flow.addr
+        key = (flow.transport, flow.addr)
+        tls = flow.transport == "tls"
         try:
+            ctx, name = self._client_tls(flow) if tls else (None, None)
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _TcpConnection(self, flow.addr), host, port),
+                self.loop.create_connection(
+                    lambda: _TcpConnection(self, flow.transport, flow.addr),
+                    host,
+                    port,
+                    ssl=ctx,
+                    server_hostname=name,
+                ),
                 timeout=self.proxy.settings.invite_timeout,
             )
-        except (OSError, TimeoutError) as exc:
-            self._pending_tcp.pop(flow.addr, None)
-            log.info("TCP connection to %s failed: %s", flow, exc or "timeout")
-            self.transport_error(flow)
+        except (OSError, TimeoutError, ValueError) as exc:
+            self._pending_tcp.pop(key, None)
+            why = describe(exc) if tls else f"connection failed: {exc or 'timeout'}"
+            if not tls and isinstance(exc, ConnectionRefusedError):
+                why = "port unreachable"
+            log.info("%s connection to %s failed: %s", flow.transport.upper(), flow, why)
+            self.transport_error(flow, why)
             return
-        for data in self._pending_tcp.pop(flow.addr, []):
+        for data in self._pending_tcp.pop(key, []):
             conn.send(data)
 
 
@@ -351,15 +394,25 @@ async def serve(
     proxy: Proxy,
     listeners: list[tuple[str, str, int]],
     stop: asyncio.Event,
-    on_ready: Callable[[Router], None] | None = None,
+    on_ready: Callable[[Router], Awaitable[None] | None] | None = None,
+    before_stop: Callable[[Router], Awaitable[None]] | None = None,
+    tls_server: ssl.SSLContext | None = None,
 ) -> Router:
-    """Run the router until ``stop`` is set; return it (stopped) for its counters."""
+    """Run the router until ``stop`` is set; return it (stopped) for its counters.
+
+    ``before_stop`` runs while the sockets are still open (to unregister, say).
+    """
     router = Router(proxy)
+    router.tls_server = tls_server
     await router.start(listeners)
     if on_ready is not None:
-        on_ready(router)
+        started = on_ready(router)
+        if started is not None:
+            await started
     try:
         await stop.wait()
+        if before_stop is not None:
+            await before_stop(router)
     finally:
         await router.stop()
     return router

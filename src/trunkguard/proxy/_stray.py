@@ -42,7 +42,7 @@ def stray_request(
         from_=from_,
         to=to,
         call_id=request.call_id,
-        cseq=request.cseq.number + (1 if bye else 0),
+        cseq=response.cseq.number + (1 if bye else 0),  # the branch's own CSeq
         routes=routes,
         extra=[("Reason", BYE_REASON)] if bye else (),
         agent=agent,

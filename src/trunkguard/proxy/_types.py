@@ -9,8 +9,16 @@ from ..health import Verdict
 from ..routing import Addr, Flow, Plan, Target
 from ..sip import DEFAULT_LIMITS, Limits, TimerConfig
 
-__all__ = ["Addr", "AttemptRecord", "Flow", "Plan", "ProxySettings", "Target"]
-
+__all__ = [
+    "Addr",
+    "Alarm",
+    "AttemptRecord",
+    "Flow",
+    "Plan",
+    "ProxySettings",
+    "RegistrationEvent",
+    "Target",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +57,24 @@ class AttemptRecord:
     @property
     def post_dial_delay(self) -> float | None:
         return None if self.first_response is None else self.first_response - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A problem an operator must fix (credentials a carrier rejects): raised once, not per call."""
+
+    target: str
+    kind: str  # "credentials"
+    detail: str  # never a credential
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationEvent:
+    """A carrier's registration changed state; for the event log and the logs."""
+
+    carrier: str
+    state: str
+    detail: str
+    at: float
+    expires: float | None = None  # seconds granted, when REGISTERED

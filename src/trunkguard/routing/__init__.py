@@ -5,7 +5,7 @@ from ._number import NumberError, NumberRules, normalize
 from ._plan import CarrierRoute, Choice, RouteRule, RoutingTable
 from ._planner import HealthView, build_plan
 from ._pool import PoolMember, ServerPool
-from ._target import CARRIER, POOL_MEMBER, Addr, Flow, Plan, Target
+from ._target import CARRIER, POOL_MEMBER, Addr, Flow, Plan, Target, TlsClient
 
 __all__ = [
     "CARRIER",
@@ -27,6 +27,7 @@ __all__ = [
     "RoutingTable",
     "ServerPool",
     "Target",
+    "TlsClient",
     "build_plan",
     "load_deck",
     "normalize",

@@ -13,6 +13,7 @@ carrier place calls on our account. A carrier marked ``transit`` is exempt.
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from typing import Protocol
 
@@ -31,6 +32,45 @@ class HealthView(Protocol):
     def overflow(self, name: str, now: float) -> str | None: ...
 
     def describe(self, name: str, now: float) -> str: ...
+
+
+_rng = random.Random()
+
+
+def group_by_carrier(targets: list[Target]) -> dict[str, list[Target]]:
+    """Each carrier's targets, in the order a call tries them.
+
+    A carrier is one target, or (a DNS name) one per SRV/A record: those go
+    by SRV priority, and within a priority in a weighted random order (RFC
+    2782), drawn again for each call so the load spreads as the weights say.
+    A carrier whose name has not resolved (port 0) has nothing to try.
+    """
+    groups: dict[str, list[Target]] = {}
+    for t in targets:
+        if t.flow.addr[1]:
+            groups.setdefault(t.carrier, []).append(t)
+    for name, group in groups.items():
+        if len(group) > 1 and any(t.weight for t in group):
+            groups[name] = _weighted(group)
+    return groups
+
+
+def _weighted(group: list[Target]) -> list[Target]:
+    out: list[Target] = []
+    for priority in sorted({t.priority for t in group}):
+        left = [t for t in group if t.priority == priority]
+        while left:
+            total = sum(t.weight for t in left)
+            if total == 0:
+                out += left
+                break
+            pick = _rng.uniform(0, total)
+            for i, t in enumerate(left):
+                pick -= t.weight
+                if pick <= 0 or i == len(left) - 1:
+                    out.append(left.pop(i))
+                    break
+    return out
 
 
 def build_plan(
@@ -60,17 +100,17 @@ def build_plan(
             counters["calls_blocked"] += 1
             why = f"{number} is in blocked prefix {blocked}"
             return Plan([], number=number, rejected=(403, why), explain=[why])
-        by_name = {t.name: t for t in targets}
+        by_name = group_by_carrier(targets)
         ordered = []
         pool = routing.pool_for(number)
         if pool is not None:
             names, explain = pool.order(now)
-            ordered = [by_name[n] for n in names if n in by_name]
+            ordered = [t for n in names for t in by_name.get(n, ())]
         else:
             for choice in routing.rank(number):
                 explain.append(f"{choice.name}: {choice.why}")
-                if choice.used and choice.name in by_name:
-                    ordered.append(by_name[choice.name])
+                if choice.used:
+                    ordered += by_name.get(choice.name, ())
         if not ordered:
             counters["calls_unroutable"] += 1
             return Plan(
@@ -80,7 +120,8 @@ def build_plan(
                 explain=explain,
             )
     else:
-        explain = [f"{t.name}: config order" for t in targets]
+        ordered = [t for group in group_by_carrier(targets).values() for t in group]
+        explain = [f"{t.name}: config order" for t in ordered]
     if inbound_from is not None and not inbound_from.transit:
         ordered = [t for t in ordered if t.kind == POOL_MEMBER]
         if not ordered:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..health import FailureTable
 from ..sip import Uri
+from ..sip._digest import Credentials
 
 Addr = tuple[str, int]
 
@@ -29,7 +30,7 @@ class Flow:
     heard it.
     """
 
-    transport: str  # "udp" or "tcp"
+    transport: str  # "udp", "tcp" or "tls"
     addr: Addr
     local: Addr | None = field(default=None, compare=False)
 
@@ -39,11 +40,27 @@ class Flow:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsClient:
+    """How to open TLS toward a target: whose certificate to expect, and ours."""
+
+    server_name: str  # SNI and the name the certificate must carry (the carrier's domain)
+    ca_file: str | None = None  # None: the system's trust store
+    cert_file: str | None = None  # a client certificate, when the carrier asks for one
+    key_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
-    """A place a call can be sent: a carrier trunk or a server of a pool.
+    """A place a call can be sent: a carrier trunk (or one of its servers), or a pool's server.
 
     ``transit``: a call that arrives *from* this carrier may be sent back out
     to carriers; otherwise calls from a carrier (inbound DIDs) go to pools only.
+
+    ``carrier`` is the carrier this target belongs to: its own name, unless
+    the carrier's host is a DNS name whose records (SRV, A) are each a target
+    of their own, named ``carrier/address:port``. ``priority`` and ``weight``
+    are then the SRV record's. ``auth`` answers the carrier's 401/407.
     """
 
     name: str
@@ -52,6 +69,15 @@ class Target:
     failures: FailureTable = field(default_factory=FailureTable)
     kind: str = CARRIER
     transit: bool = False
+    carrier: str = ""
+    priority: int = 0
+    weight: int = 0
+    auth: Credentials | None = None
+    tls: TlsClient | None = None
+
+    def __post_init__(self) -> None:
+        if not self.carrier:
+            object.__setattr__(self, "carrier", self.name)
 
 
 @dataclass(frozen=True, slots=True)

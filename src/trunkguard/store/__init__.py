@@ -1,5 +1,5 @@
 """Durable records: the state-change event log (SQLite, embedded)."""
 
-from ._events import EventRow, EventStore
+from ._events import EventRow, EventStore, NoticeRow
 
-__all__ = ["EventRow", "EventStore"]
+__all__ = ["EventRow", "EventStore", "NoticeRow"]

@@ -29,7 +29,28 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_target_at ON events (target, at);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    target TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notices_at ON notices (at);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRow:
+    """A registration change or an alarm: what happened to a carrier besides its state."""
+
+    id: int
+    at: float
+    target: str
+    kind: str  # "registration" or "alarm"
+    state: str  # REGISTERED, FAILED... for a registration; the alarm's kind for an alarm
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +127,35 @@ class EventStore:
             "SELECT * FROM events WHERE id IN (SELECT MAX(id) FROM events GROUP BY target)"
         ).fetchall()
         return {r[2]: _row(r) for r in rows}
+
+    def record_notice(self, target: str, kind: str, state: str, detail: str, wall: float) -> int:
+        cur = self._db.execute(
+            "INSERT INTO notices (at, target, kind, state, detail) VALUES (?, ?, ?, ?, ?)",
+            (wall, target, kind, state, detail),
+        )
+        return int(cur.lastrowid or 0)
+
+    def notices(
+        self, target: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[NoticeRow]:
+        """Registration changes and alarms, oldest first."""
+        where: list[str] = []
+        args: list[object] = []
+        if target is not None:
+            where.append("(target = ? OR ? LIKE target || '/%')")
+            args += [target, target]
+        if since is not None:
+            where.append("at >= ?")
+            args.append(since)
+        sql = "SELECT id, at, target, kind, state, detail FROM notices"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [
+            NoticeRow(int(r[0]), float(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]))
+            for r in reversed(rows)
+        ]
 
     def close(self) -> None:
         self._db.close()
