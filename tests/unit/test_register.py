@@ -425,6 +425,20 @@ def test_a_contact_that_is_not_ours_is_ignored() -> None:
     assert lab.reg.state == REGISTERED and lab.reg.granted == 200  # the Expires header
 
 
+def test_another_device_of_the_same_user_is_not_our_binding() -> None:
+    # A registrar lists every binding of the address of record (RFC 3261 §10.3 step 8):
+    # another box registering the same user (a second router of a pair) is not us.
+    registrar = Registrar()
+    twin = "Contact: <sip:trunk1@192.0.2.7:5060>;expires=7\r\n"
+    registrar.script = [
+        lambda r: answer(r, 401, registrar.server.challenge()),
+        lambda r: answer(r, 200, f"{twin}Contact: <{OUR_CONTACT}>;expires=240\r\n"),
+    ]
+    lab = RegLab(registrar)
+    lab.run(0.5)
+    assert lab.reg.state == REGISTERED and lab.reg.granted == 240
+
+
 def test_no_challenge_at_all_registers_at_once() -> None:
     registrar = Registrar()
     registrar.script = [lambda r: ok(r, 60)]

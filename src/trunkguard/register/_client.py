@@ -339,7 +339,8 @@ class Registrations:
     def _registered(
         self, reg: Registration, response: Response, pending: _Pending, now: float
     ) -> None:
-        granted = _granted(response, reg.settings.contact_user, pending.expires)
+        ours = self.proxy.settings.advertise
+        granted = _granted(response, reg.settings.contact_user, ours, pending.expires)
         if granted <= 0:
             self._refused(reg, "registration refused: the registrar kept no binding", now)
             return
@@ -483,17 +484,22 @@ def _retry_after(response: Response) -> float | None:
     return _int(value.split("(", 1)[0].split(";", 1)[0])
 
 
-def _granted(response: Response, contact_user: str, asked: int) -> int:
+def _granted(response: Response, contact_user: str, ours: tuple[str, int], asked: int) -> int:
     """The Expires the registrar granted our binding (RFC 3261 §10.2.4).
 
     The ``expires`` parameter of our own Contact in the 200 wins, then the
-    Expires header, then what we asked for.
+    Expires header, then what we asked for. The 200 lists every binding of the
+    address of record (§10.3 step 8), another box's of the same user too: ours
+    is the one at our address (``ours``), else, for a registrar that rewrote
+    it, the one with our user.
     """
-    for contact in _contacts(response):
-        if contact.uri.user == contact_user:
-            value = _int(str(contact.params.get("expires") or "") or None)
-            if value is not None:
-                return value
+    mine = [c for c in _contacts(response) if c.uri.user == contact_user]
+    host, port = ours
+    here = [c for c in mine if c.uri.host.lower() == host.lower() and (c.uri.port or 5060) == port]
+    for contact in here or mine:
+        value = _int(str(contact.params.get("expires") or "") or None)
+        if value is not None:
+            return value
     header = _int(response.get("expires"))
     return header if header is not None else asked
 
