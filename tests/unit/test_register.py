@@ -573,6 +573,8 @@ def test_bad_credentials_fail_gate_alarm_once_and_back_off() -> None:
     assert len(lab.alarms) == 1  # once, however many retries
     assert lab.proxy.counters["alarms:a"] == 1
     assert lab.reg.state == FAILED and lab.a_changes() == [(UP, DOWN, REFUSED_401)]
+    # The event log hears of the failure once, not once per retry.
+    assert [(e.state, e.detail) for e in lab.reg_events()] == [(FAILED, REFUSED_401)]
     assert lab.health.targets["a"].gate == REFUSED_401
 
 
@@ -663,6 +665,66 @@ def test_423_without_a_larger_min_expires_is_a_refusal() -> None:
 
 
 # -- 5. a registrar that stops answering, and comes back -----------------------------------------
+
+
+def test_three_timeouts_lose_the_registration_then_the_usual_way_back() -> None:
+    probes = ProbeSettings(interval=10.0, interval_out=2.0, timeout=1.0)
+    carriers = {A: answers(200), B: answers(200), C: answers(200)}
+    lab = RegLab(probes=probes, carriers=carriers)
+    registered(lab, 120)
+    refresh = lab.reg.next_at
+    assert refresh is not None
+    lab.registrar.silent = True
+    lab.run(refresh - lab.now + 2.5)  # the first refresh timed out
+    assert lab.reg.state == REGISTERED and lab.reg.timeouts == 1
+    assert lab.health.state("a") is UP  # one timeout is not a lost registration
+    lab.run(10)
+    why = "registration lost: 3 REGISTER timeouts"
+    assert lab.reg.state == FAILED and lab.reg.detail == why
+    lost = next(e for e in lab.reg_events() if e.state == FAILED)
+    assert lost.detail == why and lost.at - refresh <= 60  # within one refresh interval
+    assert lab.a_changes() == [(UP, DOWN, why)]
+    assert lab.health.targets["a"].gate == why
+    # Out while the registrar is away, even with its OPTIONS answered and hold-downs over.
+    lab.run(300)
+    assert lab.health.state("a") is DOWN and not lab.health.admits("a")
+    assert len(lab.a_changes()) == 1
+    sent = len(lab.registers)
+    assert sent < 30  # quick retries at first, then backing off
+    lab.registrar.silent = False
+    lab.run(400)
+    assert lab.reg.state == REGISTERED and lab.health.targets["a"].gate is None
+    # Back through the usual way: PROBING, probes, then trial calls one at a time.
+    assert lab.health.state("a") is PROBING
+    assert lab.a_changes()[1][:2] == (DOWN, PROBING)
+    assert lab.health.admits("a")  # its probes passed meanwhile
+    for _ in range(3):
+        call_id = lab.dial()
+        assert lab.finals[call_id] == 200
+    assert lab.proxy.counters["invites_to:a"] == 3
+    assert lab.health.state("a") is UP
+    assert lab.a_changes()[-1] == (PROBING, UP, "3 trial calls answered")
+    assert [e.state for e in lab.reg_events()] == [REGISTERED, FAILED, REGISTERED]
+
+
+def test_a_refused_registration_keeps_its_reason_while_it_retries() -> None:
+    registrar = Registrar()
+    registrar.script = [lambda r: answer(r, 403)]
+    lab = RegLab(registrar)
+    lab.run(0.5)
+    why = "registration refused: 403 Forbidden"
+    registrar.silent = True
+    lab.run(1.5)  # the retry is out, unanswered
+    assert lab.regs.pending() == 1
+    assert (lab.reg.state, lab.reg.detail) == (FAILED, why)  # not REGISTERING, same reason
+    lab.run(2.0)  # it timed out once: still out for the 403
+    assert (lab.reg.state, lab.reg.detail) == (FAILED, why)
+    assert lab.health.targets["a"].gate == why
+    lab.run(600)
+    lost = "registration lost: 3 REGISTER timeouts"
+    assert (lab.reg.state, lab.reg.detail) == (FAILED, lost)
+    assert [(e.state, e.detail) for e in lab.reg_events()] == [(FAILED, why), (FAILED, lost)]
+    assert lab.health.targets["a"].gate == lost
 
 
 def test_registered_again_before_the_hold_down_ends_waits_for_it() -> None:

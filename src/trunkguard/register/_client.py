@@ -220,7 +220,9 @@ class Registrations:
             return
         if reg.pending is not None:
             return
-        if reg.state != REGISTERED:
+        if reg.state == UNREGISTERED:
+            # A FAILED registration stays FAILED while it retries: the carrier is still out,
+            # and for that reason (a retry refused again is no news for the event log).
             reg.state = REGISTERING
         reg.challenge = None
         self._send(reg, now, expires=reg.interval)
@@ -370,13 +372,15 @@ class Registrations:
         what = "REGISTER timeout" if kind == "timeout" else f"REGISTER {kind}"
         s = reg.settings
         if reg.timeouts >= s.lost_after:
-            plural = "s" if reg.timeouts > 1 else ""
-            self._lost(reg, f"registration lost: {reg.timeouts} {what}{plural}", now)
+            # The threshold, not the count: each retry that times out again is the same loss.
+            plural = "s" if s.lost_after > 1 else ""
+            self._lost(reg, f"registration lost: {s.lost_after} {what}{plural}", now)
             return
         if reg.state == REGISTERED and reg.expires_at is not None and now >= reg.expires_at:
             self._lost(reg, "registration lost: expired without a refresh", now)
             return
-        reg.detail = f"{reg.timeouts} {what}{'s' if reg.timeouts > 1 else ''} in a row"
+        if reg.state != FAILED:  # FAILED keeps the reason the carrier is out (see sync)
+            reg.detail = f"{reg.timeouts} {what}{'s' if reg.timeouts > 1 else ''} in a row"
         # Try again soon, but never sooner than half a timeout.
         self._schedule(reg, now + max(s.timeout / 2, min(s.retry_min, s.timeout)))
 
