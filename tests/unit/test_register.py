@@ -544,6 +544,23 @@ def test_a_stale_nonce_on_the_first_registration() -> None:
     assert lab.proxy.counters["registration_failures:a"] == 0
 
 
+def test_a_registrar_that_only_ever_says_stale_gets_no_register_storm() -> None:
+    registrar = Registrar()
+    server = registrar.server
+    registrar.script = [lambda r: answer(r, 401, server.challenge())] + [
+        lambda r: answer(r, 401, server.challenge(stale=True))
+    ] * 10_000
+    lab = RegLab(registrar)
+    lab.run(600)
+    # Answering one stale challenge is right; answering each of them at once is a loop.
+    assert len(lab.registers) < 40, len(lab.registers)
+    why = "registration refused: 401 (stale nonce again)"
+    assert (lab.reg.state, lab.reg.detail) == (FAILED, why)
+    assert lab.health.targets["a"].gate == why
+    assert lab.alarms == []  # stale means the credentials were right
+    assert [(e.state, e.detail) for e in lab.reg_events()] == [(FAILED, why)]
+
+
 # -- 4. refusals -------------------------------------------------------------------------------
 def test_bad_credentials_fail_gate_alarm_once_and_back_off() -> None:
     server = DigestServer(client_password=WRONG)

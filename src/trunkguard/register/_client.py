@@ -12,7 +12,8 @@ health engine through a *gate* on the carrier's destinations:
   is retried with a growing backoff (a Retry-After is a floor);
 - ``lost_after`` REGISTER timeouts in a row, or an expiry passed without a
   good refresh, gate it out as "registration lost";
-- a stale nonce is answered again at once and is not a failure.
+- a stale nonce is answered again at once and is not a failure (a stale one
+  again, for the nonce just given, is a refusal).
 
 The carrier comes back through the usual way (hold-down, probes, trial
 calls) once registered again. Credentials and digest responses never appear
@@ -64,6 +65,7 @@ class _Pending:
     timer: TimerHandle | None = None
     expires: int = 0
     authorized: bool = False  # this REGISTER carried credentials
+    stale: bool = False  # ...that answered a stale challenge
     done: bool = False
 
 
@@ -251,6 +253,7 @@ class Registrations:
                 self._refused(reg, f"registration refused: cannot answer the challenge: {exc}", now)
                 return
             pending.authorized = True
+            pending.stale = challenge.stale
         cseq = reg.cseq
         agent = self.proxy.settings.server_header
 
@@ -332,6 +335,11 @@ class Registrations:
                     f"by {reg.settings.registrar}",
                     now,
                 )
+            return
+        if pending.authorized and pending.stale:
+            # The fresh nonce it gave was stale at once too: answering every such
+            # challenge at once would be a REGISTER loop as fast as the network.
+            self._refused(reg, f"registration refused: {response.status} (stale nonce again)", now)
             return
         if pending.authorized:
             self.proxy.counters[f"registers_stale_nonce:{reg.carrier}"] += 1
