@@ -758,6 +758,20 @@ def test_registered_again_before_the_hold_down_ends_waits_for_it() -> None:
     assert lab.health.state("a") is PROBING
 
 
+def test_an_expiry_passed_without_a_good_refresh_is_lost() -> None:
+    # A binding of 20 s and REGISTERs that may take 30 s: the expiry comes first.
+    lab = RegLab(reg=register_settings(timeout=30.0, lost_after=5))
+    registered(lab, 20)
+    expires_at = lab.reg.expires_at
+    assert expires_at is not None
+    lab.registrar.silent = True
+    lab.run(expires_at - lab.now + 0.01)
+    why = "registration lost: expired without a refresh"
+    assert lab.reg.state == FAILED and lab.reg.detail == why
+    assert lab.a_changes() == [(UP, DOWN, why)]
+    assert lab.regs.pending() == 0  # the REGISTER still out is given up
+
+
 def test_an_expiry_found_by_a_timeout() -> None:
     lab = RegLab(reg=register_settings(lost_after=10))
     registered(lab, 4)  # refreshed after 2 s, which times out at 4 s: the binding is gone

@@ -271,7 +271,11 @@ class Registrations:
             )
 
         owner = _Owner(self, reg, pending)
-        pending.timer = self.proxy.timers.schedule(now + s.timeout, owner.on_timeout)
+        deadline = now + s.timeout
+        if reg.state == REGISTERED and reg.expires_at is not None:
+            # Should the binding lapse first, the registration is lost then, not later.
+            deadline = min(deadline, max(now, reg.expires_at))
+        pending.timer = self.proxy.timers.schedule(deadline, owner.on_timeout)
         pending.key = self.proxy.send_request(flow, build, owner, now)
         reg.sent += 1
         self.proxy.counters[f"registers_to:{reg.carrier}"] += 1
