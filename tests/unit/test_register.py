@@ -803,6 +803,20 @@ def test_stop_unregisters_with_expires_0_and_answers_its_challenge() -> None:
     assert len(lab.registers) == start + 2  # nothing after the shutdown
 
 
+def test_a_rejected_unregister_does_not_register_again() -> None:
+    lab = RegLab()
+    registered(lab, 120)
+    lab.registrar.server.password = "changed-at-the-carrier"
+    start = len(lab.registers)
+    lab.regs.stop(lab.now)
+    lab.run(3600)
+    assert len(lab.registers) == start + 2  # the Expires: 0 and its answer to the 401
+    assert all(r.get("expires") == "0" for _, r in lab.since(start))
+    assert lab.reg.state == STOPPED and lab.regs.pending() == 0
+    assert lab.reg.detail == f"not unregistered: {REFUSED_401}"
+    assert lab.health.targets["a"].gate is None and lab.a_changes() == []
+
+
 def test_an_unanswered_unregister_is_given_up() -> None:
     lab = RegLab()
     registered(lab, 120)

@@ -426,6 +426,12 @@ class Registrations:
         return delay
 
     def _failed(self, reg: Registration, why: str, now: float, retry_in: float) -> None:
+        if reg.state == STOPPED:
+            # The unregister at shutdown was refused: nothing to gate, nothing to retry.
+            reg.detail = f"not unregistered: {why}"
+            self._event(reg, now)
+            log.warning("%s: %s", reg.carrier, reg.detail)
+            return
         changed = reg.state != FAILED or reg.detail != why
         reg.state, reg.detail = FAILED, why
         reg.expires_at = None
