@@ -593,6 +593,12 @@ def test_bad_credentials_fail_gate_alarm_once_and_back_off() -> None:
     # The event log hears of the failure once, not once per retry.
     assert [(e.state, e.detail) for e in lab.reg_events()] == [(FAILED, REFUSED_401)]
     assert lab.health.targets["a"].gate == REFUSED_401
+    lab.run(1800)
+    starts = unauthenticated(lab.registers)
+    refused = [t for t, r in lab.registers if r.has("authorization")]
+    delays = [start - before for before, start in zip(refused, starts[1:], strict=False)]
+    assert delays[-3:] == [300.0] * 3  # retry_max is a cap, jitter or not
+    assert len(lab.alarms) == 1
 
 
 def test_good_probes_do_not_bring_a_gated_carrier_back() -> None:

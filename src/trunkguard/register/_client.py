@@ -419,8 +419,9 @@ class Registrations:
     def _backoff(self, reg: Registration, retry_after: float | None, quick: bool = False) -> float:
         s = reg.settings
         base = s.timeout if quick else s.retry_min
-        delay = min(s.retry_max, base * 2.0 ** max(0, reg.refusals - 1))
-        delay *= self.rng.uniform(0.9, 1.1)
+        # Jittered, then capped: retry_max is the longest a carrier waits, jitter or not.
+        delay = base * 2.0 ** max(0, reg.refusals - 1) * self.rng.uniform(0.9, 1.1)
+        delay = min(s.retry_max, delay)
         if retry_after is not None:
             delay = max(delay, min(retry_after, s.retry_max))
         return delay
