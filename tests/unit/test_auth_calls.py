@@ -307,6 +307,28 @@ def test_a_stale_nonce_on_the_resent_invite_is_answered_again() -> None:
     assert net.alarms == [] and net.proxy.counters["failovers"] == 0
 
 
+def test_a_carrier_that_only_ever_says_stale_gets_no_invite_storm() -> None:
+    net = new_net()
+    server = DigestServer(proxy=True)
+    net.feed(invite("stale-loop"), CALLER)
+    sent = 0
+    for _ in range(1000):
+        out = net.take()
+        invites = requests(out, A, "INVITE")
+        if not invites:
+            break
+        sent += 1
+        net.feed(reply(invites[0], 407, to_tag="sbc", extra=server.challenge(stale=sent > 1)), A)
+    # The first challenge and one stale one are answered; stale again is a trunk fault.
+    assert sent == 3, f"{sent} INVITEs to a for one call"
+    assert only_request(out, B, "INVITE").cseq.number == 1
+    [record] = net.attempts
+    assert (record.target, record.status) == ("a", 407)
+    assert record.verdict is not None and record.verdict.klass is OutcomeClass.TRUNK_FAULT
+    assert net.proxy.counters["auth_failures:a"] == 1
+    assert net.alarms == []  # the credentials were right, the nonces were not
+
+
 # -- 4. CANCEL and ACK after credentials -------------------------------------------------------
 def test_cancel_after_the_authenticated_invite_carries_its_cseq_and_credentials() -> None:
     net = new_net()

@@ -210,6 +210,7 @@ class Branch:
     __slots__ = (
         "attempt",
         "auth",
+        "auth_stale",
         "cseq",
         "first_response",
         "flow",
@@ -249,6 +250,7 @@ class Branch:
         self.health_id = 0
         self.cseq = 0  # the CSeq number this branch's INVITE carries
         self.auth: tuple[str, str] | None = None  # the credentials it carries, if any
+        self.auth_stale = False  # ...which answer a stale challenge
 
     @property
     def pending(self) -> bool:

@@ -561,7 +561,8 @@ class Proxy:
 
         Not answered: one that cannot be parsed, and a second challenge in a row
         (not ``stale``) after our credentials: they are wrong. Both raise a
-        credentials alarm once for the carrier, not once per call.
+        credentials alarm once for the carrier, not once per call. A stale
+        challenge is answered once; stale again is a trunk fault (no alarm).
         """
         status = response.status
         target = branch.target
@@ -583,6 +584,11 @@ class Proxy:
                 now,
             )
             return None
+        if branch.auth is not None and branch.auth_stale:
+            # Stale again, for the nonce it has just given: answering each such challenge
+            # would send INVITEs as fast as the carrier answers them, for the whole budget.
+            self.counters[f"auth_failures:{target.carrier}"] += 1
+            return None
         if branch.auth is not None:
             self.counters[f"auth_stale_nonce:{target.carrier}"] += 1
         return challenge
@@ -601,7 +607,9 @@ class Proxy:
             self.alarm(old.target.carrier, f"cannot answer the INVITE's challenge: {exc}", now)
             return None
         self.counters["auth_challenges_answered"] += 1
-        return self.start_branch(call, old.target, old.attempt, now, resent=(old, header))
+        branch = self.start_branch(call, old.target, old.attempt, now, resent=(old, header))
+        branch.auth_stale = challenge.stale
+        return branch
 
     def alarm(self, target: str, detail: str, now: float) -> None:
         """A credentials alarm for ``target``: once, until its credentials work again."""
