@@ -356,6 +356,23 @@ def test_cancel_after_the_authenticated_invite_carries_its_cseq_and_credentials(
     assert requests(out, B, "INVITE") == []
 
 
+def test_a_cancelled_authenticated_invite_answered_late_is_acked_with_its_credentials() -> None:
+    net = new_net()
+    server = DigestServer(proxy=True)
+    _, second = challenged_then_sent(net, server, "late-1")
+    server.check(second)
+    net.feed(cancel_of("late-1"), CALLER)  # before any answer to the resent INVITE
+    net.take()
+    net.feed(reply(second, 200, to_tag="late"), A)  # it answered anyway
+    out = net.take()
+    [ack] = requests(out, A, "ACK")
+    [bye] = requests(out, A, "BYE")
+    assert str(ack.cseq) == "2 ACK"
+    assert ack.get("proxy-authorization") == second.get("proxy-authorization")
+    assert server.check(ack) is True
+    assert bye.cseq.number == 3 and bye.call_id == "late-1"
+
+
 # -- 5. a carrier without credentials ----------------------------------------------------------
 def test_a_carrier_without_credentials_answering_401_is_failed_over() -> None:
     net = Net()  # no credentials for any carrier

@@ -670,6 +670,7 @@ class Proxy:
             branch_uri=branch.uri,
             via=via,
             agent=self.settings.server_header,
+            auth=branch.auth,
         )
         self.send(branch.flow, ack)
 

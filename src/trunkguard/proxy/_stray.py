@@ -31,10 +31,16 @@ def stray_request(
     branch_uri: str,
     via: str,
     agent: str | None,
+    auth: tuple[str, str] | None = None,
 ) -> bytes:
-    """The ACK (same CSeq as the INVITE) or the BYE (the next CSeq) for a stray 2xx."""
+    """The ACK (same CSeq as the INVITE) or the BYE (the next CSeq) for a stray 2xx.
+
+    ``auth`` is the branch's credentials, when its INVITE was resent with them:
+    the ACK repeats them (RFC 3261 §22.1).
+    """
     target_uri, routes, to, from_ = _leg(request, branch_uri, response)
     bye = method == "BYE"
+    extra = [("Reason", BYE_REASON)] if bye else [auth] if auth is not None else []
     return make_request(
         method,
         target_uri,
@@ -44,6 +50,6 @@ def stray_request(
         call_id=request.call_id,
         cseq=response.cseq.number + (1 if bye else 0),  # the branch's own CSeq
         routes=routes,
-        extra=[("Reason", BYE_REASON)] if bye else (),
+        extra=extra,
         agent=agent,
     )
