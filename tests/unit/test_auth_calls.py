@@ -462,6 +462,48 @@ def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None
     assert alarm.target == "a" and "BYE" in alarm.detail
 
 
+def test_a_challenged_re_invite_and_its_ack() -> None:
+    net = new_net()
+    server = DigestServer(proxy=True)
+    net.feed(invite("reinvite-1"), CALLER)
+    sent = only_request(net.take(), A, "INVITE")
+    net.feed(reply(sent, 200), A)
+    net.take()
+    net.feed(in_dialog("ACK", "reinvite-1", 1), CALLER)
+    assert not only_request(net.take(), A, "ACK").has("proxy-authorization")
+    net.feed(in_dialog("INVITE", "reinvite-1", 2), CALLER)
+    reinvite = only_request(net.take(), A, "INVITE")
+    assert reinvite.cseq.number == 2
+    net.feed(reply(reinvite, 407, extra=server.challenge()), A)
+    out = net.take()
+    [ack] = requests(out, A, "ACK")  # the transaction's, for the 407
+    assert ack.cseq.number == 2
+    again = only_request(out, A, "INVITE")
+    assert again.cseq.number == 3 and server.check(again) is True
+    assert [r.status for r in caller_responses(out)] == []
+    net.feed(reply(again, 200), A)
+    [ok] = caller_responses(net.take())
+    assert (ok.status, str(ok.cseq)) == (200, "2 INVITE")
+    net.feed(in_dialog("ACK", "reinvite-1", 2), CALLER)
+    ack = only_request(net.take(), A, "ACK")
+    assert str(ack.cseq) == "3 ACK"
+    # RFC 3261 §22.1: the ACK repeats the credentials of the INVITE it acknowledges.
+    assert ack.get("proxy-authorization") == again.get("proxy-authorization")
+    assert server.check(ack) is True
+    # A re-INVITE nobody challenges: its ACK has no credentials to repeat.
+    net.feed(in_dialog("INVITE", "reinvite-1", 3), CALLER)
+    quiet = only_request(net.take(), A, "INVITE")
+    assert quiet.cseq.number == 4 and not quiet.has("proxy-authorization")
+    net.feed(reply(quiet, 200), A)
+    [ok] = caller_responses(net.take())
+    assert str(ok.cseq) == "3 INVITE"
+    net.feed(in_dialog("ACK", "reinvite-1", 3), CALLER)
+    ack = only_request(net.take(), A, "ACK")
+    assert str(ack.cseq) == "4 ACK" and not ack.has("proxy-authorization")
+    net.feed(in_dialog("BYE", "reinvite-1", 4), CALLER)
+    assert str(only_request(net.take(), A, "BYE").cseq) == "5 BYE"
+
+
 def test_a_carriers_own_bye_is_not_renumbered() -> None:
     net = new_net()
     server = DigestServer(proxy=True)

@@ -876,6 +876,8 @@ class Proxy:
             # The highest CSeq of each side: a BYE of ours must come after it.
             if hop.from_caller:
                 dialog.caller_cseq = max(dialog.caller_cseq, request.cseq.number)
+                if method == "INVITE":
+                    dialog.auth = None  # its ACK repeats this re-INVITE's credentials: none yet
             else:
                 dialog.callee_cseq = max(dialog.callee_cseq, request.cseq.number)
         if method == "BYE" and dialog is not None and not dialog.ending:
@@ -966,6 +968,8 @@ class Proxy:
         offset += 1
         if dialog is not None:
             dialog.cseq_offset = max(dialog.cseq_offset, offset)
+            if request.method == "INVITE":
+                dialog.auth = auth  # the ACK of the 2xx repeats them (RFC 3261 §22.1)
         relay.cseq = request.cseq.number
         self.counters["auth_challenges_answered"] += 1
         self._relay_out(relay, hop, request, mf, offset, auth, now)

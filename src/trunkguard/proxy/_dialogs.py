@@ -53,7 +53,7 @@ class Dialog:
     # caller's own: each INVITE or in-dialog request the router resent with credentials
     # (RFC 3261 §22.2) took one more number on the callee's side.
     cseq_offset: int = 0
-    auth: tuple[str, str] | None = None  # the INVITE's credentials, repeated in its ACK
+    auth: tuple[str, str] | None = None  # the last INVITE's credentials, repeated in its ACK
 
 
 class Hop(NamedTuple):
