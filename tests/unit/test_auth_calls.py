@@ -539,6 +539,24 @@ def test_after_a_restart_the_signed_offset_still_renumbers_the_bye() -> None:
     assert (done.status, str(done.cseq)) == (200, "2 BYE")
 
 
+def test_after_a_restart_a_challenged_bye_is_still_answered() -> None:
+    first = new_net(secret=SECRET)
+    server = DigestServer()
+    sent, _ = answered(first, server, "restart-2")
+    rr = sent.get("record-route")
+    restarted = new_net(secret=SECRET)
+    restarted.feed(in_dialog("BYE", "restart-2", 2, route=rr), CALLER)
+    bye = only_request(restarted.take(), A, "BYE")
+    restarted.feed(reply(bye, 401, extra=server.challenge()), A)
+    out = restarted.take()
+    assert caller_responses(out) == []
+    again = only_request(out, A, "BYE")
+    assert str(again.cseq) == "4 BYE" and server.check(again) is True
+    restarted.feed(reply(again, 200), A)
+    [done] = caller_responses(restarted.take())
+    assert (done.status, str(done.cseq)) == (200, "2 BYE")
+
+
 @pytest.mark.parametrize(
     "forge",
     [

@@ -941,9 +941,10 @@ class Proxy:
         True when it was resent (the challenge goes no further); once per request.
         """
         dialog = hop.dialog
-        target = next(
-            (t for t in self.targets if dialog is not None and t.name == dialog.target), None
-        )
+        if dialog is not None:
+            target = next((t for t in self.targets if t.name == dialog.target), None)
+        else:  # known by the signed Record-Route only (after a restart): by its address
+            target = self.admission.peer(hop.dest)
         if target is None or relay.authorized:
             if relay.authorized and target is not None:
                 self.counters[f"auth_failures:{target.carrier}"] += 1
