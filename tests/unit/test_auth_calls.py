@@ -523,6 +523,22 @@ def test_a_carriers_own_bye_is_not_renumbered() -> None:
     assert str(ok.cseq) == "7 BYE"
 
 
+def test_the_bye_that_ends_a_dead_authenticated_dialog_follows_the_carriers_numbering() -> None:
+    net = new_net(dialog_keepalive=30.0)
+    server = DigestServer(proxy=True)
+    answered(net, server, "dead-1")  # the carrier has seen CSeq 2 for the caller's side
+    net.feed(in_dialog("ACK", "dead-1", 1), CALLER)
+    net.take()
+    net.advance(30.0)
+    out = net.take()
+    [to_caller] = requests(out, CALLER, "OPTIONS")
+    net.feed(reply(to_caller, 481), CALLER)  # the caller's side is gone
+    byes = {f: m for f, m in net.take() if isinstance(m, Request) and m.method == "BYE"}
+    assert set(byes) == {CALLER, A}
+    # RFC 3261 §12.2.1.1: after the highest CSeq the carrier has seen (2), not the caller's.
+    assert byes[A].cseq.number == 3
+
+
 # -- 7. restarts and forgeries -----------------------------------------------------------------
 def test_after_a_restart_the_signed_offset_still_renumbers_the_bye() -> None:
     first = new_net(secret=SECRET)

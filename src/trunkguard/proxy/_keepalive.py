@@ -38,9 +38,14 @@ def build_options(dialog: Dialog, to_caller: bool, agent: str | None) -> Callabl
 
 
 def build_bye(dialog: Dialog, to_caller: bool, agent: str | None) -> Callable[[str], bytes]:
-    """The BYE that ends a dead dialog on one side, after the highest CSeq that side saw."""
+    """The BYE that ends a dead dialog on one side, after the highest CSeq that side saw.
+
+    Toward the callee that is the caller's highest plus the dialog's CSeq offset: the
+    callee saw the caller's requests renumbered (resent with credentials).
+    """
     uri, from_, to = _leg(dialog, to_caller)
-    cseq = (dialog.callee_cseq if to_caller else dialog.caller_cseq) + 1
+    seen = dialog.callee_cseq if to_caller else dialog.caller_cseq + dialog.cseq_offset
+    cseq = seen + 1
 
     def build(via: str) -> bytes:
         return make_request(
