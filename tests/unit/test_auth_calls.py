@@ -462,6 +462,47 @@ def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None
     assert alarm.target == "a" and "BYE" in alarm.detail
 
 
+def test_a_stale_nonce_on_a_resent_in_dialog_request_is_answered_again() -> None:
+    net = new_net()
+    server = DigestServer()
+    net.feed(invite("stale-bye"), CALLER)
+    sent = only_request(net.take(), A, "INVITE")
+    net.feed(reply(sent, 200), A)
+    net.take()
+    # An INFO: challenged, then stale, then stale again, which is the carrier's answer.
+    net.feed(in_dialog("INFO", "stale-bye", 2), CALLER)
+    info = only_request(net.take(), A, "INFO")
+    net.feed(reply(info, 401, extra=server.challenge()), A)
+    info = only_request(net.take(), A, "INFO")
+    assert info.cseq.number == 3 and server.check(info) is True
+    net.feed(reply(info, 401, extra=server.challenge(stale=True)), A)
+    out = net.take()
+    assert caller_responses(out) == []
+    info = only_request(out, A, "INFO")
+    assert info.cseq.number == 4 and server.check(info) is True
+    net.feed(reply(info, 401, extra=server.challenge(stale=True)), A)
+    out = net.take()
+    assert requests(out, A, "INFO") == []
+    [final] = caller_responses(out)
+    assert (final.status, str(final.cseq)) == (401, "2 INFO")
+    assert net.alarms == []  # the credentials were accepted: the nonces were not
+    # A BYE whose resent copy meets a stale nonce: answered again, the call ends.
+    net.feed(in_dialog("BYE", "stale-bye", 3), CALLER)
+    bye = only_request(net.take(), A, "BYE")
+    assert bye.cseq.number == 5  # after the INFO's 4
+    net.feed(reply(bye, 401, extra=server.challenge()), A)
+    again = only_request(net.take(), A, "BYE")
+    net.feed(reply(again, 401, extra=server.challenge(stale=True)), A)
+    out = net.take()
+    assert caller_responses(out) == []
+    third = only_request(out, A, "BYE")
+    assert third.cseq.number == 7 and server.check(third) is True
+    net.feed(reply(third, 200), A)
+    [done] = caller_responses(net.take())
+    assert (done.status, str(done.cseq)) == (200, "3 BYE")
+    assert net.alarms == [] and net.proxy.counters["auth_challenges_answered"] == 4
+
+
 def test_a_challenged_re_invite_and_its_ack() -> None:
     net = new_net()
     server = DigestServer(proxy=True)

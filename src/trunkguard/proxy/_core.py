@@ -938,16 +938,29 @@ class Proxy:
     ) -> bool:
         """A 401/407 to a caller's in-dialog request (BYE, re-INVITE): resend it with credentials.
 
-        True when it was resent (the challenge goes no further); once per request.
+        True when it was resent (the challenge goes no further): once per request,
+        and once more for a stale nonce.
         """
         dialog = hop.dialog
         if dialog is not None:
             target = next((t for t in self.targets if t.name == dialog.target), None)
         else:  # known by the signed Record-Route only (after a restart): by its address
             target = self.admission.peer(hop.dest)
-        if target is None or relay.authorized:
-            if relay.authorized and target is not None:
-                self.counters[f"auth_failures:{target.carrier}"] += 1
+        client = self._digest(target) if target is not None else None
+        if target is None or client is None:
+            return False
+        proxy_auth = response.status == 407
+        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        try:
+            challenge: Challenge | None = choose_challenge(
+                response.get_all(header), proxy=proxy_auth
+            )
+        except DigestError:
+            challenge = None
+        stale = challenge is not None and challenge.stale
+        if relay.authorized and (not stale or relay.stale):
+            self.counters[f"auth_failures:{target.carrier}"] += 1
+            if not stale:  # stale again: the nonces are wrong, not the credentials
                 self.alarm(
                     target.carrier,
                     f"credentials for {target.auth} rejected with {response.status} "
@@ -955,23 +968,20 @@ class Proxy:
                     now,
                 )
             return False
-        client = self._digest(target)
-        if client is None:
+        if challenge is None:
             return False
-        proxy_auth = response.status == 407
-        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
         try:
-            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth)
             auth = client.authorize(challenge, request.method, str(request.uri))
         except DigestError:
             return False
-        relay.authorized = True
+        relay.authorized, relay.stale = True, stale
         offset += 1
         if dialog is not None:
             dialog.cseq_offset = max(dialog.cseq_offset, offset)
             if request.method == "INVITE":
                 dialog.auth = auth  # the ACK of the 2xx repeats them (RFC 3261 §22.1)
         relay.cseq = request.cseq.number
+        relay.challenged = partial(self._in_dialog_challenge, hop, request, mf, offset)
         self.counters["auth_challenges_answered"] += 1
         self._relay_out(relay, hop, request, mf, offset, auth, now)
         return True

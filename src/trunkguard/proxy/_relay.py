@@ -34,6 +34,7 @@ class Relay:
         "method",
         "respond",
         "server",
+        "stale",
     )
 
     def __init__(
@@ -47,6 +48,7 @@ class Relay:
         self.cseq: int | None = None  # the sender's CSeq number, when ours differs
         self.challenged: Challenged | None = None
         self.authorized = False  # resent once with credentials already
+        self.stale = False  # ...answering a stale challenge
 
     def on_response(self, response: Response, now: float) -> None:
         status = response.status
