@@ -411,6 +411,26 @@ def test_an_unanswerable_challenge_is_a_trunk_fault() -> None:
     assert alarm.target == "a" and "Basic" in alarm.detail
 
 
+def test_credentials_for_another_realm_are_a_trunk_fault_with_an_alarm() -> None:
+    net = Net(auth=Credentials("trunk1", PASSWORD, "elsewhere.test"))
+    server = DigestServer()
+    net.feed(invite("realm-1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 401, extra=server.challenge()), A)
+    out = net.take()
+    assert requests(out, A, "INVITE") == []  # nothing to answer with
+    to_b = only_request(out, B, "INVITE")
+    net.feed(reply(to_b, 200), B)
+    [ok] = caller_responses(net.take())
+    assert ok.status == 200
+    [record, _] = net.attempts
+    assert (record.target, record.status) == ("a", 401)
+    assert record.verdict is not None and record.verdict.klass is OutcomeClass.TRUNK_FAULT
+    [alarm] = net.alarms
+    assert alarm.target == "a" and "elsewhere.test" in alarm.detail
+    assert PASSWORD not in alarm.detail
+
+
 # -- 6. in-dialog requests the carrier challenges ---------------------------------------------
 @pytest.mark.parametrize("authenticated_invite", [False, True])
 def test_a_challenged_bye_is_sent_again_once_with_credentials(authenticated_invite: bool) -> None:

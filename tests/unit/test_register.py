@@ -11,6 +11,7 @@ the Request-URI before anything else happens.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -888,6 +889,21 @@ def test_a_removed_registration_lifts_its_gate() -> None:
     lab.run(60)
     assert len(lab.registers) == start  # no more REGISTERs
     assert lab.health.state("a") is PROBING and lab.health.admits("a")  # hold-down over
+
+
+def test_new_destinations_of_a_failed_carrier_share_its_gate() -> None:
+    server = DigestServer(client_password=WRONG)
+    lab = RegLab(Registrar(server), register_settings(WRONG))
+    lab.run(0.5)
+    a = lab.proxy.targets[0]
+    extra = dataclasses.replace(a, name="a/192.0.2.10:5060", carrier="a")
+    lab.proxy.set_targets([*lab.proxy.targets, extra])
+    lab.health.add_target(extra.name)
+    assert lab.health.admits(extra.name)  # new, UP...
+    lab.regs.sync(lab.now)
+    assert not lab.health.admits(extra.name)  # ...until it is known whose it is
+    assert lab.health.targets[extra.name].gate == REFUSED_401
+    assert lab.health.admits("b")  # another carrier's are not touched
 
 
 # -- 8. secrets --------------------------------------------------------------------------------
