@@ -316,6 +316,10 @@ class RegLab(Net):
                 if branch in self._seen:
                     continue  # a retransmission
                 self._seen.add(branch)
+                if flow.addr[1] == 0:  # what the adapter does: nothing can be sent there
+                    self.proxy.transport_error(flow, self.now)
+                    self.pump()
+                    continue
                 if message.method == "REGISTER":
                     assert flow == A
                     self.registers.append((self.now, message))
@@ -904,6 +908,28 @@ def test_new_destinations_of_a_failed_carrier_share_its_gate() -> None:
     assert not lab.health.admits(extra.name)  # ...until it is known whose it is
     assert lab.health.targets[extra.name].gate == REFUSED_401
     assert lab.health.admits("b")  # another carrier's are not touched
+
+
+def test_a_carrier_whose_name_does_not_resolve_yet_is_not_registered_to_nowhere() -> None:
+    # Before DNS answers, the carrier is one target that cannot be sent to (port 0), out
+    # for that reason (see RouterConfig.carrier_targets and Runtime._dns_gate).
+    lab = RegLab(start=False)
+    a = lab.proxy.targets[0]
+    unresolved = dataclasses.replace(a, flow=Flow("udp", ("0.0.0.0", 0)))
+    lab.proxy.set_targets([unresolved, *lab.proxy.targets[1:]])
+    why = "DNS: a not resolved yet"
+    lab.proxy.apply_health_changes(lab.health.gate("a", why, lab.now))
+    lab.regs.start(lab.now)
+    lab.run(60)
+    assert lab.registers == [] and lab.proxy.counters["registers_to:a"] == 0
+    assert lab.reg.detail == "no destination to send REGISTER to"
+    assert lab.proxy.counters["registration_failures:a"] == 0
+    assert lab.health.targets["a"].gate == why  # still out for its own reason
+    # The name resolves: registered within a retry, not after a grown backoff.
+    lab.proxy.set_targets([a, *lab.proxy.targets[1:]])
+    lab.regs.sync(lab.now)
+    lab.run(3)
+    assert lab.reg.state == REGISTERED
 
 
 # -- 8. secrets --------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ class Registrations:
         return [t for t in self.proxy.targets if t.carrier == carrier]
 
     def _flow(self, reg: Registration) -> Flow | None:
-        targets = self._targets(reg.carrier)
+        # Port 0 is the stand-in target of a carrier whose name does not resolve yet.
+        targets = [t for t in self._targets(reg.carrier) if t.flow.addr[1]]
         if not targets:
             return None
         return targets[reg.flow_index % len(targets)].flow
