@@ -741,7 +741,12 @@ class RouterConfig(Strict):
         t = carrier.tls or TlsClientConfig()
 
         def path(name: str | None) -> str | None:
-            return None if name is None else str(self._base / name)
+            if name is None:
+                return None
+            full = self._base / name
+            if not full.is_file():
+                raise ConfigError([f"tls: {full}: no such file"])
+            return str(full)
 
         return TlsClient(
             server_name=t.server_name or uri.host.strip("[]"),

@@ -9,13 +9,15 @@ it measured.
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from certs import make_certificates
+from certs import client_context, make_certificates
 from kamailio import Kamailio, free_tcp_port
 from router import RouterProcess
 from sipp import free_udp_ports, run_uac, start_uas
@@ -319,3 +321,107 @@ def test_tls_carrier_good_and_bad_certificate(tmp_path: Path) -> None:
         assert (result.successful, result.failed) == (10, 0)
         assert b.received("INVITE") == 10
         assert "certificate verify failed" in str(down["reason"])
+
+
+def test_tls_client_certificate_toward_a_carrier_that_requires_one(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    k_udp, switch_port = free_udp_ports(2)
+    tls_port = free_tcp_port()
+    with (
+        start_uas("uas_answer", port=switch_port, tmp_root=tmp_path) as switch,
+        Kamailio(
+            udp_port=k_udp,
+            tls_port=tls_port,
+            cert_file=certs.server_cert,
+            key_file=certs.server_key,
+            ca_file=certs.ca,  # callers must show a certificate from the test CA
+            forward_to=switch.address,
+            tmp_root=tmp_path,
+        ) as carrier,
+    ):
+        tls = {
+            "ca_file": str(certs.ca),
+            "server_name": "carrier.test",
+            "cert_file": str(certs.client_cert),
+            "key_file": str(certs.client_key),
+        }
+        router = RouterProcess(
+            tmp_path / "router",
+            [],
+            extra={
+                "carriers": [{"name": "k", "uri": carrier.uri("tls"), "tls": tls}],
+                "probe": {"enabled": False},
+            },
+        )
+        with router:
+            result = run_uac("uac_call", router.address, calls=5, rate=5, timeout=30)
+        print(f"\nTLS with our client certificate: {result.successful}/5 calls completed")
+        assert (result.successful, result.failed) == (5, 0)
+
+
+def _read_until(sock: ssl.SSLSocket, needle: bytes, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    end = time.monotonic() + timeout
+    while needle not in data and time.monotonic() < end:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_tls_listener_serves_a_caller(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    (carrier_port,) = free_udp_ports(1)
+    with start_uas("uas_reject", port=carrier_port, reject_code=486, tmp_root=tmp_path) as c:
+        router = RouterProcess(
+            tmp_path / "router",
+            [("c", carrier_port)],
+            extra={
+                "listen": ["udp:127.0.0.1:0", "tls:127.0.0.1:0"],
+                "tls": {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)},
+                "probe": {"enabled": False},
+            },
+        )
+        with router:
+            (tls_port,) = [p for t, _, p in router.bound if t == "tls"]
+            context = client_context(certs)
+            with (
+                socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="carrier.test") as sock,
+            ):
+                local = sock.getsockname()
+                head = (
+                    f"Via: SIP/2.0/TLS 127.0.0.1:{local[1]};branch=z9hG4bK-tls{{n}}\r\n"
+                    f"From: <sip:agent@127.0.0.1>;tag=tls1\r\n"
+                    f"Call-ID: tls-caller-{local[1]}\r\nMax-Forwards: 70\r\n"
+                )
+                sock.sendall(
+                    (
+                        "OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+                        + head.replace("{n}", "1")
+                        + "To: <sip:127.0.0.1>\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                    ).encode()
+                )
+                options = _read_until(sock, b"\r\n\r\n", 5)
+                sock.sendall(
+                    (
+                        "INVITE sip:15551234567@127.0.0.1 SIP/2.0\r\n"
+                        + head.replace("{n}", "2")
+                        + "To: <sip:15551234567@127.0.0.1>\r\nCSeq: 2 INVITE\r\n"
+                        f"Contact: <sip:agent@127.0.0.1:{local[1]};transport=tls>\r\n"
+                        "Content-Length: 0\r\n\r\n"
+                    ).encode()
+                )
+                invite = _read_until(sock, b"SIP/2.0 486", 10)
+        print(
+            f"\nTLS listener: OPTIONS -> {options.split(b' ', 2)[1].decode()}, INVITE over TLS "
+            f"reached the carrier ({c.received('INVITE')} INVITE) and its 486 came back"
+        )
+        assert options.startswith(b"SIP/2.0 200")
+        assert b"SIP/2.0 486" in invite
+        assert c.received("INVITE") == 1
