@@ -13,6 +13,8 @@ import gc
 import logging
 import random
 import re
+import subprocess
+import sys
 import time
 import warnings
 from collections import Counter
@@ -359,3 +361,49 @@ def test_watcher_with_a_dead_server_reports_the_timeout_and_retries(
     assert f"DNS timeout after 0.4s via 127.0.0.1:{port}" in (changes[0].error or "")
     assert "carrier-c (sip:trunk.carrier.test;transport=udp): no destinations: " in caplog.text
     assert "retrying in 0.1s" in caplog.text
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_dnsmasq_dies_with_the_process_that_started_it() -> None:
+    """PR_SET_PDEATHSIG survives only if dnsmasq keeps its credentials (--user/--group)."""
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from dnsmasq import Dnsmasq\n"
+        "server = Dnsmasq().start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), f"the parent printed {line!r}"
+        pid = int(line)
+        assert _state(pid) not in (None, "Z")
+        # The conftest finds a stray child by this marker, inherited from the test session.
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            assert any(
+                v.startswith(b"TRUNKGUARD_TEST_SESSION=") for v in handle.read().split(b"\0")
+            )
+    finally:
+        parent.kill()
+        parent.wait()
+    began = time.monotonic()
+    while _state(pid) not in (None, "Z"):
+        assert time.monotonic() - began < 10.0, f"dnsmasq {pid} outlived its parent"
+        time.sleep(0.01)
+    print(f"dnsmasq ended {(time.monotonic() - began) * 1000:.0f} ms after its parent was killed")
