@@ -232,7 +232,6 @@ class Event:
 
     kind: str
     fields: dict[str, str] = field(hash=False)
-    offset: int = 0  # byte offset of the line in the log
 
     @property
     def time(self) -> float:
@@ -248,13 +247,10 @@ class Event:
             return None
 
 
-def parse_events(text: str, base: int = 0) -> list[Event]:
+def parse_events(text: str) -> list[Event]:
     """The TGK lines of a Kamailio log; a last line without its newline is left out."""
     events = []
-    offset = base
     for line in text.splitlines(keepends=True):
-        start = offset
-        offset += len(line.encode(errors="replace"))
         if not line.endswith("\n"):
             break
         at = line.find(f"{TAG}|")
@@ -268,7 +264,7 @@ def parse_events(text: str, base: int = 0) -> list[Event]:
             key, sep, value = part.partition("=")
             if sep:
                 fields[key] = "" if value == "<null>" else value
-        events.append(Event(kind=parts[1], fields=fields, offset=start))
+        events.append(Event(kind=parts[1], fields=fields))
     return events
 
 
@@ -290,7 +286,8 @@ class Registration:
     expires: int
     #: Epoch second at which the longest-lived contact expires (0: none left).
     until: int
-    time: float
+    #: Epoch time at which Kamailio logged it.
+    saved_at: float
 
     @property
     def alive(self) -> bool:
@@ -1018,7 +1015,7 @@ class Kamailio:
             return []
         base = self._run_offset if current_run else 0
         text = data[base:].decode("utf-8", errors="replace")
-        return [e for e in parse_events(text, base) if kind is None or e.kind == kind]
+        return [e for e in parse_events(text) if kind is None or e.kind == kind]
 
     def requests(self, method: str) -> int:
         """Distinct ``method`` requests received (by Call-ID and CSeq: retransmissions
@@ -1083,7 +1080,7 @@ class Kamailio:
                     contacts=contacts,
                     expires=e.number("expires") or 0,
                     until=e.number("until") or 0,
-                    time=e.time,
+                    saved_at=e.time,
                 )
                 contacts = []
         return last
