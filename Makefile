@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq chromium stress-ng lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq kamailio chromium stress-ng lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ dnsmasq:
 	  apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null; }
 	@command -v dnsmasq >/dev/null 2>&1 || test -x /usr/sbin/dnsmasq || { \
 	  echo "dnsmasq is still missing: install Debian's dnsmasq-base" >&2; exit 1; }
+
+# Kamailio is the end-to-end tests' carrier with a registrar, digest auth and TLS (its TLS
+# module is a package of its own). Debian installs it in /usr/sbin.
+KAMAILIO_FOUND = { command -v kamailio || test -x /usr/sbin/kamailio; } >/dev/null 2>&1 && \
+	ls /usr/lib/*/kamailio/modules/tls.so /usr/lib/kamailio/modules/tls.so 2>/dev/null | grep -q .
+kamailio:
+	@$(KAMAILIO_FOUND) || { \
+	  echo "installing Kamailio (Debian packages kamailio, kamailio-tls-modules)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq kamailio kamailio-tls-modules >/dev/null; }
+	@$(KAMAILIO_FOUND) || { echo "Kamailio is still missing: install Debian's kamailio and kamailio-tls-modules" >&2; exit 1; }
 
 # Headless Chromium checks that the lab's HTML report renders its charts.
 chromium:
@@ -66,10 +77,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq
+e2e: $(STAMP) sipp dnsmasq kamailio
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq chromium lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio chromium lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is

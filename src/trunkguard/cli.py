@@ -92,6 +92,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         config, source = load_config(args.config)
         targets = config.targets()
         routing, _ = config.routing()
+        registrations = config.register_settings()
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -102,6 +103,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         rates = f", {len(deck)} prefixes from {deck.source}" if deck is not None else ""
         where = str(t.flow) if t.flow.addr[1] else f"{t.uri.host} (DNS, resolved when running)"
         print(f"  carrier {i}: {t.name} at {where}{rates}")
+        reg = registrations.get(t.name)
+        if reg is not None:
+            print(
+                f"    registers as {reg.credentials.user} at {reg.registrar}, "
+                f"Expires {reg.expires}s"
+            )
+        elif t.auth is not None:
+            print(f"    answers challenges as {t.auth.user}")
     f = config.failover
     print(
         f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "

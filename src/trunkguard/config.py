@@ -7,6 +7,7 @@ contract: later sections are optional, with defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -682,8 +683,25 @@ class RouterConfig(Strict):
             uri = parse_uri(carrier.uri)
             scheme = "sips" if uri.scheme == "sips" else "sip"
             registrar = reg.registrar or f"{scheme}:{uri.hostport()}"
-            domain = parse_uri(registrar).host
+            reg_uri = parse_uri(registrar)
+            domain = reg_uri.host
+            flow = tls = None
+            if reg.registrar is not None and reg_uri.hostport() != uri.hostport():
+                # A registrar of its own: its name is resolved once, here.
+                transport = uri_transport(reg_uri)
+                port = reg_uri.port or (5061 if transport == "tls" else 5060)
+                try:
+                    flow = Flow(transport, (resolve(reg_uri.host), port))
+                except ConfigError as exc:
+                    problems += [f"carriers.{carrier.name}.register: {p}" for p in exc.problems]
+                    continue
+                if transport == "tls":
+                    tls = dataclasses.replace(
+                        self._tls_client(carrier, uri), server_name=reg_uri.host.strip("[]")
+                    )
             out[carrier.name] = RegisterSettings(
+                flow=flow,
+                tls=tls,
                 credentials=credentials,
                 registrar=registrar,
                 aor=f"{scheme}:{reg.user}@{domain}",
@@ -723,7 +741,12 @@ class RouterConfig(Strict):
         t = carrier.tls or TlsClientConfig()
 
         def path(name: str | None) -> str | None:
-            return None if name is None else str(self._base / name)
+            if name is None:
+                return None
+            full = self._base / name
+            if not full.is_file():
+                raise ConfigError([f"tls: {full}: no such file"])
+            return str(full)
 
         return TlsClient(
             server_name=t.server_name or uri.host.strip("[]"),
@@ -818,7 +841,7 @@ def resolve(host: str) -> str:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
     except OSError as exc:
-        raise ConfigError([f"cannot resolve carrier host {host!r}: {exc}"]) from None
+        raise ConfigError([f"cannot resolve host {host!r}: {exc}"]) from None
     return str(infos[0][4][0])
 
 

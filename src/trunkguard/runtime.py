@@ -86,8 +86,6 @@ class Runtime:
             else None
         )
         self.registrations = Registrations(self.proxy, self.health, config.register_settings())
-        for carrier in config.dns_queries():
-            self._dns_gate(carrier, f"DNS: {carrier} not resolved yet", 0.0)
         self._clock = 0.0  # monotonic "now" of the last call into us
         self._offset = time.time()  # wall clock minus monotonic clock
 

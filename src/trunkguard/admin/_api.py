@@ -27,7 +27,7 @@ from ..health import TRANSITIONS, Input, State, StateChange
 from ..runtime import Runtime
 from . import _input
 from ._input import BadInput
-from ._views import change_view, event_view, iso, target_view
+from ._views import change_view, event_view, iso, registration_views, target_view
 
 log = logging.getLogger("trunkguard.admin")
 
@@ -116,7 +116,13 @@ class _Api:
     async def targets(self, request: web.Request) -> web.Response:
         now = self._now()
         targets = [target_view(self.runtime, n, now) for n in self.runtime.health.targets]
-        return web.json_response({"targets": targets, "now": iso(self.runtime._wall(now))})
+        return web.json_response(
+            {
+                "targets": targets,
+                "registrations": registration_views(self.runtime, now),
+                "now": iso(self.runtime._wall(now)),
+            }
+        )
 
     async def target(self, request: web.Request) -> web.Response:
         name = self._name(request)

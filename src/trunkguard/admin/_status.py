@@ -158,6 +158,12 @@ def _print(base: str, listing: dict[str, Any], counters: dict[str, Any]) -> None
             Text(str(t["response_timeout_ms"])),
         )
     console.print(table)
+    for carrier, reg in (listing.get("registrations") or {}).items():
+        when = ""
+        if reg.get("next_register_in_s") is not None:
+            when = f", next REGISTER in {_duration(float(reg['next_register_in_s']))}"
+        line = f"registration {carrier}: {reg.get('state')} ({reg.get('detail')}){when}"
+        console.print(Text(line))
     open_work = counters.get("open") or {}
     console.print(Text("open: " + _pairs(open_work)))
     totals = {k: v for k, v in (counters.get("counters") or {}).items() if v}

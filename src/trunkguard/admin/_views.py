@@ -33,10 +33,27 @@ def _since(runtime: Runtime, h: TargetHealth) -> float:
     return h.since
 
 
+def registration_views(runtime: Runtime, now: float) -> JSON:
+    """Every carrier's registration: state, why, expiry; never a credential."""
+    return {c: reg.view(now) for c, reg in runtime.registrations.by_carrier.items()}
+
+
 def target_view(runtime: Runtime, name: str, now: float) -> JSON:
     h = runtime.health.targets[name]
     since = _since(runtime, h)
+    target = next((t for t in runtime.proxy.targets if t.name == name), None)
+    carrier = target.carrier if target is not None else name
+    extra: JSON = {}
+    if target is not None:
+        extra["carrier"] = carrier
+        extra["destination"] = str(target.flow) if target.flow.addr[1] else None
+    reg = runtime.registrations.by_carrier.get(carrier)
+    if reg is not None:
+        extra["registration"] = reg.view(now)
+    if carrier in runtime.dns_errors:
+        extra["dns"] = runtime.dns_errors[carrier]
     return {
+        **extra,
         "name": name,
         "state": h.state.value,
         "since": iso(runtime._wall(since)),

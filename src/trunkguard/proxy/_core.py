@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
-from ..routing import CARRIER, NumberRules, RoutingTable, build_plan
+from ..routing import CARRIER, NumberRules, RoutingTable, TlsClient, build_plan
 from ..sip import (
     ClientInvite,
     ClientNonInvite,
@@ -103,6 +103,8 @@ class Proxy:
         self.draining = False  # shutting down: new calls get 503, the rest finish
         self._own: list[Addr] = []
         self._digests: dict[str, tuple[Credentials, DigestClient]] = {}
+        # Registrars that are not targets: their responses are taken, nothing else.
+        self.registrars: dict[tuple[str, Addr], TlsClient | None] = {}
         self._alarmed: set[str] = set()  # carriers whose credentials alarm is raised
         self.tag = os.urandom(6).hex()
         self._secret = settings.secret or os.urandom(32)
@@ -262,7 +264,9 @@ class Proxy:
     def receive(self, data: bytes, source: Flow, now: float) -> None:
         """Handle one datagram or one stream frame from ``source``."""
         self.counters["messages_in"] += 1
-        if not self.admission.allowed(source):
+        if not self.admission.allowed(source) and not (
+            data.startswith(b"SIP/2.0 ") and (source.transport, source.addr) in self.registrars
+        ):
             self._unknown_source(data, source)
             return
         try:

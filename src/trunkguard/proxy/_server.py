@@ -353,14 +353,17 @@ class Router:
     def _client_tls(self, flow: Flow) -> tuple[ssl.SSLContext, str]:
         """The TLS context and server name toward ``flow``'s target (OSError if none)."""
         target = next((t for t in self.proxy.targets if t.flow == flow and t.tls), None)
-        if target is None or target.tls is None:
-            # A peer that is not a target (a caller's new connection, say): nothing to check
+        tls = target.tls if target is not None else None
+        if tls is None:
+            tls = self.proxy.registrars.get((flow.transport, flow.addr))
+        if tls is None:
+            # A peer that is not a carrier (a caller's new connection, say): nothing to check
             # its certificate against, so the router does not open one.
             raise OSError(f"no TLS settings for {flow}: it is not a carrier")
-        ctx = self._tls_clients.get(target.tls)
+        ctx = self._tls_clients.get(tls)
         if ctx is None:
-            ctx = self._tls_clients[target.tls] = client_context(target.tls)
-        return ctx, target.tls.server_name
+            ctx = self._tls_clients[tls] = client_context(tls)
+        return ctx, tls.server_name
 
     async def _open_stream(self, flow: Flow) -> None:
         host, port = flow.addr

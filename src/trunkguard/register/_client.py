@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ..health import HealthEngine, StateChange
 from ..proxy import Alarm, Proxy, RegistrationEvent
 from ..proxy._timers import TimerHandle
-from ..routing import Flow, Target
+from ..routing import Flow, Target, TlsClient
 from ..sip import NameAddr, ParseError, Response, make_request
 from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, choose_challenge
 
@@ -57,6 +57,10 @@ class RegisterSettings:
     lost_after: int = 3  # timeouts in a row that lose the registration
     retry_min: float = 1.0
     retry_max: float = 300.0
+    # A registrar apart from the carrier's servers; None: REGISTER goes to the carrier's
+    # destinations, the next one after a timeout.
+    flow: Flow | None = None
+    tls: TlsClient | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +133,7 @@ class Registrations:
         self.by_carrier: dict[str, Registration] = {}
         for carrier, s in settings.items():
             self.by_carrier[carrier] = self._new(carrier, s)
+        self._share_registrars()
 
     @staticmethod
     def _new(carrier: str, settings: RegisterSettings) -> Registration:
@@ -159,6 +164,7 @@ class Registrations:
             reg.since = now
             self.by_carrier[carrier] = reg
             self._schedule(reg, now)
+        self._share_registrars()
 
     def stop(self, now: float) -> list[str]:
         """Unregister (Expires: 0) what is registered; returns the carriers unregistered."""
@@ -200,11 +206,21 @@ class Registrations:
         return [t for t in self.proxy.targets if t.carrier == carrier]
 
     def _flow(self, reg: Registration) -> Flow | None:
-        # Port 0 is the stand-in target of a carrier whose name does not resolve yet.
+        if reg.settings.flow is not None:
+            return reg.settings.flow
+        # A carrier whose name has not resolved (port 0) has nowhere to register yet.
         targets = [t for t in self._targets(reg.carrier) if t.flow.addr[1]]
         if not targets:
             return None
         return targets[reg.flow_index % len(targets)].flow
+
+    def _share_registrars(self) -> None:
+        # Registrars apart from the carriers: the core takes responses from them (only).
+        self.proxy.registrars = {
+            (s.flow.transport, s.flow.addr): s.tls
+            for s in (r.settings for r in self.by_carrier.values())
+            if s.flow is not None
+        }
 
     def sync(self, now: float) -> None:
         """The carrier's destinations changed (DNS): new ones share the registration's gate."""
