@@ -411,6 +411,20 @@ def test_an_unanswerable_challenge_is_a_trunk_fault() -> None:
     assert alarm.target == "a" and "Basic" in alarm.detail
 
 
+def test_the_challenge_for_our_realm_is_answered_among_several() -> None:
+    net = Net(auth=Credentials("trunk1", PASSWORD, "carrier.test"))
+    server = DigestServer(proxy=True)
+    foreign = 'Proxy-Authenticate: Digest realm="upstream.test", nonce="theirs"\r\n'
+    net.feed(invite("realms-1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 407, extra=foreign + server.challenge()), A)
+    again = only_request(net.take(), A, "INVITE")
+    assert server.check(again) is True
+    net.feed(reply(again, 200), A)
+    [ok] = caller_responses(net.take())
+    assert ok.status == 200 and net.alarms == []
+
+
 def test_credentials_for_another_realm_are_a_trunk_fault_with_an_alarm() -> None:
     net = Net(auth=Credentials("trunk1", PASSWORD, "elsewhere.test"))
     server = DigestServer()
@@ -427,7 +441,7 @@ def test_credentials_for_another_realm_are_a_trunk_fault_with_an_alarm() -> None
     assert (record.target, record.status) == ("a", 401)
     assert record.verdict is not None and record.verdict.klass is OutcomeClass.TRUNK_FAULT
     [alarm] = net.alarms
-    assert alarm.target == "a" and "elsewhere.test" in alarm.detail
+    assert alarm.target == "a" and "realm 'carrier.test'" in alarm.detail  # what it asks for
     assert PASSWORD not in alarm.detail
 
 

@@ -518,6 +518,18 @@ def test_other_digest_flavours_verify(algorithm: str, qop: str | None) -> None:
     assert lab.registrar.server.checked == [("REGISTER", REGISTRAR, True)]
 
 
+def test_the_challenge_for_our_realm_is_answered_among_several() -> None:
+    # RFC 3261 §22.3: each proxy on the path may add its challenge; ours names our realm.
+    registrar = Registrar()
+    server = registrar.server
+    foreign = 'WWW-Authenticate: Digest realm="upstream.test", nonce="theirs", qop="auth"\r\n'
+    registrar.script = [lambda r: answer(r, 401, foreign + server.challenge())]
+    lab = RegLab(registrar, register_settings(credentials=Credentials("trunk1", PASSWORD, REALM)))
+    lab.run(0.5)
+    assert lab.reg.state == REGISTERED, lab.reg.detail
+    assert server.checked == [("REGISTER", REGISTRAR, True)]
+
+
 # -- 3. stale nonces ---------------------------------------------------------------------------
 def test_a_stale_nonce_is_answered_at_once_without_a_failure() -> None:
     lab = RegLab()

@@ -572,8 +572,9 @@ class Proxy:
         target = branch.target
         proxy_auth = status == 407
         header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        realm = target.auth.realm if target.auth is not None else None  # ours, among several
         try:
-            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth)
+            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth, realm=realm)
         except DigestError as exc:
             self.counters[f"auth_failures:{target.carrier}"] += 1
             self.alarm(
@@ -955,9 +956,10 @@ class Proxy:
             return False
         proxy_auth = response.status == 407
         header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        realm = target.auth.realm if target.auth is not None else None
         try:
             challenge: Challenge | None = choose_challenge(
-                response.get_all(header), proxy=proxy_auth
+                response.get_all(header), proxy=proxy_auth, realm=realm
             )
         except DigestError:
             challenge = None

@@ -338,8 +338,9 @@ class Registrations:
     ) -> None:
         proxy_auth = response.status == 407
         header = "proxy-authenticate" if proxy_auth else "www-authenticate"
+        realm = reg.settings.credentials.realm  # several challenges: the one for our realm
         try:
-            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth)
+            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth, realm=realm)
         except DigestError as exc:
             self._refused(reg, f"registration refused: {response.status}, {exc}", now)
             return
