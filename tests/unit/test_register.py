@@ -1086,7 +1086,7 @@ def test_any_order_of_register_outcomes_keeps_the_invariants(
 ) -> None:
     lab = Tracked(outcomes)
     lab.regs.rng = random.Random(seed)
-    lab.run(3 * 3600)
-    assert not lab.outcomes or lab.reg.state in (REGISTERED, FAILED)
-    if not lab.outcomes:
-        assert lab.reg.state == REGISTERED  # the registrar answers well in the end
+    lab.run(6 * 3600)  # longer than 25 answers can delay it, at retry_max each
+    assert lab.outcomes == []
+    assert lab.reg.state == REGISTERED  # the registrar answers well in the end, and so do we
+    assert lab.health.targets["a"].gate is None
