@@ -9,6 +9,7 @@ as if nobody had been challenged, CSeq numbers and all.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import random
@@ -265,6 +266,28 @@ def test_the_alarm_is_raised_again_only_after_credentials_worked() -> None:
     assert len(net.alarms) == 1
     answered(net, server, "good-2")  # an authenticated 2xx: the credentials work again
     rejected("bad-3")
+    assert len(net.alarms) == 2
+
+
+def test_new_credentials_from_a_reload_are_alarmed_afresh() -> None:
+    net = new_net()
+    server = DigestServer(proxy=True, password="the-carriers")
+
+    def rejected(call_id: str) -> None:
+        _, second = challenged_then_sent(net, server, call_id)
+        net.feed(reply(second, 407, to_tag="sbc", extra=server.challenge()), A)
+        net.feed(reply(only_request(net.take(), B, "INVITE"), 200), B)
+        net.take()
+
+    rejected("reload-1")
+    assert len(net.alarms) == 1
+    fixed = Credentials("trunk1", "still-not-it")  # the operator's next try, also wrong
+    server.client_password = fixed.password
+    targets = [dataclasses.replace(t, auth=fixed) for t in net.proxy.targets]
+    net.proxy.reconfigure(net.proxy.settings, targets)
+    rejected("reload-2")
+    assert len(net.alarms) == 2  # these credentials are rejected too: say so
+    rejected("reload-3")
     assert len(net.alarms) == 2
 
 

@@ -555,6 +555,8 @@ class Proxy:
             return None
         known = self._digests.get(target.carrier)
         if known is None or known[0] != credentials:  # new, or changed by a reload
+            if known is not None:
+                self.clear_alarm(target.carrier)  # the alarm was about the old ones
             known = self._digests[target.carrier] = (credentials, DigestClient(credentials))
         return known[1]
 
