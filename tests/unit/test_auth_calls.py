@@ -29,8 +29,41 @@ _ids = itertools.count(1)
 Sent = list[tuple[Flow, Request | Response]]
 
 
-def new_net(**settings: object) -> Net:
-    return Net(auth=CREDENTIALS, **settings)
+class AuthNet(Net):
+    """The proxy harness whose carriers check each credential the router sends, as it is sent.
+
+    ``carrier`` puts a ``DigestServer`` at a carrier's address; every request to it (once,
+    not its retransmissions) goes through its checks as soon as it is taken from the
+    outbox, and ``verdict`` tells what the server made of it.
+    """
+
+    def __init__(self, auth: Credentials | None = CREDENTIALS, **settings: object) -> None:
+        super().__init__(auth=auth, **settings)
+        self.servers: dict[Flow, DigestServer] = {}
+        self.verdicts: dict[tuple[str, str], bool | None] = {}  # (branch, method) -> verdict
+
+    def carrier(self, flow: Flow, server: DigestServer) -> DigestServer:
+        self.servers[flow] = server
+        return server
+
+    def take(self) -> Sent:
+        out = super().take()
+        for flow, message in out:
+            server = self.servers.get(flow)
+            if server is None or not isinstance(message, Request):
+                continue
+            key = (message.vias[0].branch or "", message.method)
+            if key not in self.verdicts:  # not a retransmission
+                self.verdicts[key] = server.check(message)
+        return out
+
+    def verdict(self, request: Request) -> bool | None:
+        """None: no credentials; else whether the carrier accepted them (they are right)."""
+        return self.verdicts[(request.vias[0].branch or "", request.method)]
+
+
+def new_net(**settings: object) -> AuthNet:
+    return AuthNet(**settings)
 
 
 def requests(out: Sent, flow: Flow, method: str) -> list[Request]:
@@ -76,26 +109,26 @@ def cancel_of(call_id: str) -> bytes:
 
 
 def challenged_then_sent(
-    net: Net, server: DigestServer, call_id: str, flow: Flow = A
+    net: AuthNet, server: DigestServer, call_id: str, flow: Flow = A
 ) -> tuple[Request, Request]:
     """A new call; the carrier at ``flow`` challenges it. Returns both INVITEs it got."""
     net.feed(invite(call_id), CALLER)
     first = only_request(net.take(), flow, "INVITE")
-    assert server.check(first) is None
+    assert net.verdict(first) is None
     net.feed(reply(first, server.status, to_tag="sbc", extra=server.challenge()), flow)
     out = net.take()
     [ack] = requests(out, flow, "ACK")  # the transaction's ACK for the 401/407
     assert ack.cseq.number == first.cseq.number and ack.vias[0].branch == first.vias[0].branch
-    assert server.check(ack) is None  # it answers the challenge: nothing to repeat
+    assert net.verdict(ack) is None  # it answers the challenge: nothing to repeat
     second = only_request(out, flow, "INVITE")
     assert [r.status for r in caller_responses(out)] == []  # the challenge stays with us
     return first, second
 
 
-def answered(net: Net, server: DigestServer, call_id: str) -> tuple[Request, Response]:
+def answered(net: AuthNet, server: DigestServer, call_id: str) -> tuple[Request, Response]:
     """A call challenged by a, answered after our credentials; the caller's 200."""
     _, second = challenged_then_sent(net, server, call_id)
-    assert server.check(second) is True
+    assert net.verdict(second) is True
     net.feed(reply(second, 180), A)
     net.feed(reply(second, 200), A)
     out = net.take()
@@ -110,7 +143,7 @@ def test_a_challenged_invite_goes_again_with_credentials_and_the_dialog_keeps_co
     proxy: bool,
 ) -> None:
     net = new_net()
-    server = DigestServer(proxy=proxy)
+    server = net.carrier(A, DigestServer(proxy=proxy))
     first, second = challenged_then_sent(net, server, "auth-1")
     # RFC 3261 §22.2: the same request again, CSeq + 1, same Call-ID and From tag.
     assert second.cseq.number == first.cseq.number + 1 == 2
@@ -123,7 +156,7 @@ def test_a_challenged_invite_goes_again_with_credentials_and_the_dialog_keeps_co
     answer_header = "proxy-authorization" if proxy else "authorization"
     other_header = "authorization" if proxy else "proxy-authorization"
     assert second.has(answer_header) and not second.has(other_header)
-    assert server.check(second) is True
+    assert net.verdict(second) is True
     assert server.checked == [("INVITE", first.uri, True)]
     [rr] = second.record_routes
     assert ";tgo=1;" in (second.get("record-route") or "")
@@ -141,7 +174,7 @@ def test_a_challenged_invite_goes_again_with_credentials_and_the_dialog_keeps_co
     ack = only_request(net.take(), A, "ACK")
     assert str(ack.cseq) == "2 ACK"
     assert ack.get(answer_header) == second.get(answer_header)
-    assert server.check(ack) is True
+    assert net.verdict(ack) is True
     # The caller's BYE (CSeq 2) is the carrier's CSeq 3; its 200 is the caller's CSeq 2 again.
     net.feed(in_dialog("BYE", "auth-1", 2), CALLER)
     bye = only_request(net.take(), A, "BYE")
@@ -156,7 +189,7 @@ def test_a_challenged_invite_goes_again_with_credentials_and_the_dialog_keeps_co
 
 def test_the_carriers_100_then_407_and_a_ringing_first_branch() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     net.feed(invite("auth-2"), CALLER)
     first = only_request(net.take(), A, "INVITE")
     net.feed(reply(first, 100), A)
@@ -165,7 +198,7 @@ def test_the_carriers_100_then_407_and_a_ringing_first_branch() -> None:
     out = net.take()
     assert [r.status for r in caller_responses(out)] == [183]
     second = only_request(out, A, "INVITE")
-    assert second.cseq.number == 2 and server.check(second) is True
+    assert second.cseq.number == 2 and net.verdict(second) is True
     net.feed(reply(second, 200), A)
     [ok] = caller_responses(net.take())
     assert (ok.status, str(ok.cseq)) == (200, "1 INVITE")
@@ -174,34 +207,34 @@ def test_the_carriers_100_then_407_and_a_ringing_first_branch() -> None:
 @pytest.mark.parametrize("algorithm", ["MD5", "SHA-256"])
 def test_each_algorithm_verifies_on_an_invite(algorithm: str) -> None:
     net = new_net()
-    server = DigestServer(proxy=True, algorithm=algorithm)
+    server = net.carrier(A, DigestServer(proxy=True, algorithm=algorithm))
     answered(net, server, f"alg-{algorithm}")
     assert server.checked[-1][2] is True
 
 
 def test_a_destination_final_after_credentials_keeps_the_callers_cseq() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     _, second = challenged_then_sent(net, server, "busy-1")
-    assert server.check(second) is True
+    assert net.verdict(second) is True
     net.feed(reply(second, 486), A)
     out = net.take()
     [busy] = caller_responses(out)
     assert (busy.status, str(busy.cseq)) == (486, "1 INVITE")
     [ack] = requests(out, A, "ACK")  # the transaction's ACK for the 486
-    assert str(ack.cseq) == "2 ACK" and server.check(ack) is True
+    assert str(ack.cseq) == "2 ACK" and net.verdict(ack) is True
     assert requests(out, B, "INVITE") == []
 
 
 def test_a_trunk_fault_after_credentials_fails_over_with_the_callers_cseq() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     _, second = challenged_then_sent(net, server, "fault-1")
-    assert server.check(second) is True
+    assert net.verdict(second) is True
     net.feed(reply(second, 503), A)
     out = net.take()
     [ack] = requests(out, A, "ACK")
-    assert str(ack.cseq) == "2 ACK" and server.check(ack) is True
+    assert str(ack.cseq) == "2 ACK" and net.verdict(ack) is True
     to_b = only_request(out, B, "INVITE")
     assert to_b.cseq.number == 1 and not to_b.has("proxy-authorization")
     net.feed(reply(to_b, 200), B)
@@ -213,7 +246,7 @@ def test_a_trunk_fault_after_credentials_fails_over_with_the_callers_cseq() -> N
 
 
 # -- 2. challenged again -----------------------------------------------------------------------
-def health_net() -> tuple[Net, HealthEngine]:
+def health_net() -> tuple[AuthNet, HealthEngine]:
     net = new_net()
     health = HealthEngine(["a", "b", "c"], rng=random.Random(1), probes_enabled=False)
     net.proxy.health = health
@@ -222,15 +255,16 @@ def health_net() -> tuple[Net, HealthEngine]:
 
 def test_a_second_challenge_is_a_trunk_fault_that_fails_over_with_one_alarm() -> None:
     net, health = health_net()
-    server = DigestServer(proxy=True, password=WRONG)  # the carrier expects another password
+    # The carrier expects another password than ours.
+    server = net.carrier(A, DigestServer(proxy=True, password=WRONG))
     for n in (1, 2):
         call_id = f"wrong-{n}"
         _, second = challenged_then_sent(net, server, call_id)
-        assert server.check(second) is False  # a wrong password, rightly hashed
+        assert net.verdict(second) is False  # a wrong password, rightly hashed
         net.feed(reply(second, 407, to_tag="sbc", extra=server.challenge()), A)
         out = net.take()
         [ack] = requests(out, A, "ACK")
-        assert str(ack.cseq) == "2 ACK" and server.check(ack) is False
+        assert str(ack.cseq) == "2 ACK" and net.verdict(ack) is False
         assert len(requests(out, A, "INVITE")) == 0  # not a third time
         to_b = only_request(out, B, "INVITE")  # the next carrier, inside the same call
         assert to_b.cseq.number == 1 and to_b.call_id == call_id
@@ -251,7 +285,7 @@ def test_a_second_challenge_is_a_trunk_fault_that_fails_over_with_one_alarm() ->
 
 def test_the_alarm_is_raised_again_only_after_credentials_worked() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     answered(net, server, "good-1")
 
     def rejected(call_id: str) -> None:
@@ -271,7 +305,7 @@ def test_the_alarm_is_raised_again_only_after_credentials_worked() -> None:
 
 def test_new_credentials_from_a_reload_are_alarmed_afresh() -> None:
     net = new_net()
-    server = DigestServer(proxy=True, password="the-carriers")
+    server = net.carrier(A, DigestServer(proxy=True, password="the-carriers"))
 
     def rejected(call_id: str) -> None:
         _, second = challenged_then_sent(net, server, call_id)
@@ -293,7 +327,7 @@ def test_new_credentials_from_a_reload_are_alarmed_afresh() -> None:
 
 def test_every_carrier_rejecting_our_credentials_gives_the_caller_403() -> None:
     net = new_net()
-    servers = {flow: DigestServer() for flow in (A, B, C)}
+    servers = {flow: net.carrier(flow, DigestServer()) for flow in (A, B, C)}
     net.feed(invite("all-bad"), CALLER)
     for flow in (A, B, C):
         server = servers[flow]
@@ -310,7 +344,7 @@ def test_every_carrier_rejecting_our_credentials_gives_the_caller_403() -> None:
 # -- 3. stale nonces ---------------------------------------------------------------------------
 def test_a_stale_nonce_on_the_resent_invite_is_answered_again() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     _, second = challenged_then_sent(net, server, "stale-1")
     net.feed(reply(second, 407, to_tag="sbc", extra=server.challenge(stale=True)), A)
     out = net.take()
@@ -318,7 +352,7 @@ def test_a_stale_nonce_on_the_resent_invite_is_answered_again() -> None:
     assert third.cseq.number == 3 and third.call_id == "stale-1"
     old = digest_params(second.get("proxy-authorization") or "")["nonce"]
     new = digest_params(third.get("proxy-authorization") or "")["nonce"]
-    assert old != new and server.check(third) is True
+    assert old != new and net.verdict(third) is True
     assert requests(out, B, "INVITE") == []
     assert ";tgo=2;" in (third.get("record-route") or "")
     net.feed(reply(third, 200), A)
@@ -332,7 +366,7 @@ def test_a_stale_nonce_on_the_resent_invite_is_answered_again() -> None:
 
 def test_a_carrier_that_only_ever_says_stale_gets_no_invite_storm() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     net.feed(invite("stale-loop"), CALLER)
     sent = 0
     for _ in range(1000):
@@ -355,9 +389,8 @@ def test_a_carrier_that_only_ever_says_stale_gets_no_invite_storm() -> None:
 # -- 4. CANCEL and ACK after credentials -------------------------------------------------------
 def test_cancel_after_the_authenticated_invite_carries_its_cseq_and_credentials() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     _, second = challenged_then_sent(net, server, "cancel-1")
-    server.check(second)
     net.feed(reply(second, 180), A)
     net.take()
     net.feed(cancel_of("cancel-1"), CALLER)
@@ -370,20 +403,19 @@ def test_cancel_after_the_authenticated_invite_carries_its_cseq_and_credentials(
     assert cancel.vias[0].branch == second.vias[0].branch  # RFC 3261 §9.1
     assert cancel.uri == second.uri
     assert cancel.get("proxy-authorization") == second.get("proxy-authorization")
-    assert server.check(cancel) is True
+    assert net.verdict(cancel) is True
     net.feed(reply(cancel, 200), A)
     net.feed(reply(second, 487), A)
     out = net.take()
     [ack] = requests(out, A, "ACK")
-    assert str(ack.cseq) == "2 ACK" and server.check(ack) is True
+    assert str(ack.cseq) == "2 ACK" and net.verdict(ack) is True
     assert requests(out, B, "INVITE") == []
 
 
 def test_a_cancelled_authenticated_invite_answered_late_is_acked_with_its_credentials() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     _, second = challenged_then_sent(net, server, "late-1")
-    server.check(second)
     net.feed(cancel_of("late-1"), CALLER)  # before any answer to the resent INVITE
     net.take()
     net.feed(reply(second, 200, to_tag="late"), A)  # it answered anyway
@@ -392,14 +424,14 @@ def test_a_cancelled_authenticated_invite_answered_late_is_acked_with_its_creden
     [bye] = requests(out, A, "BYE")
     assert str(ack.cseq) == "2 ACK"
     assert ack.get("proxy-authorization") == second.get("proxy-authorization")
-    assert server.check(ack) is True
+    assert net.verdict(ack) is True
     assert bye.cseq.number == 3 and bye.call_id == "late-1"
 
 
 # -- 5. a carrier without credentials ----------------------------------------------------------
 def test_a_carrier_without_credentials_answering_401_is_failed_over() -> None:
-    net = Net()  # no credentials for any carrier
-    servers = {flow: DigestServer() for flow in (A, B, C)}
+    net = AuthNet(auth=None)  # no credentials for any carrier
+    servers = {flow: net.carrier(flow, DigestServer()) for flow in (A, B, C)}
     net.feed(invite("nocred-1"), CALLER)
     for flow in (A, B, C):
         sent = only_request(net.take(), flow, "INVITE")
@@ -412,7 +444,7 @@ def test_a_carrier_without_credentials_answering_401_is_failed_over() -> None:
 
 
 def test_a_carrier_without_credentials_then_one_that_answers() -> None:
-    net = Net()
+    net = AuthNet(auth=None)
     net.feed(invite("nocred-2"), CALLER)
     to_a = only_request(net.take(), A, "INVITE")
     net.feed(reply(to_a, 407, extra=DigestServer(proxy=True).challenge()), A)
@@ -435,22 +467,22 @@ def test_an_unanswerable_challenge_is_a_trunk_fault() -> None:
 
 
 def test_the_challenge_for_our_realm_is_answered_among_several() -> None:
-    net = Net(auth=Credentials("trunk1", PASSWORD, "carrier.test"))
-    server = DigestServer(proxy=True)
+    net = AuthNet(auth=Credentials("trunk1", PASSWORD, "carrier.test"))
+    server = net.carrier(A, DigestServer(proxy=True))
     foreign = 'Proxy-Authenticate: Digest realm="upstream.test", nonce="theirs"\r\n'
     net.feed(invite("realms-1"), CALLER)
     to_a = only_request(net.take(), A, "INVITE")
     net.feed(reply(to_a, 407, extra=foreign + server.challenge()), A)
     again = only_request(net.take(), A, "INVITE")
-    assert server.check(again) is True
+    assert net.verdict(again) is True
     net.feed(reply(again, 200), A)
     [ok] = caller_responses(net.take())
     assert ok.status == 200 and net.alarms == []
 
 
 def test_credentials_for_another_realm_are_a_trunk_fault_with_an_alarm() -> None:
-    net = Net(auth=Credentials("trunk1", PASSWORD, "elsewhere.test"))
-    server = DigestServer()
+    net = AuthNet(auth=Credentials("trunk1", PASSWORD, "elsewhere.test"))
+    server = net.carrier(A, DigestServer())
     net.feed(invite("realm-1"), CALLER)
     to_a = only_request(net.take(), A, "INVITE")
     net.feed(reply(to_a, 401, extra=server.challenge()), A)
@@ -472,7 +504,7 @@ def test_credentials_for_another_realm_are_a_trunk_fault_with_an_alarm() -> None
 @pytest.mark.parametrize("authenticated_invite", [False, True])
 def test_a_challenged_bye_is_sent_again_once_with_credentials(authenticated_invite: bool) -> None:
     net = new_net()
-    server = DigestServer()
+    server = net.carrier(A, DigestServer())
     if authenticated_invite:
         answered(net, server, "bye-1")
         offset = 1
@@ -484,14 +516,14 @@ def test_a_challenged_bye_is_sent_again_once_with_credentials(authenticated_invi
         offset = 0
     net.feed(in_dialog("BYE", "bye-1", 2), CALLER)
     bye = only_request(net.take(), A, "BYE")
-    assert bye.cseq.number == 2 + offset and server.check(bye) is None
+    assert bye.cseq.number == 2 + offset and net.verdict(bye) is None
     net.feed(reply(bye, 401, extra=server.challenge()), A)
     out = net.take()
     assert caller_responses(out) == []  # the 401 is ours to answer
     again = only_request(out, A, "BYE")
     assert again.cseq.number == bye.cseq.number + 1 and again.call_id == "bye-1"
     assert again.vias[0].branch != bye.vias[0].branch
-    assert server.check(again) is True
+    assert net.verdict(again) is True
     assert server.checked[-1] == ("BYE", "sip:carrier@127.0.0.1:5071", True)
     net.feed(reply(again, 200), A)
     [done] = caller_responses(net.take())
@@ -500,7 +532,7 @@ def test_a_challenged_bye_is_sent_again_once_with_credentials(authenticated_invi
 
 def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None:
     net = new_net()
-    server = DigestServer(client_password=PASSWORD, password="not-what-we-have")
+    server = net.carrier(A, DigestServer(client_password=PASSWORD, password="not-what-we-have"))
     net.feed(invite("bye-2"), CALLER)
     sent = only_request(net.take(), A, "INVITE")
     net.feed(reply(sent, 200), A)
@@ -509,7 +541,7 @@ def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None
     bye = only_request(net.take(), A, "BYE")
     net.feed(reply(bye, 401, extra=server.challenge()), A)
     again = only_request(net.take(), A, "BYE")
-    assert server.check(again) is False
+    assert net.verdict(again) is False
     net.feed(reply(again, 401, extra=server.challenge()), A)
     out = net.take()
     assert requests(out, A, "BYE") == []  # once per request
@@ -521,7 +553,7 @@ def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None
 
 def test_a_stale_nonce_on_a_resent_in_dialog_request_is_answered_again() -> None:
     net = new_net()
-    server = DigestServer()
+    server = net.carrier(A, DigestServer())
     net.feed(invite("stale-bye"), CALLER)
     sent = only_request(net.take(), A, "INVITE")
     net.feed(reply(sent, 200), A)
@@ -531,12 +563,12 @@ def test_a_stale_nonce_on_a_resent_in_dialog_request_is_answered_again() -> None
     info = only_request(net.take(), A, "INFO")
     net.feed(reply(info, 401, extra=server.challenge()), A)
     info = only_request(net.take(), A, "INFO")
-    assert info.cseq.number == 3 and server.check(info) is True
+    assert info.cseq.number == 3 and net.verdict(info) is True
     net.feed(reply(info, 401, extra=server.challenge(stale=True)), A)
     out = net.take()
     assert caller_responses(out) == []
     info = only_request(out, A, "INFO")
-    assert info.cseq.number == 4 and server.check(info) is True
+    assert info.cseq.number == 4 and net.verdict(info) is True
     net.feed(reply(info, 401, extra=server.challenge(stale=True)), A)
     out = net.take()
     assert requests(out, A, "INFO") == []
@@ -553,7 +585,7 @@ def test_a_stale_nonce_on_a_resent_in_dialog_request_is_answered_again() -> None
     out = net.take()
     assert caller_responses(out) == []
     third = only_request(out, A, "BYE")
-    assert third.cseq.number == 7 and server.check(third) is True
+    assert third.cseq.number == 7 and net.verdict(third) is True
     net.feed(reply(third, 200), A)
     [done] = caller_responses(net.take())
     assert (done.status, str(done.cseq)) == (200, "3 BYE")
@@ -562,7 +594,7 @@ def test_a_stale_nonce_on_a_resent_in_dialog_request_is_answered_again() -> None
 
 def test_a_challenged_re_invite_and_its_ack() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     net.feed(invite("reinvite-1"), CALLER)
     sent = only_request(net.take(), A, "INVITE")
     net.feed(reply(sent, 200), A)
@@ -577,7 +609,7 @@ def test_a_challenged_re_invite_and_its_ack() -> None:
     [ack] = requests(out, A, "ACK")  # the transaction's, for the 407
     assert ack.cseq.number == 2
     again = only_request(out, A, "INVITE")
-    assert again.cseq.number == 3 and server.check(again) is True
+    assert again.cseq.number == 3 and net.verdict(again) is True
     assert [r.status for r in caller_responses(out)] == []
     net.feed(reply(again, 200), A)
     [ok] = caller_responses(net.take())
@@ -587,7 +619,7 @@ def test_a_challenged_re_invite_and_its_ack() -> None:
     assert str(ack.cseq) == "3 ACK"
     # RFC 3261 §22.1: the ACK repeats the credentials of the INVITE it acknowledges.
     assert ack.get("proxy-authorization") == again.get("proxy-authorization")
-    assert server.check(ack) is True
+    assert net.verdict(ack) is True
     # A re-INVITE nobody challenges: its ACK has no credentials to repeat.
     net.feed(in_dialog("INVITE", "reinvite-1", 3), CALLER)
     quiet = only_request(net.take(), A, "INVITE")
@@ -604,7 +636,7 @@ def test_a_challenged_re_invite_and_its_ack() -> None:
 
 def test_a_carriers_own_bye_is_not_renumbered() -> None:
     net = new_net()
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     answered(net, server, "theirs-1")
     bye = (
         b"BYE sip:agent@127.0.0.1:5090 SIP/2.0\r\n"
@@ -623,7 +655,7 @@ def test_a_carriers_own_bye_is_not_renumbered() -> None:
 
 def test_the_bye_that_ends_a_dead_authenticated_dialog_follows_the_carriers_numbering() -> None:
     net = new_net(dialog_keepalive=30.0)
-    server = DigestServer(proxy=True)
+    server = net.carrier(A, DigestServer(proxy=True))
     answered(net, server, "dead-1")  # the carrier has seen CSeq 2 for the caller's side
     net.feed(in_dialog("ACK", "dead-1", 1), CALLER)
     net.take()
@@ -640,7 +672,7 @@ def test_the_bye_that_ends_a_dead_authenticated_dialog_follows_the_carriers_numb
 # -- 7. restarts and forgeries -----------------------------------------------------------------
 def test_after_a_restart_the_signed_offset_still_renumbers_the_bye() -> None:
     first = new_net(secret=SECRET)
-    server = DigestServer(proxy=True)
+    server = first.carrier(A, DigestServer(proxy=True))
     sent, _ = answered(first, server, "restart-1")
     rr = sent.get("record-route")  # what the carrier echoes, and the caller routes by
     assert rr is not None and ";tgo=1;" in rr
@@ -655,17 +687,18 @@ def test_after_a_restart_the_signed_offset_still_renumbers_the_bye() -> None:
 
 def test_after_a_restart_a_challenged_bye_is_still_answered() -> None:
     first = new_net(secret=SECRET)
-    server = DigestServer()
+    server = first.carrier(A, DigestServer())
     sent, _ = answered(first, server, "restart-2")
     rr = sent.get("record-route")
     restarted = new_net(secret=SECRET)
+    restarted.carrier(A, server)
     restarted.feed(in_dialog("BYE", "restart-2", 2, route=rr), CALLER)
     bye = only_request(restarted.take(), A, "BYE")
     restarted.feed(reply(bye, 401, extra=server.challenge()), A)
     out = restarted.take()
     assert caller_responses(out) == []
     again = only_request(out, A, "BYE")
-    assert str(again.cseq) == "4 BYE" and server.check(again) is True
+    assert str(again.cseq) == "4 BYE" and restarted.verdict(again) is True
     restarted.feed(reply(again, 200), A)
     [done] = caller_responses(restarted.take())
     assert (done.status, str(done.cseq)) == (200, "2 BYE")
@@ -682,7 +715,7 @@ def test_after_a_restart_a_challenged_bye_is_still_answered() -> None:
 )
 def test_a_forged_offset_does_not_verify_and_goes_nowhere(forge: object) -> None:
     first = new_net(secret=SECRET)
-    sent, _ = answered(first, DigestServer(proxy=True), "forged-1")
+    sent, _ = answered(first, first.carrier(A, DigestServer(proxy=True)), "forged-1")
     rr = sent.get("record-route")
     assert rr is not None
     forged = forge(rr)  # type: ignore[operator]
@@ -717,11 +750,10 @@ def test_no_password_or_digest_response_in_logs_events_or_counters(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     net = new_net()
-    good = DigestServer(proxy=True)
+    good = net.carrier(A, DigestServer(proxy=True))
     answered(net, good, "secret-1")
-    bad = DigestServer(proxy=True, password="not-ours")
+    bad = net.carrier(A, DigestServer(proxy=True, password="not-ours"))
     _, second = challenged_then_sent(net, bad, "secret-2")
-    bad.check(second)
     net.feed(reply(second, 407, to_tag="sbc", extra=bad.challenge()), A)
     net.take()
     events = [str(e) for e in net.alarms] + [str(a) for a in net.attempts]
