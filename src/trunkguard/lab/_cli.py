@@ -49,6 +49,11 @@ def _print_result(result: LabResult, console: Console) -> None:
             f"  post-dial delay {phase:<6}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms, "
             f"max {p['max_ms']} ms over {p['calls']} calls"
         )
+    if m.get("router_loop_stalls"):
+        console.print(
+            f"  [yellow]the router's event loop stalled {m['router_loop_stalls']} times: the "
+            "machine was too busy, and these figures are partly the machine's[/yellow]"
+        )
     for line in describe(m):
         console.print(f"  {line}")
     for name, ok, detail in result.checks:

@@ -326,6 +326,9 @@ def measure(result: LabResult, scenario: Scenario) -> None:
         key = str(c["final"])
         finals[key] = finals.get(key, 0) + 1
     m["finals"] = finals
+    # The router's own word that its event loop ran late (the machine was too busy): it
+    # then sheds new calls and times what it can, and the figures are the machine's.
+    m["router_loop_stalls"] = int(result.router_counters.get("loop_stalls", 0))
     outs = [
         e
         for e in result.events
