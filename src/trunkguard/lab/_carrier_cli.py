@@ -1,7 +1,11 @@
 """``trunkguard sim-carrier``: one simulated carrier, optionally with its control interface.
 
 Prints one line when it listens, one per mode change (the start mode too) and
-one with its counters when it stops (SIGINT or SIGTERM). Errors a user can
+one with its counters when it stops (SIGINT or SIGTERM). With
+``--register-user`` it is a registrar too: REGISTER must carry digest
+credentials for that user (``--register-password`` or
+``--register-password-file``), and INVITEs get 403 while nobody is registered
+(unless ``--unregistered-calls``). Errors a user can
 cause (a bad mode or address, a port in use) are one line on stderr, no
 traceback: exit 2 for bad arguments, 1 when a port cannot be bound.
 """
@@ -15,12 +19,14 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from ..sip import ParseError, split_hostport
 from ._carrier_control import is_loopback, serve_control
 from ._carrier_mode import ALIASES, MODE_NAMES, Mode
+from ._carrier_registrar import RegistrarConfig
 from ._carrier_udp import SimCarrier
 
 PROG = "trunkguard sim-carrier"
@@ -60,7 +66,45 @@ def _parser() -> argparse.ArgumentParser:
         "--period", type=float, default=20.0, help="flap: seconds healthy, then as many dead"
     )
     parser.add_argument("--control", help="HTTP control interface on HOST:PORT (loopback)")
+    reg = parser.add_argument_group("registrar (REGISTER with digest authentication)")
+    reg.add_argument("--register-user", help="the account REGISTER must authenticate as")
+    secret = reg.add_mutually_exclusive_group()
+    secret.add_argument("--register-password", help="its password")
+    secret.add_argument("--register-password-file", help="a file holding its password")
+    reg.add_argument("--realm", default="sim-carrier", help="digest realm (sim-carrier)")
+    reg.add_argument(
+        "--max-expires", type=int, default=3600, help="longest binding granted, seconds (3600)"
+    )
+    reg.add_argument(
+        "--unregistered-calls",
+        action="store_true",
+        help="answer INVITEs even while nobody is registered (default: 403)",
+    )
     return parser
+
+
+def _registrar(args: argparse.Namespace) -> RegistrarConfig | None:
+    password = args.register_password
+    if args.register_password_file is not None:
+        path = Path(args.register_password_file)
+        try:
+            password = path.read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"--register-password-file {path}: cannot read it ({why})") from None
+    if args.register_user is None:
+        if password is not None:
+            raise ValueError("a register password needs --register-user")
+        return None
+    if not password:
+        raise ValueError("--register-user needs --register-password or --register-password-file")
+    return RegistrarConfig(
+        args.register_user,
+        password,
+        realm=args.realm,
+        max_expires=args.max_expires,
+        require=not args.unregistered_calls,
+    )
 
 
 async def _serve(carrier: SimCarrier, control: tuple[str, int] | None) -> int:
@@ -79,6 +123,13 @@ async def _serve(carrier: SimCarrier, control: tuple[str, int] | None) -> int:
     runner: web.AppRunner | None = None
     try:
         _say(f"sim-carrier {carrier.name}: listening on udp {carrier.host}:{carrier.port}")
+        if carrier.registrar is not None:
+            r = carrier.registrar
+            calls = "403 until registered" if r.require else "answered unregistered too"
+            _say(
+                f"sim-carrier {carrier.name}: registrar for {r.user} in realm {r.realm} "
+                f"(MD5, qop=auth; INVITEs {calls})"
+            )
         if control is not None:
             try:
                 runner = await serve_control({carrier.name: carrier}, *control)
@@ -121,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         control = _address(args.control, "--control") if args.control else None
         if control is not None and not is_loopback(control[0]):
             raise ValueError(f"--control {args.control}: only a loopback address is allowed")
-        carrier = SimCarrier(args.name, host, port, mode)
+        carrier = SimCarrier(args.name, host, port, mode, registrar=_registrar(args))
     except ValueError as exc:  # ModeError too
         parser.error(str(exc))
     try:

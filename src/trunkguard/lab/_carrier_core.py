@@ -17,7 +17,16 @@ slow           as healthy, but each new request is taken up ``delay_ms``
 blackhole      nothing is answered, and nothing already due is sent either.
 killed         as blackhole, and every call and transaction is forgotten (the
                adapter closes the socket: the kernel answers, not us).
+registrar-     REGISTER is received and counted but never answered; every
+silent         other request as healthy.
 =============  ==============================================================
+
+With a registrar (:class:`RegistrarConfig`), REGISTER is answered by it
+(``_carrier_registrar``: 401 with a digest challenge, 200 once the
+credentials check out) instead of a plain 200; if its config says ``require``,
+an INVITE that arrives while no binding is live gets ``403`` whatever the
+mode. Every new REGISTER and what became of it is kept, with its time, in
+:attr:`CarrierCore.register_log`.
 
 Requests go through the project's own server transactions
 (:class:`ServerInvite`, :class:`ServerNonInvite`), which resend the last
@@ -31,6 +40,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,12 +60,14 @@ from ..sip import (
     parse_message,
 )
 from ._carrier_counters import Counters
-from ._carrier_mode import SILENT, Mode, behaviour, phase_end
+from ._carrier_mode import REGISTRAR_SILENT, SILENT, Mode, behaviour, phase_end
+from ._carrier_registrar import Registrar, RegistrarConfig
 from ._carrier_wire import ALLOW, build_response, sdp_answer
 
 Addr = tuple[str, int]
 TxnKey = tuple[str, str, str]  # branch, sent-by, method (an ACK belongs to its INVITE)
 MAX_CALLS = 100_000
+MAX_REGISTER_LOG = 10_000
 DEFAULT_TIMERS = TimerConfig()
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
@@ -107,6 +119,7 @@ class CarrierCore:
         *,
         local: Addr = ("127.0.0.1", 5060),
         timers: TimerConfig = DEFAULT_TIMERS,
+        registrar: RegistrarConfig | None = None,
     ) -> None:
         self.name = check_name(name)
         self.local = local
@@ -121,6 +134,10 @@ class CarrierCore:
         self._wakeups: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._out: list[Datagram] = []
+        self.registrar = Registrar(registrar) if registrar is not None else None
+        #: (time, what) for every new REGISTER: "received", then "unanswered" or the
+        #: registrar's outcome ("challenged", "accepted", ...). Oldest dropped first.
+        self.register_log: deque[tuple[float, str]] = deque(maxlen=MAX_REGISTER_LOG)
 
     # -- the interface ---------------------------------------------------------------
     def set_mode(self, mode: Mode, now: float) -> None:
@@ -132,6 +149,8 @@ class CarrierCore:
             self._calls.clear()
             self._pending.clear()
             self._wakeups.clear()
+            if self.registrar is not None:
+                self.registrar.forget()
 
     def behaviour(self, now: float) -> str:
         return behaviour(self.mode, self.since, now)
@@ -177,6 +196,8 @@ class CarrierCore:
         if turn is not None:
             out["phase_ends_in_s"] = round(turn - now, 3)
         out.update(self.counters.as_dict())
+        if self.registrar is not None:
+            out["registrar"] = self.registrar.snapshot(now)
         # Ringing or answered and not hung up; rejected calls wait out Timer I uncounted.
         out["open_calls"] = sum(1 for c in self._calls.values() if (c.final or 0) < 300)
         return out
@@ -194,10 +215,14 @@ class CarrierCore:
         if not branch.startswith(MAGIC_COOKIE):
             # RFC 2543 peers: no usable branch, the transaction is Call-ID, CSeq and From tag.
             branch = f"{req.call_id}/{req.cseq.number}/{req.from_.tag}"
-        self.counters.request(method, (branch, via.sent_by, method), req.call_id)
+        new = self.counters.request(method, (branch, via.sent_by, method), req.call_id)
+        if method == "REGISTER" and new:
+            self.register_log.append((self._now, "received"))
         acting = self.behaviour(self._now)
-        if acting in SILENT:
+        if acting in SILENT or (acting in REGISTRAR_SILENT and method == "REGISTER"):
             self.counters.swallowed += 1
+            if method == "REGISTER" and new:
+                self.register_log.append((self._now, "unanswered"))
             return
         key: TxnKey = (branch, via.sent_by, "INVITE" if method == "ACK" else method)
         if method == "ACK":
@@ -218,7 +243,7 @@ class CarrierCore:
     def _delayed(self, req: Request, addr: Addr, key: TxnKey) -> None:
         self._pending.discard(key)
         acting = self.behaviour(self._now)
-        if acting in SILENT:
+        if acting in SILENT or (acting in REGISTRAR_SILENT and req.method == "REGISTER"):
             self.counters.swallowed += 1
         elif key not in self._txns:
             self._dispatch(req, addr, key, "healthy" if acting == "slow" else acting)
@@ -234,11 +259,20 @@ class CarrierCore:
         elif method == "OPTIONS":
             self._answer(req, addr, key, 200, extra=[("Allow", ALLOW)])
         elif method == "REGISTER":
-            extra = [("Contact", c) for c in req.get_all("contact")]
-            extra.append(("Expires", req.get("expires") or "3600"))
-            self._answer(req, addr, key, 200, extra=extra)
+            self._register(req, addr, key)
         else:
             self._answer(req, addr, key, 405, extra=[("Allow", ALLOW)])
+
+    def _register(self, req: Request, addr: Addr, key: TxnKey) -> None:
+        if self.registrar is None:
+            extra = [("Contact", c) for c in req.get_all("contact")]
+            extra.append(("Expires", req.get("expires") or "3600"))
+            self.register_log.append((self._now, "accepted"))
+            self._answer(req, addr, key, 200, extra=extra)
+            return
+        answer = self.registrar.handle(req, self._now)
+        self.register_log.append((self._now, answer.outcome))
+        self._answer(req, addr, key, answer.status, extra=answer.headers)
 
     def _retransmitted(self, txn: _Txn, req: Request) -> None:
         self._run(txn, txn.server.receive_request(self._now), resent=True)
@@ -263,6 +297,16 @@ class CarrierCore:
         if len(self._calls) > MAX_CALLS:
             del self._calls[next(iter(self._calls))]
         mode = self.mode
+        registrar = self.registrar
+        if (
+            registrar is not None
+            and registrar.config.require
+            and not registrar.registered(self._now)
+        ):
+            # Not registered: this account may not call (a real trunk's 403).
+            registrar.count("invites_refused")
+            self._respond(call, 403)
+            return
         if acting in ("reject", "options-only"):
             if acting == "reject":
                 self._respond(call, 100)

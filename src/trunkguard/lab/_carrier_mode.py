@@ -1,10 +1,11 @@
 """How a simulated carrier behaves: its mode, checked on construction, and the flap schedule.
 
 A mode is data; what a carrier does at an instant is its *behaviour*, one of
-``healthy``, ``reject``, ``options-only``, ``slow``, ``blackhole`` or
-``killed``. Every mode but ``flap`` behaves as itself; ``flap`` behaves as
-``healthy`` for ``period_s`` seconds from the moment it was set, then as
-``blackhole`` for ``period_s``, and so on.
+``healthy``, ``reject``, ``options-only``, ``slow``, ``blackhole``, ``killed`` or
+``registrar-silent`` (REGISTER goes unanswered, everything else as healthy).
+Every mode but ``flap`` behaves as itself; ``flap`` behaves as ``healthy`` for
+``period_s`` seconds from the moment it was set, then as ``blackhole`` for
+``period_s``, and so on.
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-MODE_NAMES = ("healthy", "reject", "blackhole", "options-only", "slow", "flap", "killed")
+MODE_NAMES = (
+    "healthy",
+    "reject",
+    "blackhole",
+    "options-only",
+    "slow",
+    "flap",
+    "killed",
+    "registrar-silent",
+)
 # The issue's name for the options-only carrier, accepted where users type a mode.
 ALIASES = {"options-only-alive": "options-only"}
 # Behaviours under which nothing is answered.
 SILENT = frozenset({"blackhole", "killed"})
+# Behaviours under which REGISTER alone is not answered.
+REGISTRAR_SILENT = frozenset({"registrar-silent"})
 _FIELDS = ("name", "code", "retry_after", "ring_ms", "delay_ms", "period_s")
 
 

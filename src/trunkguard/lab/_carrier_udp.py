@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ._carrier_core import CarrierCore, Datagram, check_name
 from ._carrier_mode import Mode
+from ._carrier_registrar import RegistrarConfig
 
 _BATCH = 64  # datagrams read per wake-up, so one busy carrier cannot starve the loop
 
@@ -24,11 +25,18 @@ class SimCarrier:
     """A carrier simulator on ``host:port`` (UDP). Its methods run on the event loop's thread."""
 
     def __init__(
-        self, name: str, host: str = "127.0.0.1", port: int = 0, mode: Mode | None = None
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: Mode | None = None,
+        *,
+        registrar: RegistrarConfig | None = None,
     ) -> None:
         self.name = check_name(name)
         self.host = host
         self.port = port
+        self.registrar = registrar
         #: Called after every mode change (the command prints a line).
         self.on_mode_change: Callable[[SimCarrier, Mode], None] | None = None
         self._mode = mode if mode is not None else Mode("healthy")
@@ -53,7 +61,7 @@ class SimCarrier:
         is bound once (to fix it) and closed at once.
         """
         self._loop = asyncio.get_running_loop()
-        self._core = CarrierCore(self.name, self._mode, self._loop.time())
+        self._core = CarrierCore(self.name, self._mode, self._loop.time(), registrar=self.registrar)
         self._open()
         if self._mode.name == "killed":
             self._close()
@@ -81,6 +89,17 @@ class SimCarrier:
         out.update(self._core.snapshot(self._loop.time()))
         out["listening"] = self.listening
         return out
+
+    def registered(self) -> bool:
+        """Whether its registrar holds a live binding (False without a registrar)."""
+        core, loop = self._core, self._loop
+        if core is None or loop is None or core.registrar is None:
+            return False
+        return core.registrar.registered(loop.time())
+
+    def register_log(self) -> list[tuple[float, str]]:
+        """Every new REGISTER and its outcome, as (event-loop time, what); see the core."""
+        return [] if self._core is None else list(self._core.register_log)
 
     async def stop(self) -> None:
         self._close()

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ._live import LiveView
+from ._registration import describe
 from ._report import write_html, write_json
 from ._run import LabResult, run_scenario
 from ._scenarios import SCENARIOS, Scenario
@@ -48,6 +49,13 @@ def _print_result(result: LabResult, console: Console) -> None:
             f"  post-dial delay {phase:<6}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms, "
             f"max {p['max_ms']} ms over {p['calls']} calls"
         )
+    if m.get("router_loop_stalls"):
+        console.print(
+            f"  [yellow]the router's event loop stalled {m['router_loop_stalls']} times: the "
+            "machine was too busy, and these figures are partly the machine's[/yellow]"
+        )
+    for line in describe(m):
+        console.print(f"  {line}")
     for name, ok, detail in result.checks:
         mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
         console.print(f"  {mark} {name}: {detail}")

@@ -57,9 +57,14 @@ class LiveView:
         for name, sim in sims.items():
             counters = sim.counters()
             state = states.get(name, "UP")
+            mode = str(counters.get("mode", "?"))
+            registrar = counters.get("registrar")
+            if isinstance(registrar, dict):
+                left = registrar.get("expires_in_s")
+                mode += ", unregistered" if left is None else f", registered ({left:.0f} s left)"
             table.add_row(
                 name,
-                str(counters.get("mode", "?")),
+                mode,
                 Text(state, style=STYLE.get(state, "")),
                 str(counters.get("invites", 0)),
                 str(by_carrier.get(name, 0)),

@@ -170,6 +170,30 @@ def write_html(result: LabResult, path: Path, title: str | None = None) -> None:
         f"<td>{html.escape(e['reason'])}</td></tr>"
         for e in result.events
     )
+    notices = "".join(
+        f"<tr><td>{n['t']:.2f}</td><td>{html.escape(n['target'])}</td>"
+        f"<td>{html.escape(n['kind'])} {html.escape(n['state'])}</td>"
+        f"<td>{html.escape(n['detail'])}</td></tr>"
+        for n in result.notices
+    )
+    registers = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>"
+        + html.escape(", ".join(f"{e['t']:.2f} {e['event']}" for e in log))
+        + "</td></tr>"
+        for name, log in result.registrar_log.items()
+    )
+    extra = ""
+    if notices:
+        extra += (
+            "<h2>Registration changes and alarms (seconds from the start)</h2>"
+            "<table><tr><th>t</th><th>carrier</th><th>notice</th><th>detail</th></tr>"
+            f"{notices}</table>"
+        )
+    if registers:
+        extra += (
+            "<h2>REGISTERs at the carrier (seconds from the start, and what became of each)</h2>"
+            f"<table>{registers}</table>"
+        )
     verdict = "PASSED" if result.passed else "FAILED"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -195,6 +219,7 @@ carriers faulted: {html.escape(", ".join(result.faulted))}.</p>
 <table>{metrics}</table>
 <h2>State changes (seconds from the start)</h2>
 <table><tr><th>t</th><th>target</th><th>change</th><th>reason</th></tr>{events}</table>
+{extra}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

@@ -1,17 +1,24 @@
 """Run one lab scenario: simulated carriers, a real router process, calls, a fault, numbers.
 
-Three simulated carriers a, b, c (in this process) sit behind a router (its
-own process, on loopback). The call generator dials at a steady rate; at the
-scenario's time the fault is injected into a; every 50 ms the lab samples
-what each carrier received and the router's event log. Afterwards it works
-out what the scenario measures: calls failed at the caller, time to detect,
-time until no new INVITE reaches the faulted carrier, post-dial delay before,
-during and after, route flips and time for traffic to return.
+The scenario's simulated carriers (a, b, c, in this process) sit behind a
+router (its own process, on loopback). The call generator dials at a steady
+rate; at the scenario's time the fault is injected into a; every 50 ms the lab
+samples what each carrier received and the router's event log. Afterwards it
+works out what the scenario measures: calls failed at the caller, time to
+detect, time until no new INVITE reaches the faulted carrier, post-dial delay
+before, during and after, route flips and time for traffic to return.
+
+Carriers the scenario ``registers`` to are registrars with an account of their
+own (random password per run); the router registers to them with
+:data:`LAB_REGISTER`, and calls start only once each holds the router's
+binding. Their REGISTER log and the router's registration notices are kept
+for ``_registration``, which measures what the registration scenarios show.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,11 +28,13 @@ from typing import Any
 
 from ._caller import CallGenerator, CallRecord, GeneratorSettings
 from ._carrier import Mode, SimCarrier
+from ._carrier_registrar import RegistrarConfig
+from ._registration import measure_registration
 from ._router import LabRouter
 from ._scenarios import Scenario
 
-CARRIERS = ("a", "b", "c")
 SAMPLE_EVERY = 0.05
+REGISTERED_WITHIN = 15.0  # seconds for the router's first registrations before calls start
 
 # The lab's router: the product's defaults, with hold-downs and probes scaled to a lab run
 # of under a minute (the same rules, faster clocks).
@@ -35,6 +44,8 @@ LAB_HEALTH = {
     "hold_down_window": 120.0,
 }
 LAB_PROBE = {"interval": 2.0, "interval_out": 0.5, "timeout": 0.5}
+# Registration as a carrier would ask for it, with short clocks: refreshed every 5 s.
+LAB_REGISTER: dict[str, int | float] = {"expires": 10, "timeout": 1.0, "lost_after": 3}
 
 
 @dataclass(slots=True)
@@ -59,17 +70,35 @@ class LabResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
     router_counters: dict[str, int] = field(default_factory=dict)
+    notices: list[dict[str, Any]] = field(default_factory=list)  # registration, alarms
+    registrar_log: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    carrier_counters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return all(ok for _, ok, _ in self.checks)
 
 
-def lab_config(ports: dict[str, int]) -> dict[str, object]:
+def lab_config(
+    ports: dict[str, int], accounts: dict[str, RegistrarConfig] | None = None
+) -> dict[str, object]:
+    """The router's config: the carriers of ``ports`` in order, registering to ``accounts``."""
+    carriers: list[dict[str, object]] = []
+    for name, port in ports.items():
+        carrier: dict[str, object] = {"name": name, "uri": f"sip:127.0.0.1:{port}"}
+        account = (accounts or {}).get(name)
+        if account is not None:
+            carrier["register"] = {
+                "user": account.user,
+                "password": account.password,
+                "realm": account.realm,
+                **LAB_REGISTER,
+            }
+        carriers.append(carrier)
     return {
         "listen": "udp:127.0.0.1:0",
         "allow": ["127.0.0.0/8"],
-        "carriers": [{"name": n, "uri": f"sip:127.0.0.1:{ports[n]}"} for n in CARRIERS],
+        "carriers": carriers,
         "failover": {"invite_timeout": 2.0, "max_attempts": 3, "time_budget": 8.0},
         "health": LAB_HEALTH,
         "probe": LAB_PROBE,
@@ -108,6 +137,40 @@ def _events(db: Path, wall0: float) -> list[dict[str, Any]]:
     ]
 
 
+def _notices(db: Path, wall0: float) -> list[dict[str, Any]]:
+    if not db.exists():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT at, target, kind, state, detail FROM notices ORDER BY id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # an event log without notices
+        rows = []
+    finally:
+        con.close()
+    return [
+        {"t": at - wall0, "target": target, "kind": kind, "state": state, "detail": detail}
+        for at, target, kind, state, detail in rows
+    ]
+
+
+def registrar_account(name: str) -> RegistrarConfig:
+    """Carrier ``name``'s account for one run: a fresh password each time."""
+    return RegistrarConfig(f"trunk-{name}", secrets.token_urlsafe(12), realm=f"{name}.lab")
+
+
+async def _registered(sims: list[SimCarrier], router: LabRouter, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(sim.registered() for sim in sims):
+        if loop.time() > deadline:
+            missing = ", ".join(s.name for s in sims if not s.registered())
+            tail = router.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the router did not register to {missing}:\n{tail}")
+        await asyncio.sleep(SAMPLE_EVERY)
+
+
 async def run_scenario(
     scenario: Scenario,
     workdir: Path,
@@ -118,13 +181,15 @@ async def run_scenario(
     """Run ``scenario`` once; ``on_tick`` (the live view) is called at every sample."""
     workdir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
-    sims = {name: SimCarrier(name) for name in CARRIERS}
+    accounts = {name: registrar_account(name) for name in scenario.registers}
+    sims = {name: SimCarrier(name, registrar=accounts.get(name)) for name in scenario.carriers}
     for sim in sims.values():
         await sim.start()
-    router = LabRouter(workdir, lab_config({n: s.port for n, s in sims.items()}))
+    router = LabRouter(workdir, lab_config({n: s.port for n, s in sims.items()}, accounts))
     samples: list[Sample] = []
     try:
         await router.start()
+        await _registered([sims[n] for n in scenario.registers], router, REGISTERED_WITHIN)
         generator = CallGenerator(
             GeneratorSettings(
                 target=("127.0.0.1", router.port),
@@ -163,8 +228,14 @@ async def run_scenario(
             records = await generator.run()
         finally:
             sampler.cancel()
+        carrier_counters = {n: s.counters() for n, s in sims.items()}
         counters = await router.stop()
         events = _events(router.events_path, wall0)
+        notices = _notices(router.events_path, wall0)
+        registrar_log = {
+            n: [{"t": round(at - t0, 4), "event": what} for at, what in sims[n].register_log()]
+            for n in scenario.registers
+        }
     finally:
         await router.stop()
         for sim in sims.values():
@@ -182,6 +253,9 @@ async def run_scenario(
         events=events,
         samples=samples,
         router_counters=counters,
+        notices=notices,
+        registrar_log=registrar_log,
+        carrier_counters=carrier_counters,
     )
     measure(result, scenario)
     return result
@@ -252,6 +326,9 @@ def measure(result: LabResult, scenario: Scenario) -> None:
         key = str(c["final"])
         finals[key] = finals.get(key, 0) + 1
     m["finals"] = finals
+    # The router's own word that its event loop ran late (the machine was too busy): it
+    # then sheds new calls and times what it can, and the figures are the machine's.
+    m["router_loop_stalls"] = int(result.router_counters.get("loop_stalls", 0))
     outs = [
         e
         for e in result.events
@@ -325,3 +402,5 @@ def measure(result: LabResult, scenario: Scenario) -> None:
                 f"after {m.get('traffic_returns_s')} s",
             )
         )
+    if scenario.registers:
+        measure_registration(result, scenario, LAB_REGISTER)

@@ -1,9 +1,11 @@
 """The lab's named scenarios: which fault, on which carrier, when, and what must hold.
 
 Every scenario runs the same shape: calls at a steady rate through a router
-in front of three simulated carriers a, b, c (a the cheapest, tried first);
-the fault is injected into a (or all three) at ``fault_at`` and, for some,
-taken back at ``recover_at``.
+in front of simulated carriers a, b, c (a the cheapest, tried first; some
+scenarios use a and b only); the fault is injected into a (or all of them) at
+``fault_at`` and, for some, taken back at ``recover_at``. The router registers
+to the carriers named in ``registers``: those are registrars too, and refuse
+INVITEs with 403 while the router is not registered.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Scenario:
     rate: float = 20.0
     hold: float = 2.0
     expect_failed: bool = False  # all-down: calls must fail, cleanly
+    carriers: tuple[str, ...] = ("a", "b", "c")
+    registers: tuple[str, ...] = ()  # carriers the router registers to
     notes: list[str] = field(default_factory=list)
 
 
@@ -79,6 +83,21 @@ SCENARIOS: dict[str, Scenario] = {
             faulted=("a", "b", "c"),
             duration=25.0,
             expect_failed=True,
+        ),
+        Scenario(
+            # Calls start right after the router registered, so it refreshes at 5, 10,
+            # 15 s...: the registrar goes silent 1 s after a refresh, near the worst case
+            # (the loss shows only at the next refresh), and comes back between two of the
+            # router's backed-off retries.
+            "registration-drop",
+            "carrier a's registrar stops answering REGISTER for 15 s; a answers calls until "
+            "its binding lapses, then refuses them with 403",
+            Mode("registrar-silent"),
+            fault_at=6.0,
+            duration=32.0,
+            recover_at=21.0,
+            carriers=("a", "b"),
+            registers=("a",),
         ),
     )
 }
