@@ -17,6 +17,7 @@ events --json`` and its admin API. Figures are printed (``pytest -s``).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import socket
@@ -33,6 +34,7 @@ import pytest
 from router import RouterProcess
 from sipp import (
     SipMessage,
+    Uas,
     free_udp_ports,
     run_uac,
     scenario_path,
@@ -47,6 +49,9 @@ PASSWORD = "s3cret-Pa55"
 REALM = "carrier.test"
 TOKEN = "auth-e2e-token-0123456789"
 CALLS = 4
+# The router stamps events from the event loop's clock (millisecond steps), mapped to the
+# wall clock once: a router time is within this of SIPp's for the same instant.
+ROUTER_CLOCK_STEP = 0.002
 
 
 # ------------------------------------------------------------------------------ digest
@@ -482,4 +487,354 @@ def test_credentials_rejected_fail_over_and_raise_one_alarm(tmp_path: Path) -> N
         f"({raised[0]['detail']}), none after; health.consecutive_faults {faults_to_trip} "
         f"took a DOWN at +{moves[0]['at'] - origin:.2f}s ({moves[0]['reason']}); "
         f"auth_failures:a {counters['auth_failures:a']} ({time.monotonic() - started:.1f}s)"
+    )
+
+
+# -------------------------------------------------------------------- 4. registration
+
+CONTACT_USER = "tg-edge-1"
+REGISTER_TIMEOUT = 1.0  # register.timeout
+LOST_AFTER = 3  # register.lost_after (the default)
+# The router's retry after a REGISTER timeout, while still registered: max(timeout / 2,
+# min(1 s, timeout)) (register/_client.py).
+RETRY_GAP = max(REGISTER_TIMEOUT / 2, min(1.0, REGISTER_TIMEOUT))
+
+
+@dataclass(frozen=True)
+class Register:
+    """One REGISTER the registrar received (retransmissions once), and what it answered."""
+
+    time: float
+    cseq: int
+    message: SipMessage
+    answer: int | None
+    challenge: str | None  # the WWW-Authenticate of the 401 that preceded it, if any
+
+    @property
+    def expires(self) -> int | None:
+        value = self.message.header("Expires")
+        return None if value is None else int(value)
+
+    @property
+    def authorized(self) -> bool:
+        return self.message.header("Authorization") is not None
+
+
+def registers(uas: Uas) -> list[Register]:
+    """Every REGISTER the registrar received, in order, with the first arrival's time."""
+    short = uas.short_messages()
+    arrived: dict[tuple[str, int], float] = {}
+    answers: dict[tuple[str, int], int | None] = {}
+    for m in short:
+        key = (m.call_id, m.cseq_number)
+        if m.direction == "R" and m.method == "REGISTER":
+            arrived.setdefault(key, m.time)
+        elif m.direction == "S" and m.cseq_method == "REGISTER":
+            answers.setdefault(key, m.status)
+    full = uas.messages()
+    challenges = {
+        (call_id(m), cseq_number(m)): m.header("WWW-Authenticate")
+        for m in full
+        if m.direction == "S" and status_of(m) == 401
+    }
+    out = []
+    for m in received_requests(full, "REGISTER"):
+        key = (call_id(m), cseq_number(m))
+        out.append(
+            Register(
+                time=arrived[key],
+                cseq=key[1],
+                message=m,
+                answer=answers.get(key),
+                challenge=challenges.get((key[0], key[1] - 1)),
+            )
+        )
+    return out
+
+
+def check_register_credentials(reg: Register) -> dict[str, str]:
+    assert reg.challenge is not None, f"REGISTER {reg.cseq} follows no 401"
+    got = check_credentials(reg.message.header("Authorization"), reg.challenge, "REGISTER")
+    assert got["uri"] == reg.message.first_line.split()[1], got
+    return got
+
+
+def register_block(**more: object) -> dict[str, object]:
+    return {
+        "user": USER,
+        "password": PASSWORD,
+        "realm": REALM,
+        "contact_user": CONTACT_USER,
+        "timeout": REGISTER_TIMEOUT,
+        **more,
+    }
+
+
+def registrar_args(granted: int, answers: int = 0, silence: float = 0) -> list[str]:
+    """uas_register.xml's contract: what it grants, after how many bindings it goes silent
+    (0: never) and for how long (0: for good)."""
+    args = ["-key", "granted", str(granted), "-set", "answers", str(answers)]
+    return [*args, "-set", "silence", f"{silence:g}"]
+
+
+def registration(port: int, carrier_name: str) -> dict[str, Any]:
+    regs: dict[str, dict[str, Any]] = api(port, "/api/targets")["registrations"]
+    return regs[carrier_name]
+
+
+def test_register_refresh_at_half_the_granted_expires_and_unregister(tmp_path: Path) -> None:
+    started = time.monotonic()
+    asked, granted, refreshes = 10, 6, 3
+    (carrier_port,) = free_udp_ports(1)
+    admin_port = free_tcp_port()
+    with (
+        start_uas(
+            "uas_register",
+            port=carrier_port,
+            trace_messages=True,
+            extra_args=registrar_args(granted),
+            tmp_root=tmp_path,
+        ) as registrar,
+        RouterProcess(
+            tmp_path / "router",
+            [("a", carrier_port)],
+            extra={
+                "carriers": [carrier("a", carrier_port, register=register_block(expires=asked))],
+                **admin(admin_port),
+            },
+        ) as router,
+    ):
+        # The first registration, then `refreshes` more: each one a 401 and a 200.
+        assert registrar.wait_until(lambda: registrar.responses_sent(200, "REGISTER") >= 1, 5), (
+            registrar.describe()
+        )
+        view = registration(admin_port, "a")
+        assert registrar.wait_until(
+            lambda: registrar.responses_sent(200, "REGISTER") >= 1 + refreshes,
+            refreshes * granted / 2 * 1.3 + 2,
+        ), registrar.describe()
+        stopping = time.time()
+        router.stop()
+        assert router.returncode == 0, router.log()
+        assert registrar.wait_until(
+            lambda: any(r.expires == 0 and r.answer == 200 for r in registers(registrar)), 3
+        ), registrar.describe()
+        seen = registers(registrar)
+        registrar_errors = registrar.errors()
+    assert call_errors(registrar_errors) == [], registrar_errors
+    assert view["state"] == "REGISTERED" and view["expires_s"] == granted, view
+    assert PASSWORD not in json.dumps(view)
+    # Each exchange: REGISTER without credentials -> 401, the same with credentials -> 200.
+    assert [r.authorized for r in seen] == [False, True] * (len(seen) // 2), seen
+    assert [r.answer for r in seen] == [401, 200] * (len(seen) // 2), seen
+    assert [r.cseq for r in seen] == list(range(1, len(seen) + 1)), seen
+    assert len({call_id(r.message) for r in seen}) == 1
+    assert len({tag_of(r.message.header("From") or "") for r in seen}) == 1
+    for reg in seen:
+        contact = reg.message.header("Contact")
+        assert contact == f"<sip:{CONTACT_USER}@127.0.0.1:{router.port}>", contact
+        assert (reg.message.header("To") or "").startswith(f"<sip:{USER}@127.0.0.1>"), reg
+        if reg.authorized:
+            check_register_credentials(reg)
+    *bindings, last = [r for r in seen if r.authorized]
+    assert [r.expires for r in bindings] == [asked] * len(bindings), bindings
+    assert last.expires == 0 and last.time >= stopping, last
+    starts = [r.time for r in seen if not r.authorized and r.expires != 0]
+    intervals = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(intervals) >= refreshes, intervals
+    for interval in intervals:
+        assert granted / 2 * 0.7 <= interval <= granted / 2 * 1.3, intervals
+    rows = events(router)
+    notices = [r["state"] for r in rows if r.get("notice") == "registration"]
+    assert notices[:1] == ["REGISTERED"] and notices[-1] == "STOPPED", timeline(rows, 0)
+    assert changes(rows, "a") == [], timeline(rows, 0)
+    print(
+        f"register: asked Expires {asked}, registrar granted {granted}; "
+        f"{len(bindings)} bindings, each REGISTER -> 401 -> REGISTER with verified "
+        f"credentials -> 200, Contact <sip:{CONTACT_USER}@127.0.0.1:{router.port}>; "
+        f"refresh intervals {', '.join(f'{i:.2f}' for i in intervals)} s "
+        f"(granted / 2 = {granted / 2:.1f} s, ±30 %); API {view['state']} "
+        f"expires_s {view['expires_s']}; on SIGTERM REGISTER Expires: 0 "
+        f"{last.time - stopping:.3f}s later, answered {last.answer} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+
+
+def test_a_registrar_that_stops_answering_takes_its_carrier_out_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    # Granted 12 s: the refresh is due at 6 s and 3 timeouts take 5 s more, before the
+    # binding would lapse at 12 s (which would be the other reason, "expired").
+    granted, rate = 12, 2
+    bound = granted / 2 + LOST_AFTER * REGISTER_TIMEOUT + (LOST_AFTER - 1) * RETRY_GAP
+    slack = 1.0
+    silence = bound + 0.5  # from the last 200: the registrar answers again after the loss
+    hold_down, probe_every, trials = 3.0, 0.5, 3  # hold_down: jittered by +-10 %
+    a_port, b_port = free_udp_ports(2)
+    admin_port = free_tcp_port()
+    with (
+        start_uas(
+            "uas_register",
+            port=a_port,
+            trace_messages=True,
+            extra_args=registrar_args(granted, answers=1, silence=silence),
+            tmp_root=tmp_path,
+        ) as a,
+        start_uas("uas_answer", port=b_port, tmp_root=tmp_path) as b,
+        RouterProcess(
+            tmp_path / "router",
+            [("a", a_port), ("b", b_port)],
+            extra={
+                "carriers": [
+                    carrier("a", a_port, register=register_block(expires=granted)),
+                    carrier("b", b_port),
+                ],
+                "health": {"hold_down": hold_down, "trial_calls": trials},
+                "probe": {"interval_out": probe_every, "timeout": probe_every},
+                **admin(admin_port),
+            },
+        ) as router,
+    ):
+        assert a.wait_until(lambda: a.responses_sent(200, "REGISTER") >= 1, 5), a.describe()
+        # Calls all along: a loses its registration at ~bound, is registered again about
+        # a second later, then hold-down, probes and trial calls bring it back.
+        seconds = bound + hold_down + 5
+        calls = int(rate * seconds)
+        result = run_uac(
+            "uac_call",
+            router.address,
+            calls=calls,
+            rate=rate,
+            timeout=seconds + 10,
+            tmp_root=tmp_path,
+        )
+        state = target_state(admin_port, "a")
+        view = registration(admin_port, "a")
+        counters = router.stop()
+        seen = registers(a)
+        a_short, b_short = a.short_messages(), b.short_messages()
+    assert result.ok, result.describe()
+    assert (result.successful, result.failed) == (calls, 0), result.describe()
+    rows = events(router)
+    moves = changes(rows, "a")
+    granted_at = min(r.time for r in seen if r.answer == 200)
+    assert [(r["old"], r["new"]) for r in moves] == [
+        ("UP", "DOWN"),
+        ("DOWN", "PROBING"),
+        ("PROBING", "UP"),
+    ], timeline(rows, granted_at)
+    down, probing, up = moves
+    assert down["reason"] == "registration lost: 3 REGISTER timeouts", down
+    assert up["reason"] == f"{trials} trial calls answered", up
+    assert state == "UP" and view["state"] == "REGISTERED", (state, view)
+    notices = [(r["state"], r["detail"]) for r in rows if r.get("notice") == "registration"]
+    assert [n[0] for n in notices] == ["REGISTERED", "FAILED", "REGISTERED", "STOPPED"], notices
+    # The silence: REGISTERs after the first binding and before the second went unanswered.
+    again_at = min(r.time for r in seen if r.answer == 200 and r.time > granted_at)
+    unanswered = [r for r in seen if granted_at < r.time < again_at and r.answer is None]
+    took = down["at"] - granted_at
+    assert bound - 0.2 <= took <= bound + slack, (took, bound)
+    assert again_at - granted_at >= silence, (again_at, granted_at)
+    assert probing["at"] >= again_at - ROUTER_CLOCK_STEP, (probing, again_at)
+    assert probing["at"] - down["at"] >= 0.9 * hold_down, (down, probing)
+    # Calls went to a while it was UP, to b while it was out, and to a again from its
+    # trial calls on.
+    a_invites = [m.time for m in a_short if m.direction == "R" and m.method == "INVITE"]
+    b_invites = [m.time for m in b_short if m.direction == "R" and m.method == "INVITE"]
+    assert not [x for x in a_invites if down["at"] < x < probing["at"]], a_invites
+    before = [x for x in a_invites if x < down["at"]]
+    after = [x for x in a_invites if x > probing["at"]]
+    out = [x for x in b_invites if down["at"] < x < probing["at"]]
+    assert before and len(after) >= trials and out, (a_invites, b_invites)
+    assert len(a_invites) + len(b_invites) == calls, (a_invites, b_invites)
+    print(
+        f"registrar silent: granted {granted}s at +0.00s, then {len(unanswered)} REGISTERs "
+        f"unanswered; a DOWN at +{took:.2f}s ({down['reason']}); bound granted/2 "
+        f"{granted / 2:.0f} + lost_after {LOST_AFTER} x timeout {REGISTER_TIMEOUT:.0f} + "
+        f"{LOST_AFTER - 1} retry gaps x {RETRY_GAP:.0f} = {bound:.0f}s (+{slack:.0f}s slack); "
+        f"registrar back at +{silence:.1f}s: registered again at "
+        f"+{again_at - granted_at:.2f}s, PROBING at +{probing['at'] - granted_at:.2f}s "
+        f"(hold-down {hold_down:.0f}s), "
+        f"UP at +{up['at'] - granted_at:.2f}s ({up['reason']}); caller "
+        f"{result.successful}/{calls} answered at {rate}/s, 0 failed: {len(before)} via a "
+        f"before DOWN, {len(out)} via b while a was out, {len(after)} via a from PROBING on; "
+        f"registers_to:a {counters.get('registers_to:a')} ({time.monotonic() - started:.1f}s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (403, "registration refused: 403 Forbidden"),
+        (401, "registration refused: 401 (credentials rejected)"),
+    ],
+)
+def test_a_refused_registration_backs_off_without_a_storm(
+    tmp_path: Path, code: int, reason: str
+) -> None:
+    started = time.monotonic()
+    window, episodes = 14.0, 4  # retries after 1, 2, 4 s (x 0.9-1.1): the 4th at ~7 s
+    (carrier_port,) = free_udp_ports(1)
+    admin_port = free_tcp_port()
+    with (
+        start_uas(
+            "uas_register_reject",
+            port=carrier_port,
+            reject_code=code,
+            reject_reason="Unauthorized" if code == 401 else None,
+            trace_messages=True,
+            tmp_root=tmp_path,
+        ) as registrar,
+        RouterProcess(
+            tmp_path / "router",
+            [("a", carrier_port)],
+            extra={
+                "carriers": [carrier("a", carrier_port, register=register_block(expires=10))],
+                **admin(admin_port),
+            },
+        ) as router,
+    ):
+        assert registrar.wait_received("REGISTER", 1, 5), registrar.describe()
+        first = registrar.short_messages()[0].time
+        registrar.wait_until(lambda: registrar.received("REGISTER") >= 2 * episodes, window)
+        # As long again as the last gap: a storm would show here.
+        time.sleep(2.0)
+        observed = time.time() - first
+        state = target_state(admin_port, "a")
+        view = registration(admin_port, "a")
+        router.stop()
+        seen = registers(registrar)
+    assert router.returncode == 0, router.log()
+    rows = events(router)
+    moves = changes(rows, "a")
+    assert [(r["old"], r["new"]) for r in moves] == [("UP", "DOWN")], timeline(rows, first)
+    assert moves[0]["reason"] == reason, moves
+    assert state == "DOWN" and view["state"] == "FAILED" and view["detail"] == reason, view
+    # Every try: REGISTER -> 401 -> REGISTER with verified credentials -> the refusal.
+    assert [r.authorized for r in seen] == [False, True] * (len(seen) // 2), seen
+    assert [r.answer for r in seen] == [401, code] * (len(seen) // 2), seen
+    for reg in seen:
+        if reg.authorized:
+            check_register_credentials(reg)
+    # Nothing to unregister: no Expires: 0 was sent for a binding the router never had.
+    assert all(r.expires == 10 for r in seen), seen
+    tries = [r.time for r in seen if not r.authorized]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) >= episodes, tries
+    assert 0.85 <= gaps[0] <= 1.3, gaps
+    for before, after in itertools.pairwise(gaps):
+        assert after >= 1.5 * before, gaps
+    # No storm: what the backoff allows in the time observed, and no more.
+    assert len(seen) <= 2 * (episodes + 1), (len(seen), observed)
+    raised = alarms(rows, "a")
+    assert len(raised) == (1 if code == 401 else 0), raised
+    assert PASSWORD not in json.dumps(rows) + json.dumps(view)
+    print(
+        f"registration refused with {code}: a DOWN ({moves[0]['reason']}) "
+        f"{moves[0]['at'] - first:.2f}s after the first REGISTER; {len(seen)} REGISTERs "
+        f"({len(tries)} tries of 2) in {observed:.1f}s, gaps "
+        f"{', '.join(f'{g:.2f}' for g in gaps)} s; alarms {len(raised)}"
+        f"{(' (' + raised[0]['detail'] + ')') if raised else ''}; "
+        f"next REGISTER in {view.get('next_register_in_s')}s ({time.monotonic() - started:.1f}s)"
     )
