@@ -763,6 +763,65 @@ def test_a_registrar_that_stops_answering_takes_its_carrier_out_until_it_is_back
     )
 
 
+def test_a_carrier_gone_silent_is_out_for_its_registration_before_its_probes_tell(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    granted = 12  # as above: 3 timeouts end before the binding lapses
+    bound = granted / 2 + LOST_AFTER * REGISTER_TIMEOUT + (LOST_AFTER - 1) * RETRY_GAP
+    slack = 1.0
+    (carrier_port,) = free_udp_ports(1)
+    admin_port = free_tcp_port()
+    with (
+        start_uas(
+            "uas_register",
+            port=carrier_port,
+            trace_messages=True,
+            extra_args=registrar_args(granted),
+            tmp_root=tmp_path,
+        ) as registrar,
+        RouterProcess(
+            tmp_path / "router",
+            [("a", carrier_port)],
+            extra={
+                "carriers": [carrier("a", carrier_port, register=register_block(expires=granted))],
+                **admin(admin_port),
+            },
+        ) as router,
+    ):
+        assert registrar.wait_until(lambda: registrar.responses_sent(200, "REGISTER") >= 1, 5), (
+            registrar.describe()
+        )
+        # SIGSTOP: the socket stays open and nothing answers, OPTIONS included.
+        registrar.pause()
+        went_down = wait_for(
+            lambda: target_state(admin_port, "a") == "DOWN", bound + slack + 2, 0.2
+        )
+        view = registration(admin_port, "a")
+        counters = router.stop()
+        granted_at = max(
+            m.time
+            for m in registrar.short_messages()
+            if m.status == 200 and m.cseq_method == "REGISTER"
+        )
+    assert went_down, router.log()
+    rows = events(router)
+    moves = changes(rows, "a")
+    assert [(r["old"], r["new"]) for r in moves] == [("UP", "DOWN")], timeline(rows, 0)
+    down = moves[0]
+    assert down["reason"] == "registration lost: 3 REGISTER timeouts", down
+    assert view["state"] == "FAILED", view
+    took = down["at"] - granted_at
+    assert bound - 0.2 <= took <= bound + slack, (took, bound)
+    print(
+        f"carrier SIGSTOPped after its registration: a DOWN at +{took:.2f}s "
+        f"({down['reason']}; bound {bound:.0f}s + {slack:.0f}s slack); its probes by then: "
+        f"{counters.get('probes_to:a', 0)} sent, {counters.get('probes_ok:a', 0)} answered, "
+        f"not enough to take it out; registers_to:a {counters.get('registers_to:a')} "
+        f"({time.monotonic() - started:.1f}s)"
+    )
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
