@@ -7,11 +7,13 @@ uas_register.xml, uas_register_reject.xml): a 407 or a 401 on each INVITE, a sta
 nonce, credentials that are never accepted, a registrar that challenges, one that
 stops answering, one that refuses.
 
-What each test checks comes from records the router does not write: the carrier's
-full message trace (``-trace_msg``: CSeq, Call-ID, From tag, and the digest response
-recomputed here with hashlib from the configured password), the caller's outcome
-(SIPp's own statistics), plus the router's event log read through ``trunkguard
-events --json`` and its admin API. Figures are printed (``pytest -s``).
+What each test checks comes first from records the router does not write: the
+carrier's full message trace (``-trace_msg``: CSeq, Call-ID, From tag, Expires,
+Contact, and each digest response recomputed here with hashlib from the configured
+password) and the caller's outcome (SIPp's own statistics). What the router says about
+it comes from its event log, read through ``trunkguard events --json``, its admin API
+and its counters at stop; none of them, nor its log, may show the password or a digest
+response. Figures are printed (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -137,6 +139,13 @@ def status_of(message: SipMessage) -> int | None:
     return int(line.split()[1]) if line.startswith("SIP/2.0 ") else None
 
 
+def check_no_secrets(router: RouterProcess, responses: Sequence[str]) -> None:
+    """The router's whole log holds neither the password nor a digest response."""
+    log = router.log_path.read_text(errors="replace")
+    for secret in (PASSWORD, *responses):
+        assert secret not in log, f"{secret!r} in the router's log"
+
+
 def call_errors(log: str) -> list[str]:
     """Lines of a SIPp error log about calls (aborted, unexpected or late messages); its
     watchdog warnings on a busy machine are left out."""
@@ -257,6 +266,7 @@ class ChallengedCall:
     second_cseq: int
     bye_cseq: int
     nc: str
+    response: str
 
 
 def check_challenged_calls(messages: Sequence[SipMessage], code: int) -> list[ChallengedCall]:
@@ -287,7 +297,12 @@ def check_challenged_calls(messages: Sequence[SipMessage], code: int) -> list[Ch
         assert len(byes) == 1, f"{cid}: {[m.first_line for m in byes]}"
         out.append(
             ChallengedCall(
-                cid, cseq_number(first), cseq_number(second), cseq_number(byes[0]), got["nc"]
+                cid,
+                cseq_number(first),
+                cseq_number(second),
+                cseq_number(byes[0]),
+                got["nc"],
+                got["response"],
             )
         )
     return out
@@ -326,9 +341,11 @@ def test_a_challenged_invite_goes_again_with_credentials(tmp_path: Path, code: i
         carrier_errors = uas.errors()
     assert result.ok, result.describe()
     assert (result.successful, result.failed) == (CALLS, 0), result.describe()
+    assert result.final_codes == [200] * CALLS, result.describe()
     assert call_errors(carrier_errors) == [], carrier_errors
     calls = check_challenged_calls(carrier_messages, code)
     assert len(calls) == CALLS
+    check_no_secrets(router, [c.response for c in calls])
     # The caller numbered INVITE 1 and BYE 2; the carrier saw INVITE 1, INVITE 2 and BYE 3.
     for call in calls:
         assert call.second_cseq == call.first_cseq + 1
@@ -630,12 +647,14 @@ def test_register_refresh_at_half_the_granted_expires_and_unregister(tmp_path: P
     assert [r.cseq for r in seen] == list(range(1, len(seen) + 1)), seen
     assert len({call_id(r.message) for r in seen}) == 1
     assert len({tag_of(r.message.header("From") or "") for r in seen}) == 1
+    responses = []
     for reg in seen:
         contact = reg.message.header("Contact")
         assert contact == f"<sip:{CONTACT_USER}@127.0.0.1:{router.port}>", contact
         assert (reg.message.header("To") or "").startswith(f"<sip:{USER}@127.0.0.1>"), reg
         if reg.authorized:
-            check_register_credentials(reg)
+            responses.append(check_register_credentials(reg)["response"])
+    check_no_secrets(router, responses)
     *bindings, last = [r for r in seen if r.authorized]
     assert [r.expires for r in bindings] == [asked] * len(bindings), bindings
     assert last.expires == 0 and last.time >= stopping, last
