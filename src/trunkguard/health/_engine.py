@@ -416,6 +416,15 @@ class HealthEngine:
             h.reason = reason
         return []
 
+    def hold(self, name: str, reason: str) -> None:
+        """Keep ``name`` from taking calls until :meth:`ungate`, without moving its state.
+
+        For a carrier before its first registration: not a fault, nothing to log.
+        """
+        h = self.targets[name]
+        if h.gate is None:
+            h.gate = reason
+
     def ungate(self, name: str, now: float, detail: str) -> list[StateChange]:
         """The gate's cause is gone (registered again): a good probe, and the usual way back.
 

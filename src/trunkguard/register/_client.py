@@ -43,6 +43,8 @@ REGISTERED = "REGISTERED"
 FAILED = "FAILED"  # refused or lost: the carrier is out, a retry is scheduled
 STOPPED = "STOPPED"  # unregistered at shutdown (or never to be registered again)
 
+NOT_YET = "registration: not registered yet"  # why a carrier waits for its first 200
+
 
 @dataclass(frozen=True, slots=True)
 class RegisterSettings:
@@ -146,7 +148,14 @@ class Registrations:
     def start(self, now: float) -> None:
         for reg in self.by_carrier.values():
             reg.since = now
+            self._hold(reg)
             self._schedule(reg, now + self.rng.uniform(0, 0.2))
+
+    def _hold(self, reg: Registration) -> None:
+        """No calls to a carrier before its first registration: it would refuse them."""
+        for target in self._targets(reg.carrier):
+            if target.name in self.health.targets:
+                self.health.hold(target.name, NOT_YET)
 
     def reconfigure(self, settings: dict[str, RegisterSettings], now: float) -> None:
         """A reload: new and changed registrations start over; removed ones are dropped."""
@@ -163,6 +172,8 @@ class Registrations:
             reg = self._new(carrier, s)
             reg.since = now
             self.by_carrier[carrier] = reg
+            if old is None:
+                self._hold(reg)
             self._schedule(reg, now)
         self._share_registrars()
 
@@ -227,6 +238,8 @@ class Registrations:
         for reg in self.by_carrier.values():
             if reg.state in (FAILED,) and reg.detail:
                 self._gate(reg, reg.detail, now)
+            elif reg.granted is None and reg.state != STOPPED:
+                self._hold(reg)  # never registered yet: new destinations wait too
 
     # -- sending -------------------------------------------------------------------------------
     def _due(self, reg: Registration, now: float) -> None:
@@ -399,20 +412,19 @@ class Registrations:
             return
         reg.timeouts += 1
         reg.flow_index += 1  # the next try goes to the carrier's next destination, if any
-        what = "REGISTER timeout" if kind == "timeout" else f"REGISTER {kind}"
         s = reg.settings
         if reg.timeouts >= s.lost_after:
             # The threshold, not the count: each retry that times out again is the same loss.
-            plural = "s" if s.lost_after > 1 else ""
-            self._lost(reg, f"registration lost: {s.lost_after} {what}{plural}", now)
+            self._lost(reg, f"registration lost: {_failures(s.lost_after, kind)}", now)
             return
         if reg.state == REGISTERED and reg.expires_at is not None and now >= reg.expires_at:
             self._lost(reg, "registration lost: expired without a refresh", now)
             return
         if reg.state != FAILED:  # FAILED keeps the reason the carrier is out (see sync)
-            reg.detail = f"{reg.timeouts} {what}{'s' if reg.timeouts > 1 else ''} in a row"
-        # Try again soon, but never sooner than half a timeout.
-        self._schedule(reg, now + max(s.timeout / 2, min(s.retry_min, s.timeout)))
+            reg.detail = f"{_failures(reg.timeouts, kind)} in a row"
+        # Try again at once, nearly: the REGISTER just waited a whole timeout (and over UDP
+        # was retransmitted meanwhile), so the binding's remaining time is spent on proof.
+        self._schedule(reg, now + s.timeout / 4)
 
     def _finish(self, reg: Registration, pending: _Pending) -> None:
         pending.done = True
@@ -485,6 +497,7 @@ class Registrations:
         )
 
     def _alarm(self, reg: Registration, detail: str, now: float) -> None:
+        log.error("ALARM %s: %s", reg.carrier, detail)
         self.proxy.counters[f"alarms:{reg.carrier}"] += 1
         self.proxy.events.append(Alarm(reg.carrier, "credentials", detail, now))
 
@@ -509,6 +522,13 @@ class _Owner:
     def on_timeout(self, now: float) -> None:
         self.pending.timer = None
         self.regs.on_failure(self.reg, self.pending, "timeout", now)
+
+
+def _failures(count: int, kind: str) -> str:
+    """``3 REGISTER timeouts``, ``1 REGISTER unreachable``."""
+    if kind == "timeout":
+        return f"{count} REGISTER timeout{'s' if count != 1 else ''}"
+    return f"{count} REGISTER{'s' if count != 1 else ''} {kind}"
 
 
 def _int(text: str | None) -> int | None:
