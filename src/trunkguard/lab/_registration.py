@@ -26,7 +26,6 @@ from ._scenarios import Scenario
 if TYPE_CHECKING:
     from ._run import LabResult
 
-RETRY_MIN = 1.0  # the router's shortest pause after a REGISTER timeout (retry_min)
 JITTER_MIN = 0.9  # the router's backoff jitter: each delay is 0.9 to 1.1 times its base
 DETECT_SLACK = 1.0  # timer lateness on a busy machine, on top of the bound
 CLOCK_SLACK = 0.05  # the lab's clock against the router's event times
@@ -70,7 +69,7 @@ def measure_registration(
     expires, timeout = float(register["expires"]), float(register["timeout"])
     lost_after = int(register["lost_after"])
     refresh = expires / 2
-    retry = max(timeout / 2, min(RETRY_MIN, timeout))
+    retry = timeout / 4  # the router's pause before it retries a timed-out REGISTER
     bound = refresh + lost_after * timeout + (lost_after - 1) * retry
     fault = scenario.fault_at
     recover = scenario.recover_at if scenario.recover_at is not None else scenario.duration
