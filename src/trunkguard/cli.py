@@ -27,6 +27,7 @@ from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
 from .proxy._tls import server_context
+from .register import RegisterSettings
 from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
 from .store import EventStore
@@ -124,23 +125,29 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
     path = None if source == "<embedded default>" else source
     log.info("SIGHUP: reloading %s", source)
 
+    resolved = dict(runtime.dns_destinations)  # DNS carriers keep their destinations
+
     def load() -> tuple[
-        RouterConfig, list[Target], tuple[RoutingTable | None, NumberRules | None]
+        RouterConfig,
+        list[Target],
+        tuple[RoutingTable | None, NumberRules | None],
+        dict[str, RegisterSettings],
     ]:
         config, _ = load_config(path)
-        return config, config.targets(), config.routing()
+        return config, config.targets(resolved), config.routing(), config.register_settings()
 
     loop = asyncio.get_running_loop()
     try:
-        # Decks of millions of rows take seconds: load them off the event loop.
-        config, targets, routing = await loop.run_in_executor(None, load)
+        # Decks of millions of rows take seconds, and host names and password files are
+        # read: all of it off the event loop.
+        config, targets, routing, registrations = await loop.run_in_executor(None, load)
     except ConfigError as exc:
         _reload_refused(runtime, exc)
         return
     except Exception as exc:
         _reload_refused(runtime, ConfigError([_unexpected(exc, source)]))
         return
-    for note in runtime.reload(config, routing, loop.time(), targets):
+    for note in runtime.reload(config, routing, loop.time(), targets, registrations):
         log.warning("reload: %s", note)
     if router is not None:
         # Added targets get their connected sockets (instant ICMP failover); removed ones
@@ -354,6 +361,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config, source = load_config(args.config)
         config.targets()
+        config.register_settings()
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)

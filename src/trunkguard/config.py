@@ -359,7 +359,9 @@ class CarrierConfig(Strict):
 
 class FailoverConfig(Strict):
     invite_timeout: Seconds = 2.0
-    max_attempts: int = Field(default=3, ge=1, le=20)
+    max_attempts: int = Field(default=3, ge=1, le=20)  # carriers a call tries at most
+    # ...and destinations (SRV/A records) of one carrier's name
+    max_destinations: int = Field(default=2, ge=1, le=20)
     time_budget: Seconds = 10.0
     ring_timeout: Seconds = 180.0
     # How long a dialog is kept without a BYE (an abandoned or unanswered one).
@@ -632,6 +634,7 @@ class RouterConfig(Strict):
             allow=tuple(self.allow),
             invite_timeout=f.invite_timeout,
             max_attempts=f.max_attempts,
+            max_destinations=f.max_destinations,
             time_budget=f.time_budget,
             ring_timeout=f.ring_timeout,
             dialog_max_age=f.dialog_max_age,
@@ -772,33 +775,33 @@ class RouterConfig(Strict):
         uri = parse_uri(carrier.uri)
         transport = uri_transport(uri)
         auth = self.credentials(carrier)
-        tls = self._tls_client(carrier, uri) if transport == "tls" or destinations else None
-        common = {"failures": table, "transit": carrier.transit, "carrier": carrier.name}
         if is_ip(uri.host):
             port = uri.port or (5061 if transport == "tls" else 5060)
             flow = Flow(transport, (uri.host.strip("[]"), port))
-            tls = tls if transport == "tls" else None
-            return [Target(carrier.name, uri, flow, auth=auth, tls=tls, **common)]  # type: ignore[arg-type]
-        if not destinations:
-            flow = Flow(transport, ("0.0.0.0", 0))
-            return [Target(carrier.name, uri, flow, auth=auth, **common)]  # type: ignore[arg-type]
-        out = []
-        for d in destinations:
-            flow = Flow(d.transport, (d.addr, d.port))
-            host = f"[{d.addr}]" if ":" in d.addr else d.addr
-            out.append(
+            tls = self._tls_client(carrier, uri) if transport == "tls" else None
+            return [
                 Target(
-                    f"{carrier.name}/{host}:{d.port}",
+                    carrier.name,
                     uri,
                     flow,
+                    table,
+                    transit=carrier.transit,
                     auth=auth,
-                    tls=tls if d.transport == "tls" else None,
-                    priority=d.priority,
-                    weight=d.weight,
-                    **common,  # type: ignore[arg-type]
+                    tls=tls,
                 )
-            )
-        return out
+            ]
+        # A DNS name: the stand-in carries what its destinations will share (credentials,
+        # TLS settings for any record that says TLS), so that a DNS change reads no file.
+        stand_in = Target(
+            carrier.name,
+            uri,
+            Flow(transport, ("0.0.0.0", 0)),
+            table,
+            transit=carrier.transit,
+            auth=auth,
+            tls=self._tls_client(carrier, uri),
+        )
+        return destination_targets(stand_in, destinations or ())
 
     def targets(self, resolved: Mapping[str, Sequence[Destination]] | None = None) -> list[Target]:
         """Carriers (and pool servers) as targets, in config order.
@@ -830,6 +833,27 @@ class RouterConfig(Strict):
                     tls = TlsClient(server_name=uri.host.strip("[]"))
                 out.append(Target(member.name, uri, flow, base, kind=POOL_MEMBER, tls=tls))
         return out
+
+
+def destination_targets(stand_in: Target, destinations: Sequence[Destination]) -> list[Target]:
+    """A DNS carrier's targets: one per destination, named ``carrier/address:port``, each
+    with the stand-in's settings; the stand-in itself (port 0) when there are none."""
+    if not destinations:
+        return [stand_in]
+    out = []
+    for d in destinations:
+        host = f"[{d.addr}]" if ":" in d.addr else d.addr
+        out.append(
+            dataclasses.replace(
+                stand_in,
+                name=f"{stand_in.carrier}/{host}:{d.port}",
+                flow=Flow(d.transport, (d.addr, d.port)),
+                tls=stand_in.tls if d.transport == "tls" else None,
+                priority=d.priority,
+                weight=d.weight,
+            )
+        )
+    return out
 
 
 def resolve(host: str) -> str:

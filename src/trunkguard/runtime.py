@@ -13,14 +13,15 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from .config import RouterConfig
+from .config import RouterConfig, destination_targets
 from .dns import Destination, DnsWatcher
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
-from .proxy import Alarm, AttemptRecord, Proxy, RegistrationEvent, Target
-from .register import FAILED, Registrations
+from .proxy import Alarm, AttemptRecord, Flow, Proxy, RegistrationEvent, Target
+from .register import FAILED, RegisterSettings, Registrations
 from .routing import NumberRules, RoutingTable
 from .store import EventStore
 
@@ -52,6 +53,7 @@ def record_route_secret(path: Path) -> bytes:
     log.info("made a new Record-Route key in %s", path)
     return key
 
+
 _OPERATOR = (State.DRAINED.value, State.FORCED_DOWN.value)
 
 
@@ -69,6 +71,7 @@ class Runtime:
         self.proxy = Proxy(settings, config.targets())
         self.dns_errors: dict[str, str] = {}  # carrier -> why its name has no destinations
         self.dns_destinations: dict[str, list[Destination]] = {}  # carrier -> its records
+        self._stand_ins = self._dns_stand_ins(config, self.proxy.targets)
         self.watcher: DnsWatcher | None = None  # set by the adapter that runs it
         # Decks may be large: a caller that loaded them already passes them in.
         self.proxy.routing, self.proxy.numbers = routing or config.routing()
@@ -193,11 +196,12 @@ class Runtime:
         ones are forgotten. Returns whether the flows changed (the adapter then
         opens sockets toward the new ones).
         """
-        config_carrier = next((c for c in self.config.carriers if c.name == carrier), None)
-        if config_carrier is None:
+        stand_in = self._stand_ins.get(carrier)
+        if stand_in is None:
             return False
-        new = self.config.carrier_targets(config_carrier, destinations or None)
         old = [t for t in self.proxy.targets if t.carrier == carrier]
+        # From the stand-in made with the config: no file is read here, on the loop.
+        new = destination_targets(stand_in, destinations)
         if [(t.name, t.flow, t.priority, t.weight) for t in new] == [
             (t.name, t.flow, t.priority, t.weight) for t in old
         ]:
@@ -216,7 +220,10 @@ class Runtime:
         names = {t.name for t in new}
         for t in old:
             if t.name not in names:
-                self.health.remove_target(t.name)
+                # Calls and probes in flight may still report on it: forget it later.
+                self.proxy.timers.schedule(
+                    now + self._forget_after(), partial(self._forget, t.name)
+                )
         for t in new:
             if t.name not in self.health.targets:
                 self.health.add_target(t.name)
@@ -240,6 +247,31 @@ class Runtime:
         self.proxy.apply_health_changes([], now)
         self.pump()
         return True
+
+    @staticmethod
+    def _dns_stand_ins(config: RouterConfig, targets: list[Target]) -> dict[str, Target]:
+        """Each DNS carrier's stand-in target (settings its destinations share), by carrier."""
+        names = config.dns_queries()
+        out = {}
+        for t in targets:
+            if t.carrier in names and t.carrier not in out:
+                out[t.carrier] = dataclasses.replace(
+                    t,
+                    name=t.carrier,
+                    flow=Flow(t.flow.transport, ("0.0.0.0", 0)),
+                    priority=0,
+                    weight=0,
+                )
+        return out
+
+    def _forget_after(self) -> float:
+        s = self.proxy.settings
+        return s.time_budget + s.ring_timeout + s.timers.timeout + 60.0
+
+    def _forget(self, name: str, now: float) -> None:
+        del now
+        if all(t.name != name for t in self.proxy.targets):
+            self.health.remove_target(name)
 
     def _before_operator(self, name: str) -> State:
         """The health state the operator's drain or force-down interrupted, from the log.
@@ -274,14 +306,25 @@ class Runtime:
         routing: tuple[RoutingTable | None, NumberRules | None],
         now: float,
         targets: list[Target] | None = None,
+        registrations: dict[str, RegisterSettings] | None = None,
     ) -> list[str]:
         """Put a new, already validated config and its loaded decks in force.
 
-        ``targets`` are the config's, already resolved (off the event loop);
-        without them they are resolved here. Calls in progress continue on the
-        plans they have. Target states and hold-downs carry over by name.
-        Returns notes on what needs a restart.
+        ``targets`` (with the DNS destinations known now) and ``registrations``
+        are the config's, already resolved and read (off the event loop);
+        without them that is done here. Either raises ConfigError before
+        anything changes. Calls in progress continue on the plans they have.
+        Target states and hold-downs carry over by name. Returns notes on what
+        needs a restart.
         """
+        if targets is None:
+            targets = config.targets(self.dns_destinations)
+        if registrations is None:
+            registrations = config.register_settings()
+        dns = config.dns_queries()
+        stand_ins = self._dns_stand_ins(
+            config, [t for c in config.carriers if c.name in dns for t in config.carrier_targets(c)]
+        )
         notes = []
         old = self.config
         if (config.listen, config.advertise) != (old.listen, old.advertise):
@@ -290,8 +333,6 @@ class Runtime:
             notes.append("store.path changes take effect at the next restart")
         if (config.secret, config.secret_path()) != (old.secret, old.secret_path()):
             notes.append("secret/secret_file changes take effect at the next restart")
-        if targets is None:
-            targets = config.targets(self.dns_destinations)
         self.proxy.reconfigure(config.proxy_settings(), targets)
         self.proxy.routing, self.proxy.numbers = routing
         self.health.set_policy(config.health_policy())
@@ -304,7 +345,8 @@ class Runtime:
             for target in targets:
                 self.prober.add(target, now)
         self.config = config
-        self.registrations.reconfigure(config.register_settings(), now)
+        self._stand_ins = stand_ins
+        self.registrations.reconfigure(registrations, now)
         if self.watcher is not None:
             queries = config.dns_queries()
             for name in self.watcher.names():

@@ -530,6 +530,26 @@ def test_a_challenged_bye_is_sent_again_once_with_credentials(authenticated_invi
     assert (done.status, str(done.cseq)) == (200, "2 BYE")
 
 
+@pytest.mark.parametrize("method", ["REFER", "MESSAGE", "SUBSCRIBE", "NOTIFY"])
+def test_our_credentials_never_vouch_for_a_callers_refer_or_message(method: str) -> None:
+    # A REFER answered with our credentials could have the carrier place a call on our
+    # account, past the router's routing and blocked prefixes: its challenge goes back.
+    net = new_net()
+    server = net.carrier(A, DigestServer())
+    net.feed(invite("refer-1"), CALLER)
+    sent = only_request(net.take(), A, "INVITE")
+    net.feed(reply(sent, 200), A)
+    net.take()
+    net.feed(in_dialog(method, "refer-1", 2), CALLER)
+    request = only_request(net.take(), A, method)
+    net.feed(reply(request, 407, extra=server.challenge()), A)
+    out = net.take()
+    assert requests(out, A, method) == []
+    [final] = caller_responses(out)
+    assert final.status == 407
+    assert net.proxy.counters["auth_challenges_answered"] == 0
+
+
 def test_a_bye_challenged_twice_gets_the_carriers_answer_and_one_alarm() -> None:
     net = new_net()
     server = net.carrier(A, DigestServer(client_password=PASSWORD, password="not-what-we-have"))

@@ -701,6 +701,30 @@ def test_423_min_expires_is_retried_with_the_larger_expires() -> None:
     assert lab.proxy.counters["registration_failures:a"] == 0
 
 
+def test_a_registrar_raising_its_minimum_a_second_at_a_time_gets_few_registers() -> None:
+    registrar = Registrar()
+    server = registrar.server
+    # Always a second more than what the REGISTER asked for.
+    registrar.script = [lambda r: answer(r, 401, server.challenge())] + [
+        lambda r: answer(r, 423, f"Min-Expires: {int(r.get('expires') or 0) + 1}\r\n")
+        for _ in range(40)
+    ]
+    lab = RegLab(registrar)
+    lab.run(0.5)
+    asked = [int(r.get("expires") or 0) for _, r in lab.registers[1:]]
+    # Each 423 at least doubles what we ask for: a handful of REGISTERs up to the 1-day cap.
+    assert asked[:3] == [300, 600, 1200] and len(asked) <= 12, asked
+
+
+def test_a_grant_longer_than_asked_is_cut_to_what_we_asked() -> None:
+    registrar = Registrar()
+    registrar.expires = 999_999_999
+    lab = RegLab(registrar)
+    lab.run(0.5)
+    assert lab.reg.state == REGISTERED and lab.reg.granted == 300
+    assert lab.reg.next_at is not None and lab.reg.next_at - lab.now <= 150
+
+
 def test_423_without_a_larger_min_expires_is_a_refusal() -> None:
     registrar = Registrar()
     registrar.script = [lambda r: answer(r, 423, "Min-Expires: 60\r\n")]

@@ -100,7 +100,7 @@ def test_a_good_run_passes_and_is_measured() -> None:
     assert failing(r) == []
     m = r.metrics
     assert m["detection_s"] == pytest.approx(OUT - SCENARIO.fault_at)
-    assert m["down_reason"] == LOST and m["detect_bound_s"] == 10.0
+    assert m["down_reason"] == LOST and m["detect_bound_s"] == 8.5  # 5 + 3 x 1 + 2 x 0.25
     assert m["binding_lapsed_after_fault_s"] == pytest.approx(9.0)
     assert m["out_after_binding_lapsed_s"] == pytest.approx(0.0)
     assert m["first_unanswered_register_to_out_s"] == pytest.approx(5.0)

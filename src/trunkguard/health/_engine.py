@@ -99,6 +99,7 @@ class HealthEngine:
         self.rng = rng or random.Random()
         self.probes_enabled = probes_enabled
         self.targets: dict[str, TargetHealth] = {}
+        self._gone: dict[str, Capacity] = {}  # removed targets with calls still up
         for name in targets:
             self.add_target(name)
         self._next_attempt = 0
@@ -124,18 +125,30 @@ class HealthEngine:
         target = self.targets.get(name)
         if target is not None:
             target.capacity.release()
+        elif name in self._gone:
+            capacity = self._gone[name]
+            capacity.release()
+            if not capacity.active:
+                del self._gone[name]
 
     def share_capacity(self, names: list[str]) -> None:
         """One carrier's destinations (DNS records) share its call and rate limits."""
         if not names:
             return
-        shared = self.targets[names[0]].capacity
-        for name in names[1:]:
+        # The one already shared (it counts the carrier's calls up), not a new record's.
+        shared = max((self.targets[n].capacity for n in names), key=lambda c: c.active)
+        for name in names:
             self.targets[name].capacity = shared
 
     def remove_target(self, name: str) -> None:
-        """Forget a target that no longer exists (a DNS record gone)."""
-        self.targets.pop(name, None)
+        """Forget a target that no longer exists (a DNS record gone).
+
+        Its calls still up hold their place in the carrier's shared capacity until
+        they end: :meth:`call_ended` still finds it.
+        """
+        h = self.targets.pop(name, None)
+        if h is not None and h.capacity.active:
+            self._gone[name] = h.capacity
 
     def add_target(self, name: str) -> TargetHealth:
         p = self.policy

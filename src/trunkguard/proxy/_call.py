@@ -89,7 +89,7 @@ PLAN = "plan"  # start(): the plan has targets to try
 PLAN_REFUSED = "plan refused"  # start(): routing refused the number (blocked, undialable)
 ROUTES_FULL = "every route full"  # start(): every healthy target is at capacity
 ROUTE = "next route"  # pick_route found a target
-NO_ROUTE = "no route left"  # pick_route found none (plan, max_attempts or budget spent)
+NO_ROUTE = "no route left"  # pick_route found none (plan, attempt limits or budget spent)
 P100 = "100"
 P18X = "18x"  # any provisional but 100: 180, 183...
 R2XX = "2xx"
@@ -343,6 +343,7 @@ class Call:
         "started",
         "state",
         "to_tag",
+        "tried",
     )
 
     def __init__(
@@ -361,6 +362,7 @@ class Call:
         self.plan = plan
         self.plan_index = 0
         self.attempts = 0
+        self.tried: dict[str, int] = {}  # carrier -> branches started to its destinations
         self.branch: Branch | None = None  # the current attempt
         self.results: list[int | None] = []
         self.relayed: set[int] = set()
@@ -385,12 +387,21 @@ class Call:
         """No final response has gone to the caller yet."""
         return self.state in UNANSWERED
 
+    def may_try(self, target: Target) -> bool:
+        """Within the call's limits: ``max_attempts`` carriers, ``max_destinations`` of each.
+
+        A carrier is one target, or one per DNS record of its name; trying its next
+        record (another SBC) does not use up the carriers the call may try.
+        """
+        settings = self.proxy.settings
+        tried = self.tried.get(target.carrier, 0)
+        if tried:
+            return tried < settings.max_destinations
+        return len(self.tried) < settings.max_attempts
+
     def last_attempt(self) -> bool:
         """Is the branch being started the last this call may try?"""
-        return (
-            self.plan_index >= len(self.plan.targets)
-            or self.attempts >= self.proxy.settings.max_attempts
-        )
+        return not any(self.may_try(t) for t in self.plan.targets[self.plan_index :])
 
     @classmethod
     def transition_table(cls) -> str:
@@ -572,13 +583,11 @@ class Call:
         settings = self.proxy.settings
         now = self._now
         targets = self.plan.targets
-        while (
-            self.plan_index < len(targets)
-            and self.attempts < settings.max_attempts
-            and now < self.started + settings.time_budget
-        ):
+        while self.plan_index < len(targets) and now < self.started + settings.time_budget:
             target = targets[self.plan_index]
             self.plan_index += 1
+            if not self.may_try(target):
+                continue
             if self.attempts and not self.plan.panic and not self.proxy.admits(target, now):
                 # Out of rotation since the plan was made (tripped by another call, or
                 # its one trial slot taken): do not spend this call on it.
@@ -594,6 +603,7 @@ class Call:
         assert target is not None
         self._target = None
         self.attempts += 1
+        self.tried[target.carrier] = self.tried.get(target.carrier, 0) + 1
         if self.attempts > 1:
             self.proxy.counters["failovers"] += 1
         self.branch = self.proxy.start_branch(self, target, self.attempts, self._now)

@@ -79,6 +79,8 @@ STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 
 CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent
+# In-dialog requests of a caller that the router answers a carrier's challenge for.
+AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
 
 
 class Proxy:
@@ -946,8 +948,12 @@ class Proxy:
         """A 401/407 to a caller's in-dialog request (BYE, re-INVITE): resend it with credentials.
 
         True when it was resent (the challenge goes no further): once per request,
-        and once more for a stale nonce.
+        and once more for a stale nonce. Only for the methods that keep up or end the
+        call: our credentials never vouch for a REFER, MESSAGE or SUBSCRIBE a caller
+        sends, which could make the carrier place calls on our account.
         """
+        if request.method not in AUTHENTICATED_IN_DIALOG:
+            return False
         dialog = hop.dialog
         if dialog is not None:
             target = next((t for t in self.targets if t.name == dialog.target), None)

@@ -383,7 +383,9 @@ class Router:
             )
         except (OSError, TimeoutError, ValueError) as exc:
             self._pending_tcp.pop(key, None)
-            why = describe(exc) if tls else f"connection failed: {exc or 'timeout'}"
+            why = describe(exc) if tls else f"connection failed: {exc or type(exc).__name__}"
+            if isinstance(exc, TimeoutError):
+                why = "connection timed out"
             if not tls and isinstance(exc, ConnectionRefusedError):
                 why = "port unreachable"
             log.info("%s connection to %s failed: %s", flow.transport.upper(), flow, why)

@@ -26,7 +26,8 @@ class ProxySettings:
     advertise: Addr
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     invite_timeout: float = 2.0
-    max_attempts: int = 3
+    max_attempts: int = 3  # carriers a call tries at most
+    max_destinations: int = 2  # destinations (DNS records) of one carrier a call tries at most
     time_budget: float = 10.0
     ring_timeout: float = 180.0
     dialog_max_age: float = 4 * 3600.0

@@ -334,7 +334,9 @@ class Registrations:
         if status == 423:
             minimum = _int(response.get("min-expires"))
             if minimum is not None and reg.interval < minimum <= 86_400:
-                reg.interval = minimum
+                # At least doubled: a registrar raising its minimum by one second at a
+                # time gets a handful of REGISTERs, not thousands.
+                reg.interval = min(86_400, max(minimum, reg.interval * 2))
                 log.info("%s: registrar wants Expires >= %d", reg.carrier, minimum)
                 self._send(reg, now, expires=reg.interval)
                 return
@@ -386,6 +388,8 @@ class Registrations:
     ) -> None:
         ours = self.proxy.settings.advertise
         granted = _granted(response, reg.settings.contact_user, ours, pending.expires)
+        # A registrar may shorten what we asked for, not lengthen it (RFC 3261 §10.3).
+        granted = min(granted, pending.expires) if pending.expires > 0 else granted
         if granted <= 0:
             self._refused(reg, "registration refused: the registrar kept no binding", now)
             return
