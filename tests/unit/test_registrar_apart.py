@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import random
 
-from test_proxy_core import Net, reply
+from test_proxy_core import CALLER, B, Net, invite, only_request, reply
 
 from trunkguard.health import HealthEngine
 from trunkguard.proxy import Flow
 from trunkguard.register import REGISTERED, RegisterSettings, Registrations
-from trunkguard.sip import Request, parse_message
+from trunkguard.sip import Request, Response, parse_message
 from trunkguard.sip._digest import Credentials
 
 REGISTRAR = Flow("udp", ("192.0.2.50", 5060))  # outside allow (127.0.0.0/8)
@@ -64,3 +64,17 @@ def test_a_request_from_the_registrar_address_is_a_strangers() -> None:
     net.feed(invite, REGISTRAR)
     assert net.take() == []  # no answer, no INVITE to any carrier
     assert net.proxy.counters["forbidden_source"] == 1
+
+
+def test_the_registrar_cannot_answer_a_call_in_its_stead() -> None:
+    net, _ = _setup()
+    net.take()
+    net.feed(invite("apart-call"), CALLER)
+    # Carrier a waits for its first registration: the call goes to b.
+    sent = only_request(net.take(), B, "INVITE")
+    # The registrar's address, with the INVITE's branch: matched to no transaction of its.
+    net.feed(reply(sent, 200), REGISTRAR)
+    assert [m for f, m in net.take() if f == CALLER and isinstance(m, Response)] == []
+    assert net.proxy.counters["stray_responses"] == 1
+    net.feed(reply(sent, 200), B)  # the carrier's own answer goes up
+    assert [m.status for f, m in net.take() if f == CALLER and isinstance(m, Response)] == [200]

@@ -1089,6 +1089,10 @@ class Proxy:
         if entry is None:
             self.counters["stray_responses"] += 1
             return
+        if entry.flow != source and not self.admission.allowed(source):
+            # Let in only as a registrar (see receive): for its own REGISTERs, nothing else.
+            self.counters["stray_responses"] += 1
+            return
         self.drive(entry, entry.txn.receive(response, now), now)
 
     # -- shutdown ----------------------------------------------------------------------------
