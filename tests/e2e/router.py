@@ -123,6 +123,35 @@ class RouterProcess:
         self.returncode = proc.returncode
         return self.counters
 
+    def events(self) -> list[dict[str, object]]:
+        """The event log as ``trunkguard events --json`` prints it: state changes and notices."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trunkguard",
+                "events",
+                "--db",
+                str(self.workdir / "events.db"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        out: list[dict[str, object]] = json.loads(done.stdout)
+        return out
+
+    def wait_log(self, text: str, timeout: float) -> float | None:
+        """Seconds until ``text`` shows in the router's log (polled), or None after ``timeout``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if text in self.log_path.read_text(errors="replace"):
+                return time.monotonic() - start
+            time.sleep(0.05)
+        return None
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-6000:]

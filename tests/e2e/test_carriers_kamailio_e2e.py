@@ -8,11 +8,8 @@ it measured.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,35 +22,6 @@ from sipp import free_udp_ports, run_uac, start_uas
 pytestmark = pytest.mark.e2e
 
 USER, PASSWORD = "trunk1", "s3cret-Pa55"
-
-
-def _events(router: RouterProcess) -> list[dict[str, object]]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trunkguard",
-            "events",
-            "--db",
-            str(router.workdir / "events.db"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    out: list[dict[str, object]] = json.loads(done.stdout)
-    return out
-
-
-def _wait_log(router: RouterProcess, text: str, timeout: float) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if text in router.log_path.read_text(errors="replace"):
-            return time.monotonic() - start
-        time.sleep(0.05)
-    return None
 
 
 def _fast_health() -> dict[str, object]:
@@ -189,15 +157,15 @@ def test_registrar_stops_answering_then_comes_back(tmp_path: Path) -> None:
             carrier.pause()
             paused = time.time()  # the event log's clock
             result = run_uac("uac_call", router.address, calls=200, rate=20, timeout=40)
-            lost = _wait_log(router, "registration lost", 1)
+            lost = router.wait_log("registration lost", 1)
             assert lost is not None, router.log()
             carrier.resume()
             resumed = time.time()
             # Calls go on: the trial calls that bring k back are some of them.
             after = run_uac("uac_call", router.address, calls=160, rate=20, timeout=40)
-            back = _wait_log(router, "k: PROBING -> UP", 10)
+            back = router.wait_log("k: PROBING -> UP", 10)
             assert back is not None, router.log()
-        events = [e for e in _events(router) if e.get("target") == "k"]
+        events = [e for e in router.events() if e.get("target") == "k"]
         moves = [(e.get("old"), e.get("new"), e.get("reason")) for e in events if "new" in e]
         notices = [(e["state"], e["detail"]) for e in events if "notice" in e]
         print(
@@ -249,7 +217,7 @@ def test_bad_credentials_alarm_once_and_back_off(tmp_path: Path) -> None:
         with router:
             time.sleep(8.0)  # the window the backoff is judged over
             registers = carrier.requests("REGISTER")
-        events = [e for e in _events(router) if e.get("target") == "k"]
+        events = [e for e in router.events() if e.get("target") == "k"]
         alarms = [e for e in events if e.get("notice") == "alarm"]
         downs = [e for e in events if e.get("new") == "DOWN"]
         print(
@@ -316,7 +284,7 @@ def test_tls_carrier_good_and_bad_certificate(tmp_path: Path) -> None:
         )
         with router:
             result = run_uac("uac_call", router.address, calls=10, rate=10, timeout=30)
-        (down,) = [e for e in _events(router) if e.get("target") == "bad" and "new" in e]
+        (down,) = [e for e in router.events() if e.get("target") == "bad" and "new" in e]
         print(f"bad certificate: {down['new']}: {down['reason']}; {result.successful}/10 via b")
         assert (result.successful, result.failed) == (10, 0)
         assert b.received("INVITE") == 10

@@ -8,9 +8,6 @@ does not resolve does not stop the router: its carrier is out with the DNS reaso
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,36 +28,6 @@ def _srv(port: int, host: str, priority: int = 10, weight: int = 50) -> SrvRecor
 
 def _hosts(*names: str) -> list[HostRecord]:
     return [HostRecord(f"{n}.{DOMAIN}", ("127.0.0.1",), ttl=1) for n in names]
-
-
-def _events(router: RouterProcess) -> list[dict[str, object]]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trunkguard",
-            "events",
-            "--db",
-            str(router.workdir / "events.db"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    out: list[dict[str, object]] = json.loads(done.stdout)
-    return out
-
-
-def _wait_log(router: RouterProcess, text: str, timeout: float) -> float | None:
-    """Seconds until ``text`` shows in the router's log, or None."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if text in router.log_path.read_text(errors="replace"):
-            return time.monotonic() - start
-        time.sleep(0.05)
-    return None
 
 
 def test_three_srv_records_one_dead_keep_the_carrier_up(tmp_path: Path) -> None:
@@ -85,7 +52,7 @@ def test_three_srv_records_one_dead_keep_the_carrier_up(tmp_path: Path) -> None:
             },
         )
         with router:
-            assert _wait_log(router, "acme: 3 destinations from DNS", 10) is not None
+            assert router.wait_log("acme: 3 destinations from DNS", 10) is not None
             result = run_uac("uac_call", router.address, calls=60, rate=20, timeout=30)
             print(
                 f"\n3 SRV records, one dead: {result.successful} of 60 calls answered, "
@@ -94,7 +61,7 @@ def test_three_srv_records_one_dead_keep_the_carrier_up(tmp_path: Path) -> None:
             )
             assert (result.successful, result.failed) == (60, 0)
             assert sbc1.received("INVITE") > 0 and sbc2.received("INVITE") > 0
-        events = [e for e in _events(router) if "new" in e]
+        events = [e for e in router.events() if "new" in e]
         out = {str(e["target"]) for e in events if e["new"] == "DOWN"}
         assert out == {f"acme/127.0.0.1:{dead}"}, events
         print(f"out of rotation: {sorted(out)}; the other two stayed UP")
@@ -119,11 +86,11 @@ def test_a_record_added_and_one_removed_take_effect_without_a_reload(tmp_path: P
             },
         )
         with router:
-            assert _wait_log(router, "acme: 2 destinations from DNS", 10) is not None
+            assert router.wait_log("acme: 2 destinations from DNS", 10) is not None
             # sbc1 leaves, sbc3 arrives; the records' TTL is 1 s.
             dns.set_records(srv=[_srv(p2, "sbc2"), _srv(p3, "sbc3")], hosts=_hosts("sbc2", "sbc3"))
             changed = time.monotonic()
-            seen = _wait_log(router, f"udp:127.0.0.1:{p3}", 15)
+            seen = router.wait_log(f"udp:127.0.0.1:{p3}", 15)
             assert seen is not None, router.log()
             took = time.monotonic() - changed
             before = sbc1.received("INVITE")
@@ -162,6 +129,6 @@ def test_a_name_that_does_not_resolve_leaves_its_carrier_out_not_the_router(
             result = run_uac("uac_call", router.address, calls=10, rate=10, timeout=20)
             assert (result.successful, result.failed) == (10, 0)
             assert b.received("INVITE") == 10
-        (down,) = [e for e in _events(router) if e.get("target") == "ghost"]
+        (down,) = [e for e in router.events() if e.get("target") == "ghost"]
         print(f"\nunresolvable carrier: {down['new']}: {down['reason']}; 10/10 calls went to b")
         assert down["new"] == "DOWN" and str(down["reason"]).startswith("DNS: ")
