@@ -44,7 +44,7 @@ from ..sip import (
     make_response,
     parse_message,
 )
-from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, choose_challenge
+from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, response_challenge
 from ._admission import Admission
 from ._call import Branch, Call
 from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
@@ -574,11 +574,9 @@ class Proxy:
         """
         status = response.status
         target = branch.target
-        proxy_auth = status == 407
-        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
         realm = target.auth.realm if target.auth is not None else None  # ours, among several
         try:
-            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth, realm=realm)
+            challenge = response_challenge(response, realm)
         except DigestError as exc:
             self.counters[f"auth_failures:{target.carrier}"] += 1
             self.alarm(
@@ -962,13 +960,9 @@ class Proxy:
         client = self._digest(target) if target is not None else None
         if target is None or client is None:
             return False
-        proxy_auth = response.status == 407
-        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
         realm = target.auth.realm if target.auth is not None else None
         try:
-            challenge: Challenge | None = choose_challenge(
-                response.get_all(header), proxy=proxy_auth, realm=realm
-            )
+            challenge: Challenge | None = response_challenge(response, realm)
         except DigestError:
             challenge = None
         stale = challenge is not None and challenge.stale

@@ -29,10 +29,17 @@ from dataclasses import dataclass, field
 
 from ..health import HealthEngine, StateChange
 from ..proxy import Alarm, Proxy, RegistrationEvent
+from ..proxy._call import retry_after
 from ..proxy._timers import TimerHandle
 from ..routing import Flow, Target, TlsClient
 from ..sip import NameAddr, ParseError, Response, make_request
-from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, choose_challenge
+from ..sip._digest import (
+    Challenge,
+    Credentials,
+    DigestClient,
+    DigestError,
+    response_challenge,
+)
 
 log = logging.getLogger("trunkguard.register")
 
@@ -345,17 +352,15 @@ class Registrations:
             reg,
             f"registration refused: {status}{(' ' + reason) if reason else ''}",
             now,
-            _retry_after(response),
+            retry_after(response),
         )
 
     def _challenged(
         self, reg: Registration, pending: _Pending, response: Response, now: float
     ) -> None:
-        proxy_auth = response.status == 407
-        header = "proxy-authenticate" if proxy_auth else "www-authenticate"
         realm = reg.settings.credentials.realm  # several challenges: the one for our realm
         try:
-            challenge = choose_challenge(response.get_all(header), proxy=proxy_auth, realm=realm)
+            challenge = response_challenge(response, realm)
         except DigestError as exc:
             self._refused(reg, f"registration refused: {response.status}, {exc}", now)
             return
@@ -540,13 +545,6 @@ def _int(text: str | None) -> int | None:
         return None
     text = text.strip()
     return int(text) if text.isascii() and text.isdigit() and len(text) < 10 else None
-
-
-def _retry_after(response: Response) -> float | None:
-    value = response.get("retry-after")
-    if not value:
-        return None
-    return _int(value.split("(", 1)[0].split(";", 1)[0])
 
 
 def _granted(response: Response, contact_user: str, ours: tuple[str, int], asked: int) -> int:

@@ -32,6 +32,8 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ._message import Response
+
 # A challenge header value longer than this is not a challenge anybody sends.
 MAX_CHALLENGE = 4096
 # Nonces whose count is remembered; the oldest is forgotten first. A forgotten nonce
@@ -266,6 +268,16 @@ def choose_challenge(values: Sequence[str], *, proxy: bool, realm: str | None = 
         raise DigestError("no challenge offered")
     shown = ", ".join(offered[:8]) + (", ..." if len(offered) > 8 else "")
     raise DigestError(f"no usable challenge among {len(offered)} offered: {shown}")
+
+
+def response_challenge(response: Response, realm: str | None = None) -> Challenge:
+    """The challenge of a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate) to answer.
+
+    Raises :class:`DigestError` when the response carries none we can use.
+    """
+    proxy = response.status == 407
+    header = "proxy-authenticate" if proxy else "www-authenticate"
+    return choose_challenge(response.get_all(header), proxy=proxy, realm=realm)
 
 
 # -- answering ------------------------------------------------------------------------------
