@@ -305,27 +305,27 @@ class Proxy:
         if isinstance(message, Request) and message.method != "ACK" and message.raw_lines("via"):
             self.send(source, self.response(message, 403, to_tag=self.tag))
 
-    def transport_error(self, flow: Flow, now: float, why: str = "port unreachable") -> None:
+    def transport_error(self, flow: Flow, now: float, why: str | None = None) -> None:
         """ICMP unreachable, TCP refused/reset, a TLS handshake that failed, or a failed send.
 
         Fails its pending requests; for a call, the branch fails over. Ringing
         branches too (PROCEEDING): a carrier whose port is closed will never
         answer the calls it was ringing, and they can still complete through
-        the next carrier. ``why`` is the reason the target is out with.
+        the next carrier. ``why`` (a TLS failure, say) is the reason the target
+        is out with; without one, the request that found the closed port names it.
         """
         self.counters["transport_errors"] += 1
         target = self.admission.peer(flow)
         # A target whose port is closed is out at once, whichever message found it: a BYE
         # of a call it was carrying too, not only an INVITE or a keepalive (which trip it
-        # with their own reason). A TLS failure's reason says more: it goes first.
-        specific = why != "port unreachable"
-        if specific:
+        # with their own reason, unless ``why`` already did).
+        if why is not None:
             self._unreachable(target, why, now)
         for entry in [e for e in self.clients.values() if e.flow == flow]:
             if entry.txn.state in ("CALLING", "TRYING", "PROCEEDING"):
                 self.drive(entry, entry.txn.transport_error(now), now)
-        if not specific:
-            self._unreachable(target, why, now)
+        if why is None:
+            self._unreachable(target, "port unreachable", now)
 
     def _unreachable(self, target: Target | None, why: str, now: float) -> None:
         if target is not None and self.health is not None:

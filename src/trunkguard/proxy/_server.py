@@ -260,7 +260,7 @@ class Router:
         self.proxy.receive(data, flow, self.loop.time())
         self.flush()
 
-    def transport_error(self, flow: Flow, why: str = "port unreachable") -> None:
+    def transport_error(self, flow: Flow, why: str | None = None) -> None:
         self.proxy.transport_error(flow, self.loop.time(), why)
         self.flush()
 
@@ -386,10 +386,12 @@ class Router:
             why = describe(exc) if tls else f"connection failed: {exc or type(exc).__name__}"
             if isinstance(exc, TimeoutError):
                 why = "connection timed out"
-            if not tls and isinstance(exc, ConnectionRefusedError):
+            refused = not tls and isinstance(exc, ConnectionRefusedError)
+            if refused:
                 why = "port unreachable"
             log.info("%s connection to %s failed: %s", flow.transport.upper(), flow, why)
-            self.transport_error(flow, why)
+            # A refused connection is a closed port: the request that found it says so.
+            self.transport_error(flow, None if refused else why)
             return
         for data in self._pending_tcp.pop(key, []):
             conn.send(data)
