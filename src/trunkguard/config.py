@@ -116,6 +116,14 @@ def uri_transport(uri: Uri) -> str:
     return transport or "udp"
 
 
+def uri_flow(uri: Uri) -> Flow:
+    """Where a URI with an IP or a host name resolved once (getaddrinfo) sends to: its
+    transport, address and port (5060, or 5061 for TLS, when it names none)."""
+    transport = uri_transport(uri)
+    port = uri.port or (5061 if transport == "tls" else 5060)
+    return Flow(transport, (resolve(uri.host), port))
+
+
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -691,14 +699,12 @@ class RouterConfig(Strict):
             flow = tls = None
             if reg.registrar is not None and reg_uri.hostport() != uri.hostport():
                 # A registrar of its own: its name is resolved once, here.
-                transport = uri_transport(reg_uri)
-                port = reg_uri.port or (5061 if transport == "tls" else 5060)
                 try:
-                    flow = Flow(transport, (resolve(reg_uri.host), port))
+                    flow = uri_flow(reg_uri)
                 except ConfigError as exc:
                     problems += [f"carriers.{carrier.name}.register: {p}" for p in exc.problems]
                     continue
-                if transport == "tls":
+                if flow.transport == "tls":
                     tls = dataclasses.replace(
                         self._tls_client(carrier, uri), server_name=reg_uri.host.strip("[]")
                     )
@@ -776,8 +782,7 @@ class RouterConfig(Strict):
         transport = uri_transport(uri)
         auth = self.credentials(carrier)
         if is_ip(uri.host):
-            port = uri.port or (5061 if transport == "tls" else 5060)
-            flow = Flow(transport, (uri.host.strip("[]"), port))
+            flow = uri_flow(uri)
             tls = self._tls_client(carrier, uri) if transport == "tls" else None
             return [
                 Target(
@@ -825,11 +830,9 @@ class RouterConfig(Strict):
         for pool in self.pools:
             for member in pool.members:
                 uri = parse_uri(member.uri)
-                transport = uri_transport(uri)
-                port = uri.port or (5061 if transport == "tls" else 5060)
-                flow = Flow(transport, (resolve(uri.host), port))
+                flow = uri_flow(uri)
                 tls = None
-                if transport == "tls":
+                if flow.transport == "tls":
                     tls = TlsClient(server_name=uri.host.strip("[]"))
                 out.append(Target(member.name, uri, flow, base, kind=POOL_MEMBER, tls=tls))
         return out
