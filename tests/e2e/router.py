@@ -124,7 +124,10 @@ class RouterProcess:
         return self.counters
 
     def events(self) -> list[dict[str, object]]:
-        """The event log as ``trunkguard events --json`` prints it: state changes and notices."""
+        """The event log as ``trunkguard events --json`` prints it: state changes and notices,
+        oldest first (none before the router made its log)."""
+        if not (self.workdir / "events.db").exists():
+            return []
         done = subprocess.run(
             [
                 sys.executable,

@@ -22,9 +22,6 @@ import hashlib
 import itertools
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kamailio import free_tcp_port
 from router import RouterProcess
 from sipp import (
     SipMessage,
@@ -182,13 +180,6 @@ def auth_block() -> dict[str, object]:
     return {"user": USER, "password": PASSWORD, "realm": REALM}
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def admin(port: int) -> dict[str, object]:
     return {"admin": {"listen": f"127.0.0.1:{port}", "token": TOKEN}}
 
@@ -204,22 +195,6 @@ def api(port: int, path: str) -> Any:
 def target_state(port: int, name: str) -> str:
     states = {t["name"]: t["state"] for t in api(port, "/api/targets")["targets"]}
     return str(states[name])
-
-
-def events(router: RouterProcess) -> list[dict[str, Any]]:
-    """``trunkguard events --db ... --json``: state changes and notices, oldest first."""
-    db = router.workdir / "events.db"
-    if not db.exists():
-        return []
-    done = subprocess.run(
-        [sys.executable, "-m", "trunkguard", "events", "--db", str(db), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    )
-    rows: list[dict[str, Any]] = json.loads(done.stdout)
-    return rows
 
 
 def alarms(rows: Sequence[dict[str, Any]], target: str) -> list[dict[str, Any]]:
@@ -421,7 +396,7 @@ def test_a_stale_nonce_is_answered_again_without_an_alarm(tmp_path: Path) -> Non
             assert got["nc"] == "00000001", got
         byes = received_requests(msgs, "BYE")
         assert [cseq_number(m) for m in byes] == [4], f"{cid}: {byes}"
-    rows = events(router)
+    rows = router.events()
     assert alarms(rows, "a") == [], timeline(rows, 0)
     assert changes(rows, "a") == [], timeline(rows, 0)
     assert state == "UP"
@@ -486,7 +461,7 @@ def test_credentials_rejected_fail_over_and_raise_one_alarm(tmp_path: Path) -> N
         check_credentials(invites[1].header("Proxy-Authorization"), challenge or "", "INVITE")
     # a took calls until its consecutive faults tripped it; the rest went to b directly.
     assert len(per_call) == faults_to_trip, f"a saw {len(per_call)} calls"
-    rows = events(router)
+    rows = router.events()
     raised = alarms(rows, "a")
     assert len(raised) == 1, timeline(rows, 0)
     assert raised[0]["state"] == "credentials", raised
@@ -663,7 +638,7 @@ def test_register_refresh_at_half_the_granted_expires_and_unregister(tmp_path: P
     assert len(intervals) >= refreshes, intervals
     for interval in intervals:
         assert granted / 2 * 0.7 <= interval <= granted / 2 * 1.3, intervals
-    rows = events(router)
+    rows = router.events()
     notices = [r["state"] for r in rows if r.get("notice") == "registration"]
     assert notices[:1] == ["REGISTERED"] and notices[-1] == "STOPPED", timeline(rows, 0)
     assert changes(rows, "a") == [], timeline(rows, 0)
@@ -735,7 +710,7 @@ def test_a_registrar_that_stops_answering_takes_its_carrier_out_until_it_is_back
         a_short, b_short = a.short_messages(), b.short_messages()
     assert result.ok, result.describe()
     assert (result.successful, result.failed) == (calls, 0), result.describe()
-    rows = events(router)
+    rows = router.events()
     moves = changes(rows, "a")
     granted_at = min(r.time for r in seen if r.answer == 200)
     assert [(r["old"], r["new"]) for r in moves] == [
@@ -824,7 +799,7 @@ def test_a_carrier_gone_silent_is_out_for_its_registration_before_its_probes_tel
             if m.status == 200 and m.cseq_method == "REGISTER"
         )
     assert went_down, router.log()
-    rows = events(router)
+    rows = router.events()
     moves = changes(rows, "a")
     assert [(r["old"], r["new"]) for r in moves] == [("UP", "DOWN")], timeline(rows, 0)
     down = moves[0]
@@ -884,7 +859,7 @@ def test_a_refused_registration_backs_off_without_a_storm(
         router.stop()
         seen = registers(registrar)
     assert router.returncode == 0, router.log()
-    rows = events(router)
+    rows = router.events()
     moves = changes(rows, "a")
     assert [(r["old"], r["new"]) for r in moves] == [("UP", "DOWN")], timeline(rows, first)
     assert moves[0]["reason"] == reason, moves
