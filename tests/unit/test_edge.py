@@ -169,6 +169,23 @@ def test_a_source_not_in_allow_gets_nothing(data: bytes) -> None:
     assert net.proxy.counters["forbidden_source"] == 1
 
 
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_stream_source_not_in_allow_gets_nothing(transport: str) -> None:
+    # Over TLS as over UDP: a certificate proves nothing about being allowed to call.
+    net = Net()
+    net.feed(invite(), Flow(transport, STRANGER.addr))
+    assert net.take() == []
+    assert net.proxy.counters["forbidden_source"] == 1
+
+
+def test_a_carrier_over_tls_is_known_by_transport_too() -> None:
+    # A carrier's address on another transport is a stranger's: no peer by address alone.
+    net = Net(allow=())
+    net.feed(invite(), Flow("tls", A.addr))
+    assert net.take() == []
+    assert net.proxy.counters["forbidden_source"] == 1
+
+
 def test_a_carrier_is_known_by_address_and_port() -> None:
     net = Net(allow=())  # only the carriers may send
     same_host_other_port = Flow("udp", ("127.0.0.1", 5999))
