@@ -26,7 +26,7 @@ OnChange = Callable[[str, Resolution], None]
 
 
 class _Entry:
-    __slots__ = ("first", "name", "query", "state", "task")
+    __slots__ = ("first", "name", "query", "resolving", "state", "stopping", "task")
 
     def __init__(self, name: str, query: Query) -> None:
         self.name = name
@@ -34,6 +34,8 @@ class _Entry:
         self.state = Refresh()
         self.task: asyncio.Task[None] | None = None
         self.first = asyncio.Event()
+        self.resolving = False  # a query is out (else the task sleeps until the next)
+        self.stopping = False  # retired or stopped: end after the query that is out
 
 
 class DnsWatcher:
@@ -108,16 +110,32 @@ class DnsWatcher:
             )
 
     async def stop(self) -> None:
-        """Cancel every resolution and timer, and wait until they have all ended."""
+        """End every watch, and wait until they have all ended.
+
+        A task asleep until its next refresh is cancelled at once. A query that
+        is out may finish, up to ``lifetime``, and is cancelled only then:
+        cancelled in the middle of opening its socket, it could leave the socket
+        open.
+        """
         self._running = False
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
-        tasks += self._retiring
+        tasks = list(self._retiring)
         for entry in self._entries.values():
+            if entry.task is not None:
+                tasks.append(entry.task)
+                self._end(entry, entry.task)
             entry.task = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.settings.lifetime)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._retiring.clear()
+
+    @staticmethod
+    def _end(entry: _Entry, task: asyncio.Task[None]) -> None:
+        entry.stopping = True
+        if not entry.resolving:
+            task.cancel()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -139,19 +157,24 @@ class DnsWatcher:
     def _retire(self, entry: _Entry) -> None:
         task, entry.task = entry.task, None
         if task is not None and not task.done():
-            task.cancel()
+            self._end(entry, task)
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
     async def _watch(self, entry: _Entry) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not entry.stopping:
+            entry.resolving = True
             try:
                 result = await self.resolver.resolve(entry.query)
             except Exception as exc:
                 logger.exception("%s: resolving %s failed", entry.name, entry.query)
                 error = f"{entry.query.host}: resolver error: {type(exc).__name__}"
                 result = Resolution((), 0.0, error, transient=True)
+            finally:
+                entry.resolving = False
+            if entry.stopping:
+                return
             step = refresh_step(entry.state, result, loop.time(), self.settings)
             entry.state = step.state
             if step.changed:
