@@ -34,6 +34,8 @@ from .dns import Destination, DnsSettings, Query
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
 from .proxy import ProxySettings
+from .proxy._overload import OverloadSettings
+from .proxy._sources import Limit, SourceSettings
 from .register import RegisterSettings
 from .routing import (
     POOL_MEMBER,
@@ -390,6 +392,105 @@ class LimitsConfig(Strict):
     max_line: int = Field(default=8_192, ge=256, le=65_535)
 
 
+class OverloadConfig(Strict):
+    """When the router itself is overloaded, new calls are refused early (the rest flows)."""
+
+    enabled: bool = True
+    policy: Literal["503", "drop"] = "503"  # a refused call gets 503 + Retry-After, or nothing
+    retry_after: int = Field(default=1, ge=0, le=3_600)
+    queue_high: int = Field(default=1_048_576, ge=4_096, le=1 << 30)  # bytes in a socket queue
+    lag_high: float = Field(default=0.05, gt=0, le=10)  # seconds of event-loop lag
+    busy_high: float = Field(default=0.95, gt=0, le=1)  # share of time on input
+    max_memory_mb: int | None = Field(default=None, ge=32, le=1_048_576)  # resident memory cap
+    rfc7339: bool = False  # oc parameters in the top Via toward callers that send them
+    oc_validity: int = Field(default=500, ge=0, le=86_400_000)  # ms
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        # YAML reads `policy: 503` as a number.
+        return "503" if value == 503 and not isinstance(value, bool) else value
+
+    def settings(self) -> OverloadSettings:
+        return OverloadSettings(
+            enabled=self.enabled,
+            policy=self.policy,
+            retry_after=self.retry_after,
+            queue_high=self.queue_high,
+            lag_high=self.lag_high,
+            busy_high=self.busy_high,
+            max_memory=None if self.max_memory_mb is None else self.max_memory_mb << 20,
+            oc=self.rfc7339,
+            oc_validity=self.oc_validity,
+        )
+
+
+class SourceLimitConfig(Strict):
+    """Limits of one class of sources, per source address; null: no such limit."""
+
+    calls_per_s: float | None = Field(default=None, gt=0, le=1_000_000)
+    concurrent_calls: int | None = Field(default=None, ge=1, le=10_000_000)
+    messages_per_s: float | None = Field(default=None, gt=0, le=10_000_000)
+    ban: bool = True  # over a limit: banned; false: only the excess is refused
+    burst: float = Field(default=2.0, gt=0, le=3_600)  # seconds of the rate a source may burst
+
+    def limit(self) -> Limit:
+        return Limit(
+            calls_per_s=self.calls_per_s,
+            concurrent_calls=self.concurrent_calls,
+            messages_per_s=self.messages_per_s,
+            ban=self.ban,
+            burst=self.burst,
+        )
+
+
+class SourceNetworkConfig(SourceLimitConfig):
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @field_validator("net", mode="before")
+    @classmethod
+    def _net(cls, value: Any) -> Any:
+        try:
+            return ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an address or network") from None
+
+
+def _default_source_limit() -> SourceLimitConfig:
+    return SourceLimitConfig(calls_per_s=500, concurrent_calls=20_000, messages_per_s=10_000)
+
+
+class SourceLimitsConfig(Strict):
+    """Per-source limits and bans (pike/ratelimit): allowed sources, carriers, networks."""
+
+    enabled: bool = True
+    default: SourceLimitConfig = Field(default_factory=_default_source_limit)
+    carriers: SourceLimitConfig = Field(default_factory=lambda: SourceLimitConfig(ban=False))
+    networks: list[SourceNetworkConfig] = Field(default_factory=list)
+    ban_for: Seconds = 10.0
+    ban_max: Seconds = 600.0
+    max_sources: int = Field(default=100_000, ge=16, le=10_000_000)
+    max_bans: int = Field(default=10_000, ge=16, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _bans(self) -> SourceLimitsConfig:
+        if self.ban_max < self.ban_for:
+            raise ValueError("ban_max cannot be shorter than ban_for")
+        return self
+
+    def settings(self) -> SourceSettings:
+        return SourceSettings(
+            enabled=self.enabled,
+            default=self.default.limit(),
+            carriers=self.carriers.limit(),
+            networks=tuple((n.net, n.limit()) for n in self.networks),
+            ban_for=self.ban_for,
+            ban_max=self.ban_max,
+            max_sources=self.max_sources,
+            max_bans=self.max_bans,
+        )
+
+
 class TimersConfig(Strict):
     t1: Seconds = 0.5
     t2: Seconds = 4.0
@@ -493,6 +594,8 @@ class RouterConfig(Strict):
     q850: dict[int, OutcomeClass] = Field(default_factory=dict)
     dialstatus: dict[str, OutcomeClass] = Field(default_factory=dict)
     limits: LimitsConfig = LimitsConfig()
+    overload: OverloadConfig = OverloadConfig()
+    source_limits: SourceLimitsConfig = SourceLimitsConfig()
     timers: TimersConfig = TimersConfig()
     health: HealthConfig = HealthConfig()
     probe: ProbeConfig = ProbeConfig()
@@ -658,6 +761,8 @@ class RouterConfig(Strict):
             secret=self.secret.encode("utf-8") if self.secret else b"",
             drain_timeout=self.shutdown.drain_timeout,
             dialog_keepalive=self.dialog_keepalive.interval,
+            overload=self.overload.settings(),
+            sources=self.source_limits.settings(),
         )
 
     def health_policy(self) -> HealthPolicy:

@@ -21,6 +21,8 @@ from .dns import Destination, DnsWatcher
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
 from .proxy import Alarm, AttemptRecord, Flow, Proxy, RegistrationEvent, Target
+from .proxy._overload import OverloadEvent
+from .proxy._sources import BanEvent
 from .register import FAILED, RegisterSettings, Registrations
 from .routing import NumberRules, RoutingTable
 from .store import EventStore
@@ -173,6 +175,17 @@ class Runtime:
             elif isinstance(event, Alarm):
                 self.store.record_notice(
                     event.target, "alarm", event.kind, event.detail, self._wall(event.at)
+                )
+            elif isinstance(event, BanEvent):
+                # Once per ban (and once when lifted), never per packet.
+                log.warning("source %s %s: %s", event.source, event.state, event.detail)
+                self.store.record_notice(
+                    event.source, "source", event.state, event.detail, self._wall(event.at)
+                )
+            elif isinstance(event, OverloadEvent):
+                log.warning("router %s: %s", event.state, event.detail)
+                self.store.record_notice(
+                    "router", "overload", event.state, event.detail, self._wall(event.at)
                 )
             elif self.on_attempt is not None:
                 self.on_attempt(event)

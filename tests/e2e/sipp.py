@@ -664,8 +664,10 @@ def _new_workdir(tmp_root: Path | None, prefix: str) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix=f"sipp-{prefix}-", dir=tmp_root)), False
 
 
-def _common_args(port: int, lifetime_s: int, trace_messages: bool) -> list[str]:
-    args = ["-i", HOST, "-bind_local", "-p", str(port), "-nostdin"]
+def _common_args(
+    port: int, lifetime_s: int, trace_messages: bool, host: str = HOST
+) -> list[str]:
+    args = ["-i", host, "-bind_local", "-p", str(port), "-nostdin"]
     # -timeout alone does not end a run while calls are open: -timeout_error does.
     args += ["-timeout", f"{lifetime_s}s", "-timeout_error"]
     args += ["-trace_shortmsg", "-shortmessage_file", _SHORTMSG]
@@ -689,7 +691,11 @@ def _spawn(command: list[str], workdir: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_bound_or_exit(
-    process: subprocess.Popen[bytes], port: int, timeout: float, table_name: str = "udp"
+    process: subprocess.Popen[bytes],
+    port: int,
+    timeout: float,
+    table_name: str = "udp",
+    host: str = HOST,
 ) -> int | None:
     """None once SIPp has bound ``port``; its exit status if it exits first."""
     end = time.monotonic() + timeout
@@ -698,13 +704,13 @@ def _wait_bound_or_exit(
         if status is not None:
             return status
         # Bound by this SIPp, not by whoever may have taken the port in the meantime.
-        bound = _udp_socket_inodes(port, table_name=table_name)
+        bound = _udp_socket_inodes(port, host, table_name=table_name)
         if bound and bound & _socket_inodes_of(process.pid):
             return None
         time.sleep(0.01)
     process.kill()
     process.wait()
-    raise SippError(f"SIPp did not bind 127.0.0.1:{port} within {timeout} s")
+    raise SippError(f"SIPp did not bind {host}:{port} within {timeout} s")
 
 
 _P = TypeVar("_P", bound=SippProcess)
@@ -722,6 +728,7 @@ def _start(
     reject_reason: str | None,
     tmp_root: Path | None,
     attempts: int = 8,
+    host: str = HOST,
 ) -> _P:
     binary = sipp_binary()
     source = scenario_path(scenario)
@@ -733,15 +740,16 @@ def _start(
             path = reject_scenario(source, reject_code, reject_reason, workdir)
         else:
             path = Path(shutil.copy(source, workdir / source.name))
-        chosen = port if port is not None else free_udp_port()
-        command = [binary, "-sf", path.name, *_common_args(chosen, lifetime_s, trace_messages)]
+        chosen = port if port is not None else free_udp_port(host)
+        command = [binary, "-sf", path.name]
+        command += _common_args(chosen, lifetime_s, trace_messages, host)
         command += extra_args
         process = _spawn(command, workdir)
         # SIPp's own -timeout ends the run; the margin leaves it time to write its files.
         deadline = time.monotonic() + lifetime_s + 3.0
         # "-t t1"/"-t tn": SIPp listens on TCP only.
         table_name = "tcp" if "-t" in extra_args and "u1" not in extra_args else "udp"
-        status = _wait_bound_or_exit(process, chosen, timeout=5.0, table_name=table_name)
+        status = _wait_bound_or_exit(process, chosen, 5.0, table_name, host)
         # A caller may be done already; only a carrier has to be up and listening.
         if status is None or (cls.role == "uac" and status != EXIT_BIND_FAILED):
             return cls(path, chosen, workdir, owns, process, deadline)
@@ -803,6 +811,7 @@ def start_uac(
     trace_messages: bool = False,
     extra_args: Sequence[str] = (),
     tmp_root: Path | None = None,
+    host: str = HOST,
 ) -> Uac:
     """Start a caller toward ``target`` (host, port) without waiting for it; see run_uac."""
     if calls < 1 or rate < 1:
@@ -823,6 +832,7 @@ def start_uac(
         reject_code=None,
         reject_reason=None,
         tmp_root=tmp_root,
+        host=host,
     )
 
 
@@ -841,6 +851,7 @@ def run_uac(
     trace_messages: bool = False,
     extra_args: Sequence[str] = (),
     tmp_root: Path | None = None,
+    host: str = HOST,
 ) -> UacResult:
     """Run a caller to completion and return its UacResult.
 
@@ -866,5 +877,6 @@ def run_uac(
         trace_messages=trace_messages,
         extra_args=extra_args,
         tmp_root=tmp_root,
+        host=host,
     )
     return uac.wait()

@@ -187,6 +187,7 @@ class _Api:
                 "counters": dict(sorted(proxy.counters.items())),
                 "open": proxy.open_work(),
                 "active": proxy.active(),
+                **proxy.load_view(self._now()),
             }
         )
 

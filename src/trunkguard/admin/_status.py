@@ -164,6 +164,14 @@ def _print(base: str, listing: dict[str, Any], counters: dict[str, Any]) -> None
             when = f", next REGISTER in {_duration(float(reg['next_register_in_s']))}"
         line = f"registration {carrier}: {reg.get('state')} ({reg.get('detail')}){when}"
         console.print(Text(line))
+    overload = counters.get("overload") or {}
+    if overload.get("refusing_pct"):
+        line = f"overloaded: refusing {overload['refusing_pct']}% of new calls ({overload['why']})"
+        console.print(Text(line, style="bold red"))
+    for ban in (counters.get("sources") or {}).get("bans", []):
+        left = _duration(float(ban["left"]))
+        line = f"banned {ban['source']}: {ban['why']}, {left} left, {ban['dropped']} dropped"
+        console.print(Text(line))
     open_work = counters.get("open") or {}
     console.print(Text("open: " + _pairs(open_work)))
     totals = {k: v for k, v in (counters.get("counters") or {}).items() if v}

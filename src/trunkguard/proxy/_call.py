@@ -483,6 +483,7 @@ class Call:
         self._branch = branch
         self._response = response
         self._kind = kind
+        was_final = self.state in FINAL
         try:
             while True:
                 row = _CALL_ROWS.get((self.state, what))
@@ -500,8 +501,10 @@ class Call:
                     break
                 self._then = None
                 what = then
-            if self.budget_timer is not None and self.state in FINAL:
-                self._stop_budget()
+            if self.state in FINAL and not was_final:
+                if self.budget_timer is not None:
+                    self._stop_budget()
+                self.proxy.call_over(self)
         finally:
             self._branch = self._response = self._verdict = None
             self._challenge = None

@@ -46,7 +46,7 @@ from ..sip import (
 )
 from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, response_challenge
 from ._admission import Admission
-from ._call import Branch, Call
+from ._call import ANSWERED, Branch, Call
 from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
 from ._entries import (
     ALLOW,
@@ -59,7 +59,17 @@ from ._entries import (
     server_key,
 )
 from ._keepalive import Probe, Quiet, build_bye, build_options, contact_uri
+from ._overload import (
+    Load,
+    OverloadControl,
+    OverloadEvent,
+    is_shed_ack,
+    quick_invite,
+    response_with_oc,
+    shed_response,
+)
 from ._relay import Relay
+from ._sources import BanEvent, SourceLimits
 from ._stray import stray_request
 from ._timers import TimerHandle, TimerQueue
 from ._types import (
@@ -78,7 +88,8 @@ log = logging.getLogger("trunkguard.proxy")
 STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 
-CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent
+CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
+SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
 # In-dialog requests of a caller that the router answers a carrier's challenge for.
 AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
 
@@ -109,9 +120,18 @@ class Proxy:
         self.registrars: dict[tuple[str, Addr], TlsClient | None] = {}
         self._alarmed: set[str] = set()  # carriers whose credentials alarm is raised
         self.tag = os.urandom(6).hex()
+        # The To tag of the stateless 503s that refuse calls under overload: their ACKs
+        # are known by it without a parse.
+        self.shed_tag = "s" + os.urandom(6).hex()
+        self._shed_ack = f"tag={self.shed_tag}".encode()
+        self._shed_extra: tuple[bytes, ...] = ()
+        self.overload = OverloadControl(settings.overload)
+        self.sources = SourceLimits(settings.sources, self.counters)
+        self._quick_admitted = False  # the INVITE being handled passed the overload check
         self._secret = settings.secret or os.urandom(32)
         self.set_advertise(settings.advertise)
         self.timers.schedule(0.0, self._sweep_dialogs)
+        self.timers.schedule(SOURCE_SWEEP, self._sweep_sources)
 
     def reconfigure(self, settings: ProxySettings, targets: Sequence[Target]) -> None:
         """New settings and targets (a reload). Calls in progress keep the plans they have."""
@@ -137,6 +157,14 @@ class Proxy:
     def _new_admission(self) -> None:
         self.admission = Admission(self.settings, self.targets)
         self.admission.set_own(self._own)
+        self.overload.settings = self.settings.overload
+        hosts = frozenset(t.flow.addr[0] for t in self.targets)
+        self.sources.reconfigure(self.settings.sources, hosts)
+        extra = [f"Retry-After: {self.settings.overload.retry_after}"]
+        extra.append("{}: {}".format(*self.warning("overloaded")))
+        if self.settings.server_header:
+            extra.append(f"Server: {self.settings.server_header}")
+        self._shed_extra = tuple(line.encode() for line in extra)
 
     def set_own_addresses(self, addrs: Sequence[Addr]) -> None:
         """Every address the router listens on: never a next hop, and a Route to it is ours."""
@@ -266,10 +294,24 @@ class Proxy:
     def receive(self, data: bytes, source: Flow, now: float) -> None:
         """Handle one datagram or one stream frame from ``source``."""
         self.counters["messages_in"] += 1
-        if not self.admission.allowed(source) and not (
-            data.startswith(b"SIP/2.0 ") and (source.transport, source.addr) in self.registrars
-        ):
-            self._unknown_source(data, source)
+        if not self.admission.allowed(source):
+            if not (
+                data.startswith(b"SIP/2.0 ") and (source.transport, source.addr) in self.registrars
+            ):
+                self._unknown_source(data, source)
+                return
+        elif not self.sources.message(source.addr[0], now):
+            # Banned, or over its message rate: dropped unparsed (the ban is logged once).
+            self.counters["source_dropped"] += 1
+            if self.sources.events:
+                self.events += self.sources.take_events()
+            return
+        if is_shed_ack(data, self._shed_ack):
+            self.counters["shed_acks_absorbed"] += 1
+            return
+        self._quick_admitted = False
+        overloaded = self.overload.reject > 0.0
+        if overloaded and data.startswith(b"INVITE ") and self._shed_early(data, source, now):
             return
         try:
             message = parse_message(data, self.settings.limits)
@@ -292,6 +334,48 @@ class Proxy:
             self.counters["parse_errors"] += 1
             if isinstance(message, Request) and message.method != "ACK":
                 self._reject(message, source, exc.status, str(exc))
+
+    def _shed_early(self, data: bytes, source: Flow, now: float) -> bool:
+        """Under overload, refuse a new INVITE from its raw lines (no parse, no transaction).
+
+        Only one that is new: not inside a dialog (a To tag) and not a retransmission
+        of a call already admitted (its transaction exists). Anything the cheap look
+        cannot read goes the full way, where the same share is refused.
+        """
+        quick = quick_invite(data)
+        if quick is None or quick.to_tag or quick.key in self.servers:
+            return False
+        if not self.overload.refuse_next(source.addr[0]):
+            self._quick_admitted = True
+            return False
+        self.counters["calls_shed"] += 1
+        self.counters["calls_shed_overload"] += 1
+        if self.settings.overload.policy == "drop":
+            return True
+        oc = self.overload.oc_params(now) if self.settings.overload.oc and quick.oc else ""
+        self.send(source, shed_response(quick, self.shed_tag, self._shed_extra, oc))
+        return True
+
+    def note_load(self, load: Load, now: float) -> None:
+        """A sample of the router's own load from the adapter (see ``_overload``)."""
+        control = self.overload
+        change = control.sample(load, now)
+        if control.reject > 0.0:
+            # Answers are late because we are: timeouts now are not the carriers' fault.
+            self.stalled_until = max(self.stalled_until, now + STALL_GRACE)
+        if change == "start":
+            self.counters["overload_episodes"] += 1
+            self.events.append(OverloadEvent("overloaded", control.why, now))
+        elif change == "end":
+            shed = self.counters["calls_shed_overload"]
+            detail = f"load back to normal; {shed} calls refused so far"
+            self.events.append(OverloadEvent("recovered", detail, now))
+
+    def _sweep_sources(self, now: float) -> None:
+        self.sources.sweep(now)
+        if self.sources.events:
+            self.events += self.sources.take_events()
+        self.timers.schedule(now + SOURCE_SWEEP, self._sweep_sources)
 
     def _unknown_source(self, data: bytes, source: Flow) -> None:
         """A source that is neither a target nor in ``allow``: nothing, or a bare 403."""
@@ -414,16 +498,56 @@ class Proxy:
             # Overloaded or shutting down: a quick 503 of our own (the dialer retries,
             # elsewhere or shortly) beats a call that times out.
             why = "shutting down" if self.draining else "overloaded"
-            self.counters["calls_shed"] += 1
-            extra = [("Retry-After", "1"), self.warning(why)]
-            self.send(source, self.response(request, 503, to_tag=self.tag, extra=extra))
+            self._shed(request, source, why)
+            return
+        overload = self.overload
+        if overload.reject and not self._quick_admitted and overload.refuse_next(source.addr[0]):
+            self.counters["calls_shed_overload"] += 1
+            self._shed(request, source, "overloaded")
+            return
+        host = source.addr[0]
+        over = self.sources.new_call(host, now)
+        if over is not None:
+            self.counters["calls_limited"] += 1
+            if self.sources.events:
+                self.events += self.sources.take_events()
+            if not self.sources.banned(host):  # a banned source gets nothing from now on
+                self._shed(request, source, over)
             return
         self.counters["calls"] += 1
+        self.sources.call_started(host, now)
         entry = self.server_entry(request, source, key, ServerInvite)
-        self.respond(entry, 100, make_response(request, 100), now)
+        trying = make_response(request, 100)
+        if self.settings.overload.oc and "oc" in request.top_via.params:
+            trying = response_with_oc(trying, self.overload.oc_params(now))
+        self.respond(entry, 100, trying, now)
         call = Call(self, request, source, entry, self.plan(request, now, source), now)
         entry.owner = call
         call.start(now)
+
+    def _shed(self, request: Request, source: Flow, why: str) -> None:
+        """A quick 503 of our own: the dialer retries, elsewhere or shortly."""
+        self.counters["calls_shed"] += 1
+        if why == "overloaded" and self.settings.overload.policy == "drop":
+            return
+        retry = str(self.settings.overload.retry_after)
+        extra = [("Retry-After", retry), self.warning(why)]
+        data = self.response(request, 503, to_tag=self.tag, extra=extra)
+        if self.settings.overload.oc and "oc" in request.top_via.params:
+            data = response_with_oc(data, self.overload.oc_params(self.overload.since or 0.0))
+        self.send(source, data)
+
+    def call_over(self, call: Call) -> None:
+        """A call reached its final state. Unanswered, it no longer counts for its source;
+        answered, its dialog does until it ends (:meth:`_dialog_over`)."""
+        if call.state != ANSWERED:
+            self.sources.call_ended(call.source.addr[0])
+
+    def _dialog_over(self, dialog: Dialog) -> None:
+        """An answered call ended (BYE, a dead side, too old): its capacity is free again."""
+        if self.health is not None:
+            self.health.call_ended(dialog.target)
+        self.sources.call_ended(dialog.caller.addr[0])
 
     def plan(self, request: Request, now: float, source: Flow | None = None) -> Plan:
         """The ordered targets for a new call, each with the reason (``routing.build_plan``)."""
@@ -890,8 +1014,7 @@ class Proxy:
         if method == "BYE" and dialog is not None and not dialog.ending:
             # Keep the dialog a little for retransmitted BYEs and their responses.
             dialog.ending = True
-            if self.health is not None:
-                self.health.call_ended(dialog.target)
+            self._dialog_over(dialog)
             self.timers.schedule(
                 now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
             )
@@ -1052,8 +1175,7 @@ class Proxy:
         ):
             if contact_uri(contact):
                 self.send_request(flow, build_bye(dialog, to_caller, agent), Quiet(), now)
-        if self.health is not None:
-            self.health.call_ended(dialog.target)
+        self._dialog_over(dialog)
         self.dialogs.end(call_id)
         self.counters["dialogs_ended_dead"] += 1
         self.counters[f"dialogs_ended_dead:{why}"] += 1
@@ -1062,8 +1184,8 @@ class Proxy:
         # Dialogs whose BYE never came through us must not pile up, nor hold capacity.
         stale = self.dialogs.expired(now, self.settings.dialog_max_age)
         for dialog in stale:
-            if self.health is not None and not dialog.ending:
-                self.health.call_ended(dialog.target)
+            if not dialog.ending:
+                self._dialog_over(dialog)
         self.counters["dialogs_expired"] += len(stale)
         every = min(SWEEP_EVERY, self.settings.dialog_max_age / 4)
         self.timers.schedule(now + every, self._sweep_dialogs)
@@ -1100,6 +1222,22 @@ class Proxy:
             "client_transactions": len(self.clients),
             "server_transactions": len(self.servers),
             "dialogs": len(self.dialogs),
+        }
+
+    def load_view(self, now: float) -> dict[str, object]:
+        """The router's own load and the per-source bans, for the admin API."""
+        control, last = self.overload, self.overload.last
+        return {
+            "overload": {
+                "refusing_pct": round(control.reject * 100, 1),
+                "why": control.why if control.active else "",
+                "for_seconds": None if control.since is None else round(now - control.since, 3),
+                "queued_bytes": last.queued,
+                "loop_lag_ms": round(last.lag * 1000, 1),
+                "busy_pct": round(last.busy * 100, 1),
+                "resident_mb": last.memory >> 20,
+            },
+            "sources": self.sources.snapshot(now),
         }
 
     def open_work(self) -> dict[str, int]:

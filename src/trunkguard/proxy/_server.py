@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import cast
@@ -32,13 +35,17 @@ from typing import cast
 from ..routing import TlsClient
 from ..sip import ParseError, StreamFramer
 from ._core import Proxy
+from ._overload import Load
 from ._tls import client_context, describe
 from ._types import Addr, Flow
 
 log = logging.getLogger("trunkguard.proxy")
 
-HEARTBEAT = 0.1  # seconds between checks of the event loop's lag
+HEARTBEAT = 0.05  # seconds between samples of the router's load (loop lag, socket queues)
 STALL = 0.25  # a heartbeat this late means the loop was stalled
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: a socket's memory, and its drops
+_MEMINFO = struct.Struct("9I")  # rmem_alloc, rcvbuf, ..., drops (SK_MEMINFO_DROPS = 8)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 MAX_FLUSH_ROUNDS = 1000  # sends that fail make more work; this bounds one flush
@@ -157,6 +164,10 @@ class Router:
         self.bound: list[tuple[str, str, int]] = []
         self._beat_at = 0.0
         self._heartbeat_handle: asyncio.TimerHandle | None = None
+        self._busy = 0.0  # seconds spent handling input since the last sample
+        self._inputs = 0
+        self._drops: dict[int, int] = {}  # kernel drops so far, by socket
+        self._meminfo = True  # SO_MEMINFO works here
 
     # -- set-up -----------------------------------------------------------------------------
     async def start(self, listeners: list[tuple[str, str, int]]) -> None:
@@ -200,9 +211,49 @@ class Router:
         lag = now - self._beat_at
         if lag > STALL:
             self.proxy.note_stall(lag, now)
-            self.flush()
+        queued, drops = self._socket_load()
+        busy = self._busy / max(HEARTBEAT + lag, 1e-6)
+        load = Load(queued, drops, lag, min(1.0, busy), _resident(), self._inputs)
+        self._busy, self._inputs = 0.0, 0
+        self.proxy.note_load(load, now)
+        self.flush()
         self._beat_at = now + HEARTBEAT
         self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
+
+    def _sockets(self) -> list[socket.socket]:
+        out = []
+        transports = [u.transport for u in self.udp.values()]
+        transports += [c.transport for c in self.carriers.values()]
+        for transport in transports:
+            if transport is not None and not transport.is_closing():
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    out.append(sock)
+        return out
+
+    def _socket_load(self) -> tuple[int, int]:
+        """Bytes waiting in the fullest UDP receive queue, and the kernel's drops since the
+        last sample over all of them (what SO_RXQ_OVFL would report datagram by datagram)."""
+        if not self._meminfo:
+            return 0, 0
+        queued = dropped = 0
+        seen: dict[int, int] = {}
+        for sock in self._sockets():
+            try:
+                raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+                info = _MEMINFO.unpack(raw[: _MEMINFO.size])
+            except (OSError, struct.error) as exc:
+                log.info("no socket queue figures on this system (SO_MEMINFO): %s", exc)
+                self._meminfo = False
+                return 0, 0
+            fd = sock.fileno()
+            queued = max(queued, info[0])
+            before = self._drops.get(fd)
+            if before is not None and info[8] > before:
+                dropped += info[8] - before
+            seen[fd] = info[8]
+        self._drops = seen
+        return queued, dropped
 
     @staticmethod
     def _grow_buffers(sock: socket.socket) -> None:
@@ -257,8 +308,11 @@ class Router:
 
     # -- the loop -------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow) -> None:
+        started = time.perf_counter()
         self.proxy.receive(data, flow, self.loop.time())
         self.flush()
+        self._busy += time.perf_counter() - started
+        self._inputs += 1
 
     def transport_error(self, flow: Flow, why: str | None = None) -> None:
         self.proxy.transport_error(flow, self.loop.time(), why)
@@ -423,3 +477,12 @@ async def serve(
     finally:
         await router.stop()
     return router
+
+
+def _resident() -> int:
+    """The process's resident memory in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0

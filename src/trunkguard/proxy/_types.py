@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from ..health import Verdict
 from ..routing import Addr, Flow, Plan, Target
 from ..sip import DEFAULT_LIMITS, Limits, TimerConfig
+from ._overload import OverloadSettings
+from ._sources import SourceSettings
 
 __all__ = [
     "Addr",
@@ -38,6 +40,8 @@ class ProxySettings:
     secret: bytes = b""  # key of the signed Record-Route; empty: a random one per process
     drain_timeout: float = 10.0  # on SIGTERM, how long calls in setup may take to finish
     dialog_keepalive: float | None = None  # seconds between in-dialog OPTIONS; None: off
+    overload: OverloadSettings = field(default_factory=OverloadSettings)
+    sources: SourceSettings = field(default_factory=SourceSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,316 @@
+"""Overload control: refuse new calls early and cheaply, keep everything else flowing.
+
+Two halves, both pure:
+
+- :class:`OverloadControl` turns samples of the router's own load, taken by
+  the adapter every tick (bytes waiting in its receive queues, the kernel's
+  drops, the event loop's lag, the share of time spent handling input, the
+  process's resident memory), into the share of new calls to refuse. The
+  share rises fast while any signal says overloaded and falls slowly once
+  none does (the loss-based algorithm of RFC 7339, run on ourselves), so the
+  calls it admits find a short queue and complete.
+- A first-line look at a raw datagram, without parsing it: an out-of-dialog
+  INVITE that is to be refused gets a stateless ``503`` built from its raw
+  header lines (:func:`quick_invite`, :func:`shed_response`), and the ACK for
+  such a 503 is known by its To tag. Refusing a call then costs a few
+  microseconds, not the tens a parse and a transaction would.
+
+Only new INVITEs are ever refused: responses, ACKs, CANCELs, retransmissions
+and requests inside a dialog all go through whatever the load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_CRLF = b"\r\n"
+_NAMES = {
+    b"v": b"via",
+    b"via": b"via",
+    b"f": b"from",
+    b"from": b"from",
+    b"t": b"to",
+    b"to": b"to",
+    b"i": b"call-id",
+    b"call-id": b"call-id",
+    b"cseq": b"cseq",
+}
+_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.-")
+_OC_PARAMS = frozenset({"oc", "oc-validity", "oc-seq", "oc-algo"})
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadSettings:
+    enabled: bool = True
+    policy: str = "503"  # what a refused call gets: "503" (with Retry-After) or "drop"
+    retry_after: int = 1  # seconds, in the 503
+    queue_high: int = 1_048_576  # bytes waiting in a listener's receive queue: overloaded
+    lag_high: float = 0.05  # seconds of event-loop lag: overloaded
+    busy_high: float = 0.95  # share of time on input that, with a queue building, is too much
+    max_memory: int | None = None  # resident bytes past which every new call is refused
+    oc: bool = False  # RFC 7339: tell callers whose Via carries ``oc`` how much to reduce
+    oc_validity: int = 500  # ms an oc value holds for the caller
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One sample of the router's load, taken by the adapter."""
+
+    queued: int = 0  # bytes waiting in the fullest receive queue
+    drops: int = 0  # datagrams the kernel dropped since the last sample (queue full)
+    lag: float = 0.0  # how late the sampling timer fired, seconds
+    busy: float = 0.0  # share of the interval spent handling input
+    memory: int = 0  # resident bytes (0: unknown)
+    messages: int = 0  # inputs handled since the last sample
+
+
+RISE = 0.3  # on overload, this share of what is still admitted is refused more...
+RISE_MIN = 0.05  # ...and at least this much more
+FALL = 0.85  # per sample once relaxed: the refused share is multiplied by this...
+FALL_MIN = 0.01  # ...and falls by at least this much
+LIGHT = 0.5  # a source offering under this share of the mean per source is spared
+MAX_COUNTED = 10_000  # sources whose new calls are counted per sample
+RELAXED_QUEUE = 0.25  # below this share of queue_high (and no other signal): relaxed
+MAX_REJECT = 0.99  # never refuse quite everything for load alone (memory can)
+
+
+class OverloadControl:
+    """The share of new calls to refuse, from the load samples (see the module's docstring)."""
+
+    def __init__(self, settings: OverloadSettings | None = None) -> None:
+        self.settings = settings or OverloadSettings()
+        self.reject = 0.0  # share of new calls refused now
+        self.why = ""  # the signal that last said overloaded
+        self.since: float | None = None  # when the current episode began
+        self.last = Load()
+        self.peak = 0.0
+        self._credit = 0.0
+        # New calls offered per source in this sample, and the sources that offered few
+        # in the last one: a flood from one source is refused before a dialer's calls.
+        self._offered: dict[str, int] = {}
+        self.heavy: frozenset[str] = frozenset()
+
+    @property
+    def active(self) -> bool:
+        return self.reject > 0.0
+
+    def overloaded_by(self, load: Load) -> str:
+        """Which signal says the router is overloaded (empty: none)."""
+        s = self.settings
+        if s.max_memory is not None and load.memory > s.max_memory:
+            return f"resident memory {load.memory >> 20} MB over {s.max_memory >> 20} MB"
+        if load.drops > 0:
+            return f"the kernel dropped {load.drops} datagrams (receive queue full)"
+        if load.queued > s.queue_high:
+            return f"{load.queued >> 10} KB waiting in a receive queue"
+        if load.lag > s.lag_high:
+            return f"event loop {load.lag * 1000:.0f} ms late"
+        if load.busy > s.busy_high and load.queued > s.queue_high * RELAXED_QUEUE:
+            return f"{load.busy:.0%} of the time on input with a queue building"
+        return ""
+
+    def sample(self, load: Load, now: float) -> str | None:
+        """Take one sample; returns "start"/"end" when an episode begins or ends, else None."""
+        self.last = load
+        offered, self._offered = self._offered, {}
+        if len(offered) > 1:
+            mean = sum(offered.values()) / len(offered)
+            self.heavy = frozenset(h for h, n in offered.items() if n >= mean * LIGHT)
+        else:
+            self.heavy = frozenset(offered)
+        if not self.settings.enabled:
+            self.reject = 0.0
+            return None
+        was = self.reject > 0.0
+        why = self.overloaded_by(load)
+        s = self.settings
+        if why:
+            self.why = why
+            if s.max_memory is not None and load.memory > s.max_memory:
+                self.reject = 1.0
+            else:
+                more = max(RISE_MIN, (1.0 - self.reject) * RISE)
+                self.reject = min(MAX_REJECT, self.reject + more)
+        elif (
+            load.queued < s.queue_high * RELAXED_QUEUE
+            and load.lag < s.lag_high / 2
+            and self.reject > 0.0
+        ):
+            self.reject = min(MAX_REJECT, max(0.0, self.reject * FALL - FALL_MIN))
+        self.peak = max(self.peak, self.reject)
+        if self.reject > 0.0 and not was:
+            self.since = now
+            return "start"
+        if was and self.reject == 0.0:
+            self.since = None
+            return "end"
+        return None
+
+    def refuse_next(self, source: str = "") -> bool:
+        """Should the next new call (from ``source``) be refused? Spreads ``reject`` evenly
+        over the calls of the sources that offer the most: one that offered under half
+        the mean per source in the last sample (or none) is spared, the load is not its
+        doing.
+        """
+        reject = self.reject
+        if reject <= 0.0:
+            return False
+        offered = self._offered
+        if source in offered:
+            offered[source] += 1
+        elif len(offered) < MAX_COUNTED:
+            offered[source] = 1
+        if self.heavy and source not in self.heavy:
+            return False
+        self._credit += reject
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
+    def oc_params(self, now: float) -> str:
+        """RFC 7339 parameters for the top Via of a response to a caller that asked."""
+        pct = round(self.reject * 100)
+        validity = self.settings.oc_validity if pct else 0
+        return f';oc={pct};oc-algo="loss";oc-validity={validity};oc-seq={now:.3f}'
+
+
+# -- the first line: raw bytes, no parse ------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class QuickInvite:
+    """What the cheap look found in an INVITE: enough to refuse it, or to see it is not new."""
+
+    key: tuple[str, str, str]  # its server transaction key (RFC 3261 branch), as server_key
+    to_tag: bool  # a tag in To: inside a dialog (a re-INVITE), never refused
+    oc: bool  # the caller's top Via carries RFC 7339's ``oc``
+    lines: tuple[bytes, ...]  # Via..., From, To, Call-ID, CSeq: the raw lines a response copies
+
+
+def _split_top(value: bytes) -> tuple[bytes, bytes]:
+    """A Via header's value as (its first value, the rest from the comma that ends it);
+    a comma inside a quoted string (``oc-algo="loss,rate"``) does not end it."""
+    comma = value.find(b",")
+    if comma < 0 or b'"' not in value[:comma]:
+        return (value, b"") if comma < 0 else (value[:comma], value[comma:])
+    quoted = False
+    for i, byte in enumerate(value):
+        if byte == 0x22:  # '"'
+            quoted = not quoted
+        elif byte == 0x2C and not quoted:  # ','
+            return value[:i], value[i:]
+    return value, b""
+
+
+def quick_invite(data: bytes) -> QuickInvite | None:
+    """The raw lines of an INVITE, or None when anything is unusual (the full parser decides)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = data[:end].split(_CRLF)
+    vias: list[bytes] = []
+    found: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        colon = line.find(b":")
+        if colon <= 0 or line[:1] in (b" ", b"\t"):
+            return None  # folded or odd: not for the fast path
+        name = _NAMES.get(line[:colon].rstrip(b" \t").lower())
+        if name is None:
+            continue
+        if name == b"via":
+            vias.append(line)
+        elif name in found:
+            return None  # two To (say): let the parser refuse it
+        else:
+            found[name] = line
+    if not vias or len(found) != 4:
+        return None
+    top = _split_top(vias[0][vias[0].find(b":") + 1 :])[0].strip()
+    parts = top.split(b";")
+    proto = parts[0].split()
+    if len(proto) != 2 or proto[0].upper() not in (b"SIP/2.0/UDP", b"SIP/2.0/TCP", b"SIP/2.0/TLS"):
+        return None
+    sent_by = proto[1].lower()
+    host, _, port = sent_by.partition(b":")
+    if not host or not _HOST_CHARS.issuperset(host):
+        return None
+    if port and (not port.isdigit() or port[:1] == b"0" or len(port) > 5):
+        return None
+    branch = b""
+    oc = False
+    for param in parts[1:]:
+        name, _, value = param.strip().partition(b"=")
+        name = name.strip().lower()
+        if name == b"branch":
+            branch = value.strip()
+        elif name == b"oc":
+            oc = True
+    if not branch.startswith(b"z9hG4bK"):
+        return None
+    to = found[b"to"]
+    to_value = to[to.find(b":") + 1 :]
+    # A tag param after the name-addr's '>' (or anywhere in a bare addr-spec without '<').
+    close = to_value.rfind(b">")
+    to_tag = b";tag=" in to_value[close + 1 :].lower().replace(b" ", b"")
+    try:
+        key = (branch.decode("ascii"), sent_by.decode("ascii"), "INVITE")
+    except UnicodeDecodeError:
+        return None
+    head = (*vias, found[b"from"], to, found[b"call-id"], found[b"cseq"])
+    return QuickInvite(key, to_tag, oc, head)
+
+
+def shed_response(
+    invite: QuickInvite,
+    tag: str,
+    extra: tuple[bytes, ...] = (),
+    oc: str = "",
+) -> bytes:
+    """A stateless ``503`` for a refused INVITE: its raw Via, From, To (with ``tag``),
+    Call-ID and CSeq lines, then ``extra`` header lines; ``oc`` goes in the top Via."""
+    vias = list(invite.lines[:-4])
+    from_, to, call_id, cseq = invite.lines[-4:]
+    if oc:
+        vias[0] = with_oc(vias[0], oc)
+    out = [b"SIP/2.0 503 Service Unavailable", *vias, from_, to + b";tag=" + tag.encode(), call_id]
+    out += [cseq, *extra, b"Content-Length: 0", b"", b""]
+    return _CRLF.join(out)
+
+
+def with_oc(via_line: bytes, oc: str) -> bytes:
+    """The Via header line with the top value's RFC 7339 parameters replaced by ``oc``."""
+    colon = via_line.find(b":")
+    name, rest = via_line[: colon + 1], via_line[colon + 1 :]
+    top, others = _split_top(rest)
+    kept = [
+        p
+        for p in top.split(b";")
+        if p.strip().partition(b"=")[0].strip().lower().decode("latin-1") not in _OC_PARAMS
+    ]
+    return name + b";".join(kept).rstrip() + oc.encode() + others
+
+
+def is_shed_ack(data: bytes, tag: bytes) -> bool:
+    """Is this the ACK for one of our stateless 503s (its To carries our shed tag)?"""
+    return data.startswith(b"ACK ") and tag in data
+
+
+def response_with_oc(data: bytes, oc: str) -> bytes:
+    """A response of ours with RFC 7339's parameters in its top Via (see :func:`with_oc`)."""
+    lines = data.split(_CRLF)
+    for i, line in enumerate(lines[1:], 1):
+        if not line:
+            break
+        colon = line.find(b":")
+        if _NAMES.get(line[:colon].rstrip(b" \t").lower()) == b"via":
+            lines[i] = with_oc(line, oc)
+            return _CRLF.join(lines)
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadEvent:
+    """The router's own overload began or ended; for the event log and the logs."""
+
+    state: str  # "overloaded", "recovered"
+    detail: str
+    at: float
