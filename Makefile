@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq kamailio chromium stress-ng lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq kamailio sipvicious chromium stress-ng lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ kamailio:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq kamailio kamailio-tls-modules >/dev/null; }
 	@$(KAMAILIO_FOUND) || { echo "Kamailio is still missing: install Debian's kamailio and kamailio-tls-modules" >&2; exit 1; }
+
+# SIPVicious (Debian's sipvicious: svmap, svwar, svcrack) is the scanner the edge tests run
+# against the router, as someone looking for a PBX to abuse would.
+SIPVICIOUS_FOUND = command -v svmap && command -v svwar && command -v svcrack
+sipvicious:
+	@{ $(SIPVICIOUS_FOUND); } >/dev/null 2>&1 || { \
+	  echo "installing SIPVicious (Debian package sipvicious)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq sipvicious >/dev/null; }
+	@{ $(SIPVICIOUS_FOUND); } >/dev/null 2>&1 || { echo "SIPVicious is still missing: install Debian's sipvicious" >&2; exit 1; }
 
 # Headless Chromium checks that the lab's HTML report renders its charts.
 chromium:
@@ -77,10 +87,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio chromium lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
