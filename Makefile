@@ -104,6 +104,7 @@ test-stressed: stress-ng
 bench: $(STAMP) sipp
 	$(BIN)/python bench/proxy_rate.py
 	$(BIN)/python bench/carrier_auth.py
+	$(BIN)/python bench/overload.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache lab-results

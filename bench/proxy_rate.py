@@ -96,9 +96,14 @@ def cpu_wait(pid: int) -> float:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a live process (VmRSS), in MB."""
+    return status_mb(pid, "VmRSS")
+
+
+def status_mb(pid: int, name: str) -> float:
+    """A memory line of /proc/PID/status (VmRSS, VmHWM: the peak of VmRSS...), in MB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -34,7 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -195,20 +195,24 @@ def read_short_messages(path: Path) -> list[ShortMessage]:
     Line format (SIPp 3.6): ``date<TAB>time<TAB>epoch<TAB>S|R<TAB>Call-ID<TAB>CSeq:N METHOD
     <TAB>first line``.
     """
+    return list(iter_short_messages(path))
+
+
+def iter_short_messages(path: Path) -> Iterator[ShortMessage]:
+    """read_short_messages one line at a time: a long run's trace need not fit in memory."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        handle = path.open(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return []
-    messages = []
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) != 7 or fields[3] not in ("S", "R") or not fields[5].startswith("CSeq:"):
-            continue
-        number, _, method = fields[5].removeprefix("CSeq:").strip().partition(" ")
-        direction: Direction = "S" if fields[3] == "S" else "R"
-        try:
-            messages.append(
-                ShortMessage(
+        return
+    with handle:
+        for line in handle:
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) != 7 or fields[3] not in ("S", "R") or not fields[5].startswith("CSeq:"):
+                continue
+            number, _, method = fields[5].removeprefix("CSeq:").strip().partition(" ")
+            direction: Direction = "S" if fields[3] == "S" else "R"
+            try:
+                yield ShortMessage(
                     time=float(fields[2]),
                     direction=direction,
                     call_id=fields[4],
@@ -216,10 +220,8 @@ def read_short_messages(path: Path) -> list[ShortMessage]:
                     cseq_method=method.strip(),
                     first_line=fields[6].strip(),
                 )
-            )
-        except ValueError:
-            continue
-    return messages
+            except ValueError:
+                continue
 
 
 def count_requests(messages: Sequence[ShortMessage], method: str, direction: Direction) -> int:
@@ -602,10 +604,13 @@ class Uac(SippProcess):
 
     role = "uac"
 
-    def wait(self) -> UacResult:
+    def wait(self, read_messages: bool = True) -> UacResult:
         """Wait for SIPp to exit (SIGKILL at the wall-clock deadline) and read the results.
 
-        Removes the working directory afterwards if this module created it.
+        ``read_messages=False`` leaves ``messages`` and ``final_codes`` empty: a caller of
+        a long run reads the trace itself, one line at a time (iter_short_messages), from
+        a working directory it owns. Removes the working directory afterwards if this
+        module created it.
         """
         killed = False
         try:
@@ -614,7 +619,7 @@ class Uac(SippProcess):
             killed = True
             self.process.kill()
             self.process.wait()
-        messages = self.short_messages()
+        messages = self.short_messages() if read_messages else []
         stats = _last_stats_row(self.workdir / _STATS)
         result = UacResult(
             returncode=self.process.returncode,
