@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from sipgen import RequestParts, torture, torture_names, valid_requests
 from test_proxy_core import CALLER, A, Net, invite, only_request, reply, responses
 
 from trunkguard.proxy import Flow
@@ -17,7 +19,7 @@ from trunkguard.proxy._overload import (
     shed_response,
     with_oc,
 )
-from trunkguard.sip import Request, Response, parse_message
+from trunkguard.sip import ParseError, Request, Response, parse_message
 
 HIGH = OverloadSettings().queue_high
 
@@ -106,6 +108,8 @@ def test_disabled_never_refuses() -> None:
         "v: SIP/2.0/UDP Dialer.Example.COM;branch=z9hG4bKx",
         "VIA:  SIP/2.0/TCP 10.1.2.3:5070 ; branch=z9hG4bK-sp ;received=1.2.3.4",
         "Via: SIP/2.0/UDP 10.1.2.3:5090;branch=z9hG4bK-t, SIP/2.0/UDP 10.9.9.9;branch=z9hG4bKo",
+        "Via: SIP/2.0/UDP 10.1.2.3:5090;BRANCH=z9hG4bK-up ;rport",
+        'Via: SIP/2.0/UDP 10.1.2.3;oc-algo="loss,rate";branch=z9hG4bK-q;oc',
     ],
 )
 def test_quick_invite_finds_the_same_transaction_key_as_the_parser(via: str) -> None:
@@ -126,10 +130,41 @@ def test_quick_invite_finds_the_same_transaction_key_as_the_parser(via: str) -> 
         (b"Call-ID: q2\r\n", b""),  # no Call-ID
         (b"\r\n\r\n", b"\r\n"),  # no end of head
         (b"127.0.0.1:5090;", b"127.0.0.1:05090;"),  # a port the parser reads as a number
+        (b"branch=z9hG4bK-q2", b"branch=Z9HG4BK-q2"),  # the cookie is case-sensitive
     ],
 )
 def test_quick_invite_leaves_anything_unusual_to_the_parser(change: tuple[bytes, bytes]) -> None:
     assert quick_invite(invite("q2").replace(*change)) is None
+
+
+def _agrees_with_the_parser(data: bytes) -> None:
+    """Whatever the fast path reads, the parser reads the same way (or it reads nothing).
+    The core looks only at datagrams that start with ``INVITE ``."""
+    quick = quick_invite(data)
+    if quick is None or not data.startswith(b"INVITE "):
+        return
+    try:
+        request = parse_message(data)
+        key = server_key(request, "INVITE")  # type: ignore[arg-type]
+        to_tag = request.to.tag is not None
+    except ParseError:  # the parser refuses it: then so does the full path
+        return
+    assert isinstance(request, Request)
+    assert quick.key == key
+    assert quick.to_tag == to_tag
+
+
+@given(valid_requests())
+def test_quick_invite_agrees_with_the_parser_on_any_request(parts: RequestParts) -> None:
+    data = parts.data
+    if not data.startswith(b"INVITE "):
+        data = b"INVITE " + data.split(b" ", 1)[1]
+    _agrees_with_the_parser(data)
+
+
+@pytest.mark.parametrize("name", torture_names())
+def test_quick_invite_agrees_with_the_parser_on_the_torture_messages(name: str) -> None:
+    _agrees_with_the_parser(torture(name))
 
 
 def test_quick_invite_tells_a_tag_in_to_from_one_in_its_uri() -> None:

@@ -21,7 +21,9 @@ and requests inside a dialog all go through whatever the load.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _CRLF = b"\r\n"
 _NAMES = {
@@ -35,7 +37,21 @@ _NAMES = {
     b"call-id": b"call-id",
     b"cseq": b"cseq",
 }
-_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789.-")
+# The header lines a response copies, found by the regex engine, not a loop over every line.
+_WANTED = re.compile(rb"\r\n((via|v|from|f|to|t|call-id|i|cseq)[ \t]*:[^\r\n]*)", re.I)
+# The top Via as the fast path takes it: a plain host (no IPv6 reference, which the parser
+# normalises) and a port without leading zeros; anything else goes to the parser.
+_TOP_VIA = re.compile(
+    rb"[ \t]*SIP/2\.0/(?:UDP|TCP|TLS)[ \t]+([a-z0-9.\-]+(?::[1-9][0-9]{0,4})?)[ \t]*(;.*)\Z",
+    re.I | re.S,
+)
+_BRANCH = re.compile(
+    # The magic cookie is case-sensitive, as the parser's check (RFC 3261 §17.2.3) is.
+    rb";[ \t]*branch[ \t]*=[ \t]*((?-i:z9hG4bK)[A-Za-z0-9.!%*_+`'~\-]+)[ \t]*(?:;|\Z)",
+    re.I,
+)
+_OC = re.compile(rb";[ \t]*oc[ \t]*(?:[;=]|\Z)", re.I)
+_TAG = re.compile(rb";[ \t]*tag[ \t]*=", re.I)
 _OC_PARAMS = frozenset({"oc", "oc-validity", "oc-seq", "oc-algo"})
 
 
@@ -176,8 +192,7 @@ class OverloadControl:
 
 
 # -- the first line: raw bytes, no parse ------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class QuickInvite:
+class QuickInvite(NamedTuple):
     """What the cheap look found in an INVITE: enough to refuse it, or to see it is not new."""
 
     key: tuple[str, str, str]  # its server transaction key (RFC 3261 branch), as server_key
@@ -206,16 +221,13 @@ def quick_invite(data: bytes) -> QuickInvite | None:
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].split(_CRLF)
+    head = data[:end]
+    if b"\r\n " in head or b"\r\n\t" in head:
+        return None  # folded lines: not for the fast path
     vias: list[bytes] = []
     found: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        colon = line.find(b":")
-        if colon <= 0 or line[:1] in (b" ", b"\t"):
-            return None  # folded or odd: not for the fast path
-        name = _NAMES.get(line[:colon].rstrip(b" \t").lower())
-        if name is None:
-            continue
+    for line, raw_name in _WANTED.findall(head):
+        name = _NAMES[raw_name.lower()]
         if name == b"via":
             vias.append(line)
         elif name in found:
@@ -224,39 +236,20 @@ def quick_invite(data: bytes) -> QuickInvite | None:
             found[name] = line
     if not vias or len(found) != 4:
         return None
-    top = _split_top(vias[0][vias[0].find(b":") + 1 :])[0].strip()
-    parts = top.split(b";")
-    proto = parts[0].split()
-    if len(proto) != 2 or proto[0].upper() not in (b"SIP/2.0/UDP", b"SIP/2.0/TCP", b"SIP/2.0/TLS"):
+    top = _split_top(vias[0][vias[0].find(b":") + 1 :])[0]
+    m = _TOP_VIA.match(top)
+    if m is None:
         return None
-    sent_by = proto[1].lower()
-    host, _, port = sent_by.partition(b":")
-    if not host or not _HOST_CHARS.issuperset(host):
-        return None
-    if port and (not port.isdigit() or port[:1] == b"0" or len(port) > 5):
-        return None
-    branch = b""
-    oc = False
-    for param in parts[1:]:
-        name, _, value = param.strip().partition(b"=")
-        name = name.strip().lower()
-        if name == b"branch":
-            branch = value.strip()
-        elif name == b"oc":
-            oc = True
-    if not branch.startswith(b"z9hG4bK"):
+    sent_by, params = m.groups()
+    branch = _BRANCH.search(params)
+    if branch is None:
         return None
     to = found[b"to"]
-    to_value = to[to.find(b":") + 1 :]
     # A tag param after the name-addr's '>' (or anywhere in a bare addr-spec without '<').
-    close = to_value.rfind(b">")
-    to_tag = b";tag=" in to_value[close + 1 :].lower().replace(b" ", b"")
-    try:
-        key = (branch.decode("ascii"), sent_by.decode("ascii"), "INVITE")
-    except UnicodeDecodeError:
-        return None
-    head = (*vias, found[b"from"], to, found[b"call-id"], found[b"cseq"])
-    return QuickInvite(key, to_tag, oc, head)
+    to_tag = _TAG.search(to, max(to.rfind(b">"), to.find(b":"))) is not None
+    key = (branch.group(1).decode("ascii"), sent_by.lower().decode("ascii"), "INVITE")
+    lines = (*vias, found[b"from"], to, found[b"call-id"], found[b"cseq"])
+    return QuickInvite(key, to_tag, _OC.search(params) is not None, lines)
 
 
 def shed_response(
