@@ -87,3 +87,54 @@ async def test_a_send_that_fails_fails_over_and_the_timers_go_on() -> None:
     finally:
         b_sock.close()
         await router.stop()
+
+
+async def test_a_stream_connection_from_outside_allow_is_closed_at_once() -> None:
+    proxy = Proxy(
+        ProxySettings(advertise=("127.0.0.1", 0), allow=(ipaddress.ip_network("127.0.0.2/32"),)),
+        [],
+    )
+    router = Router(proxy)
+    await router.start([("tcp", "127.0.0.1", 0)])
+    try:
+        port = router.bound[0][2]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(options(writer.get_extra_info("sockname")[1]))
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed, nothing said
+        writer.close()
+        assert proxy.counters["connections_refused_source"] == 1
+        assert proxy.counters["messages_in"] == 0 and not router.tcp
+        # An allowed source stays connected and is answered.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(options(writer.get_extra_info("sockname")[1]))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        assert head.startswith(b"SIP/2.0 200 ")
+        writer.close()
+    finally:
+        await router.stop()
+
+
+async def test_the_load_sample_sees_bytes_waiting_in_a_receive_queue() -> None:
+    proxy = Proxy(
+        ProxySettings(advertise=("127.0.0.1", 0), allow=(ipaddress.ip_network("127.0.0.0/8"),)),
+        [],
+    )
+    router = Router(proxy)
+    await router.start([("udp", "127.0.0.1", 0)])
+    try:
+        assert router._socket_load() == (0, 0)
+        listener = next(iter(router.udp.values()))
+        assert listener.transport is not None
+        listener.transport.pause_reading()  # as if the loop were too busy to read
+        sender = udp_peer()
+        for _ in range(50):
+            sender.sendto(options(sender.getsockname()[1]), ("127.0.0.1", router.bound[0][2]))
+        await asyncio.sleep(0.05)
+        queued, drops = router._socket_load()
+        assert queued >= 50 * 200 and drops == 0
+        listener.transport.resume_reading()
+        sender.close()
+    finally:
+        await router.stop()

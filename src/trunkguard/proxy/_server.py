@@ -50,6 +50,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 MAX_FLUSH_ROUNDS = 1000  # sends that fail make more work; this bounds one flush
 FLOW_CACHE = 4096  # peers whose Flow a listener keeps made
+MAX_CONNECTIONS = 10_000  # TCP/TLS connections open at once; more are closed at connect
 
 
 class _UdpListener(asyncio.DatagramProtocol):
@@ -115,10 +116,16 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (str(peer[0]), int(peer[1]))
-        self.router.tcp[(self.kind, self.remote)] = self
+        router = self.router
+        if not router.accepts(Flow(self.kind, self.remote), len(router.tcp)):
+            self.remote = None  # never in the table, so its loss is no transport error
+            transport.close()
+            return
+        router.tcp[(self.kind, self.remote)] = self
 
     def data_received(self, data: bytes) -> None:
-        assert self.remote is not None
+        if self.remote is None:
+            return  # refused at connect; closing
         try:
             frames = self.framer.feed(data)
         except ParseError as exc:
@@ -305,6 +312,23 @@ class Router:
                 listener.transport.close()
         for server in self._servers:
             await server.wait_closed()
+
+    def accepts(self, flow: Flow, open_now: int) -> bool:
+        """May a stream connection from ``flow`` stay open? Not from a source that may send
+        nothing (outside ``allow``, or banned), nor past ``MAX_CONNECTIONS``."""
+        proxy = self.proxy
+        counters = proxy.counters
+        if open_now >= MAX_CONNECTIONS:
+            counters["connections_refused_full"] += 1
+            return False
+        registrar = (flow.transport, flow.addr) in proxy.registrars
+        if not registrar and not proxy.admission.allowed(flow):
+            counters["connections_refused_source"] += 1
+            return False
+        if proxy.sources.banned(flow.addr[0]):
+            counters["connections_refused_banned"] += 1
+            return False
+        return True
 
     # -- the loop -------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow) -> None:
