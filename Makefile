@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench sipp dnsmasq kamailio sipvicious chromium stress-ng lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +106,15 @@ bench: $(STAMP) sipp
 	$(BIN)/python bench/proxy_rate.py
 	$(BIN)/python bench/carrier_auth.py
 	$(BIN)/python bench/overload.py
+
+# atheris is the fuzz extra, installed here only: make test does not need it.
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,fuzz]'
+	touch $(FUZZ_STAMP)
+
+# 1,000,000 fuzzed inputs through the parser and the proxy core, one process (about 30 minutes).
+fuzz: $(FUZZ_STAMP)
+	$(BIN)/python bench/fuzz.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache lab-results
