@@ -9,7 +9,9 @@ Two targets share one run; the first byte of an input says which (even: parser, 
 * ``proxy``: a fresh ``Proxy`` (three carriers a, b, c, an allow list and a health engine)
   fed a short exchange: records split by two NUL bytes, each a control byte (who sends it:
   the caller over UDP or TCP, or carrier a or b; how far the clock moves, timers firing on
-  the way) and a datagram. ``$CALL``, ``$VIA``, ``$FROM``, ``$TO``... in a datagram stand for
+  the way; whether the router is overloaded, so new INVITEs take the raw fast path) and a
+  datagram. Per-source limits are tight, so calls over them are refused too. ``$CALL``,
+  ``$VIA``, ``$FROM``, ``$TO``... in a datagram stand for
   the fields of the last message the proxy sent to that peer, so a carrier's mutated answer
   still matches the INVITE it was sent, and a caller's ACK or BYE its dialog. Every datagram
   the proxy sends must parse again. Any exception is a crash.
@@ -62,6 +64,7 @@ from sipgen import exercise, torture, torture_names  # noqa: E402
 
 from trunkguard.health import HealthEngine  # noqa: E402
 from trunkguard.proxy import Flow, Proxy, ProxySettings, Target  # noqa: E402
+from trunkguard.proxy._sources import Limit, SourceSettings  # noqa: E402
 from trunkguard.sip import (  # noqa: E402
     Limits,
     ParseError,
@@ -90,7 +93,11 @@ SETTINGS = ProxySettings(
     advertise=("127.0.0.1", 5060),
     allow=(ipaddress.ip_network("127.0.0.0/24"),),
     secret=b"fuzz" * 8,
+    # Tight limits, so the refusals of calls over them are on the path too (the caller
+    # and the carriers share 127.0.0.1: the carriers' class, which refuses, never bans).
+    sources=SourceSettings(carriers=Limit(calls_per_s=20, concurrent_calls=5, ban=False)),
 )
+OVERLOADED = 0.75  # share of new calls refused in a record with the overload bit
 TARGETS = [
     Target(name, parse_uri(f"sip:{flow.addr[0]}:{flow.addr[1]}"), flow)
     for name, flow in (("a", A), ("b", B), ("c", C))
@@ -180,6 +187,8 @@ class Exchange:
 
     def record(self, control: int, data: bytes) -> None:
         source = SOURCES[control & 3]
+        # Overloaded or not: new INVITEs then take the raw fast path (refused or admitted).
+        self.proxy.overload.reject = OVERLOADED if control & 0x40 else 0.0
         if control & 0x20:
             data = substitute(data, self.last.get(source))
         self.proxy.receive(data, source, self.now)

@@ -98,3 +98,16 @@ def test_message_over_the_size_limit_is_answered_from_what_was_read() -> None:
     net.feed(data, CALLER)
     [(status, _)] = answers(net)
     assert status == 513
+
+
+def test_a_response_with_our_branch_but_another_methods_cseq_is_a_stray() -> None:
+    """RFC 3261 §17.1.3: a response matches a client transaction by branch *and* method."""
+    from test_proxy_core import CALLER, A, Net, invite, only_request, reply, responses
+
+    net = Net()
+    net.feed(invite("m1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 180).replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE"), A)
+    assert responses(net.take(), CALLER) == [] and net.proxy.counters["stray_responses"] == 1
+    net.feed(reply(to_a, 180), A)
+    assert responses(net.take(), CALLER) == [180]

@@ -1200,8 +1200,12 @@ class Proxy:
             return
         branch = via.branch or ""
         entry = self.clients.get(branch)
-        if entry is not None and response.cseq.method == "CANCEL":
+        method = response.cseq.method
+        if entry is not None and method == "CANCEL":
             entry = self.clients.get(branch + "/cancel")
+        elif entry is not None and isinstance(entry.txn, ClientInvite) != (method == "INVITE"):
+            # Its branch, another method's CSeq: not the answer to what we sent (§17.1.3).
+            entry = None
         if entry is None:
             self.counters["stray_responses"] += 1
             return
