@@ -164,8 +164,9 @@ class Scene:
     def fire(self, handle: TimerHandle | None) -> None:
         """Run one timer now, as the timer queue would when it comes due."""
         assert handle is not None and not handle.cancelled
+        callback = handle.callback  # a cancelled handle lets go of its callback
         handle.cancel()
-        handle.callback(self.now)
+        callback(self.now)
         self.take()
 
     def current(self) -> int:
