@@ -390,6 +390,15 @@ class LimitsConfig(Strict):
     max_message: int = Field(default=65_535, ge=1_024, le=1_048_576)
     max_headers: int = Field(default=128, ge=16, le=1_024)
     max_line: int = Field(default=8_192, ge=256, le=65_535)
+    # Caps of the proxy's tables, so memory stays bounded whatever comes in:
+    # live transactions (a new call beyond it gets the router's own 503 + Retry-After),
+    max_transactions: int = Field(default=200_000, ge=100, le=10_000_000)
+    # finished ones, kept (as small records) to absorb retransmissions for up to 32 s
+    # (the oldest goes first: about 4 per call, so 1,000 calls/s need some 130,000),
+    max_finished: int = Field(default=500_000, ge=100, le=10_000_000)
+    # and dialogs (the oldest goes first; its in-dialog requests still find their way
+    # by the signed Record-Route).
+    max_dialogs: int = Field(default=200_000, ge=100, le=10_000_000)
 
 
 class OverloadConfig(Strict):
@@ -761,6 +770,9 @@ class RouterConfig(Strict):
             secret=self.secret.encode("utf-8") if self.secret else b"",
             drain_timeout=self.shutdown.drain_timeout,
             dialog_keepalive=self.dialog_keepalive.interval,
+            max_transactions=self.limits.max_transactions,
+            max_finished=self.limits.max_finished,
+            max_dialogs=self.limits.max_dialogs,
             overload=self.overload.settings(),
             sources=self.source_limits.settings(),
         )

@@ -399,7 +399,12 @@ async def test_counters_and_open_work(client: Client, runtime: Runtime) -> None:
     assert body["counters"]["calls"] == 3
     assert body["counters"]["invites_to:a"] == 2
     assert body["open"] == {"calls_unanswered": 0, "branches_pending": 0, "dialogs": 0}
-    assert set(body["active"]) == {"client_transactions", "server_transactions", "dialogs"}
+    assert set(body["active"]) == {
+        "client_transactions",
+        "server_transactions",
+        "finished_transactions",
+        "dialogs",
+    }
 
 
 # -- errors never leak a traceback ----------------------------------------------------------------

@@ -164,8 +164,9 @@ class Scene:
     def fire(self, handle: TimerHandle | None) -> None:
         """Run one timer now, as the timer queue would when it comes due."""
         assert handle is not None and not handle.cancelled
+        callback = handle.callback  # a cancelled handle lets go of its callback
         handle.cancel()
-        handle.callback(self.now)
+        callback(self.now)
         self.take()
 
     def current(self) -> int:
@@ -683,8 +684,10 @@ class Carriers:
             self.rang.setdefault(i, len(s.log))
         else:
             self.final.setdefault(i, status)
-        if 200 <= status < 300 and s.invites[i][1].vias[0].branch in s.proxy.clients:
-            self.delivered_2xx[f"t{i}"] += 1  # reaches the call (not after Timer M)
+        branch = s.invites[i][1].vias[0].branch
+        if 200 <= status < 300 and (branch in s.proxy.clients or s.proxy.finished.get(branch)):
+            # It reaches the call, or the record the transaction left (not after Timer M).
+            self.delivered_2xx[f"t{i}"] += 1
         s.respond(i, status)
 
     def unreachable(self, k: int) -> None:

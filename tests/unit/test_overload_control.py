@@ -294,3 +294,16 @@ def test_a_caller_elsewhere_is_counted_per_source() -> None:
     net.feed(invite("o5"), other)
     only_request(net.take(), A, "INVITE")
     assert net.proxy.sources.sources["127.0.0.9"].calls == 1
+
+
+def test_under_overload_a_retransmission_of_an_answered_invite_is_absorbed_not_refused() -> None:
+    net = Net()
+    net.feed(invite("o6"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 200), A)
+    assert responses(net.take(), CALLER) == [200]
+    _overloaded(net)
+    net.feed(invite("o6"), CALLER)  # its 200 was lost: the caller sends the INVITE again
+    out = net.take()
+    assert 503 not in responses(out, CALLER) and net.sent_to(A, out) == []
+    assert net.proxy.counters["calls_shed_overload"] == 0

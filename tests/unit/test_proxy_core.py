@@ -281,7 +281,12 @@ def test_cancel_while_ringing() -> None:
     net.feed(ack, CALLER)
     assert net.take() == []  # the ACK of our 487 is absorbed, not forwarded
     net.advance(40)
-    assert net.proxy.active() == {"client_transactions": 0, "server_transactions": 0, "dialogs": 0}
+    assert net.proxy.active() == {
+        "client_transactions": 0,
+        "server_transactions": 0,
+        "finished_transactions": 0,
+        "dialogs": 0,
+    }
 
 
 def test_late_2xx_from_abandoned_branch_is_acked_and_byed() -> None:

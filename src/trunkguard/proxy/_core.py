@@ -46,7 +46,7 @@ from ..sip import (
 )
 from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, response_challenge
 from ._admission import Admission
-from ._call import ANSWERED, Branch, Call
+from ._call import ANSWERED, CLEANED, Branch, Call
 from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
 from ._entries import (
     ALLOW,
@@ -57,6 +57,16 @@ from ._entries import (
     ack_for,
     derived_branch,
     server_key,
+)
+from ._finished import (
+    ACCEPTED,
+    COMPLETED,
+    CONFIRMED,
+    ClientDone,
+    FinishedTable,
+    Record,
+    ServerDone,
+    StrayLeg,
 )
 from ._keepalive import Probe, Quiet, build_bye, build_options, contact_uri
 from ._overload import (
@@ -87,6 +97,7 @@ log = logging.getLogger("trunkguard.proxy")
 
 STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
+EVICTED_LOG_EVERY = 10_000  # a full table is logged on its first eviction, then once per this many
 
 CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
 SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
@@ -104,6 +115,10 @@ class Proxy:
         self.counters: Counter[str] = Counter()
         self.clients: dict[str, ClientEntry] = {}
         self.servers: dict[tuple[object, ...], ServerEntry] = {}
+        # Transactions that only absorb retransmissions, as records (see _finished).
+        self.finished = FinishedTable(settings.max_finished)
+        self._sweep: TimerHandle | None = None
+        self._closing: TimerHandle | None = None  # dialogs ended by a BYE (see DialogTable)
         self.health: HealthEngine | None = None
         self.routing: RoutingTable | None = None
         self.numbers: NumberRules | None = None
@@ -139,6 +154,8 @@ class Proxy:
             settings, advertise=self.settings.advertise, secret=self._secret
         )
         self.targets = list(targets)
+        self.finished.cap = settings.max_finished
+        self.dialogs.cap = settings.max_dialogs
         self._new_admission()
 
     def set_targets(self, targets: Sequence[Target]) -> None:
@@ -152,7 +169,9 @@ class Proxy:
         host, port = addr
         self._via_host = f"{host}:{port}"
         self._new_admission()
-        self.dialogs = DialogTable(RouteSigner(self._secret, self._via_host))
+        self.dialogs = DialogTable(
+            RouteSigner(self._secret, self._via_host), self.settings.max_dialogs
+        )
 
     def _new_admission(self) -> None:
         self.admission = Admission(self.settings, self.targets)
@@ -232,7 +251,136 @@ class Proxy:
                 self.counters["server_txn_failed"] += 1
             if not isinstance(event, Send) and entry.txn.state == "TERMINATED":
                 self._forget(entry)
+        absorbing = entry.txn.absorbing()
+        if absorbing is not None:
+            self._finish(entry, absorbing, now)
+            return
         self._retime(entry)
+
+    # -- finished transactions ---------------------------------------------------------
+    def _finish(
+        self, entry: ClientEntry | ServerEntry, absorbing: tuple[str, float], now: float
+    ) -> None:
+        """The transaction only absorbs retransmissions now: a record of that takes its place."""
+        live: dict[str, ClientEntry] | dict[tuple[object, ...], ServerEntry]
+        live = self.clients if isinstance(entry, ClientEntry) else self.servers
+        if live.get(entry.key) is not entry:  # type: ignore[arg-type]
+            return  # already replaced by its record (or forgotten)
+        timer, expires = absorbing
+        record = self._record(entry, now, expires) if expires > now else None
+        self._forget(entry)
+        if record is not None:
+            self._keep(record, timer, now)
+
+    def _record(self, entry: ClientEntry | ServerEntry, now: float, expires: float) -> Record:
+        txn = entry.txn
+        state = txn.state
+        if isinstance(entry, ServerEntry):
+            invite = isinstance(txn, ServerInvite)
+            server = ServerDone(
+                entry.key,
+                entry.flow,
+                state,
+                expires,
+                invite=invite,
+                call=isinstance(entry.owner, Call),
+                data=txn.last_sent if state == COMPLETED else None,
+            )
+            interval = txn.retransmit_interval if isinstance(txn, ServerInvite) else None
+            if interval is not None:
+                server.interval = interval
+                server.handle = self.timers.schedule(
+                    txn.timers["G"], partial(self._on_timer_g, server)
+                )
+            return server
+        record = ClientDone(entry.key, entry.flow, state, expires)
+        if not isinstance(txn, ClientInvite):
+            return record  # a non-INVITE's responses are all absorbed
+        if state == COMPLETED:
+            record.ack = txn.ack
+            return record
+        # ACCEPTED: what the owner did with the first 2xx, it does with each retransmission.
+        owner, call = entry.owner, entry.call
+        if isinstance(owner, Branch) and call is not None:
+            if owner.state == ANSWERED:
+                record.upstream = call.source
+                number = call.request.cseq.number
+                record.cseq = None if owner.cseq == number else number
+            elif owner.state == CLEANED:
+                via = self.via(owner.flow, derived_branch(owner.id + "ack"))
+                agent = self.settings.server_header
+                request = call.request
+                from_ = request.get("from") or ""
+                leg = StrayLeg(from_, request.call_id, owner.uri, via, agent, owner.auth)
+                record.stray = leg
+        elif isinstance(owner, Relay):
+            record.upstream, record.cseq = owner.server.flow, owner.cseq
+        return record
+
+    def _keep(self, record: Record, timer: str, now: float) -> None:
+        table = self.finished
+        evicted = table.evicted
+        if table.add(record, timer, now) or self._sweep is None:
+            self._sweep = self.timers.rearm(self._sweep, table.next_deadline(), self._on_sweep)
+        if table.evicted != evicted:
+            before = self.counters["finished_evicted"]
+            self.counters["finished_evicted"] += table.evicted - evicted
+            if before % EVICTED_LOG_EVERY == 0:
+                log.warning(
+                    "finished-transaction table full (limits.max_finished %d): the oldest "
+                    "evicted, %d so far; their retransmissions would be taken as new",
+                    table.cap,
+                    self.counters["finished_evicted"],
+                )
+
+    def _on_sweep(self, now: float) -> None:
+        self._sweep = None
+        for record in self.finished.expire(now):
+            if isinstance(record, ServerDone):
+                if record.invite and record.state == COMPLETED:
+                    self.counters["server_txn_failed"] += 1  # Timer H: no ACK came
+                record.stop()
+        self._sweep = self.timers.rearm(None, self.finished.next_deadline(), self._on_sweep)
+
+    def _on_timer_g(self, record: ServerDone, now: float) -> None:
+        """Timer G: the final of a server INVITE again, until the ACK (RFC 3261 §17.2.1)."""
+        record.handle = None
+        if self.finished.get(record.key) is not record or record.data is None:
+            return
+        self.send(record.flow, record.data)
+        record.interval = min(record.interval * 2, self.settings.timers.t2)
+        record.handle = self.timers.schedule(
+            now + record.interval, partial(self._on_timer_g, record)
+        )
+
+    def _confirm(self, record: ServerDone, now: float) -> None:
+        """The ACK of a server INVITE's non-2xx final: Timer I absorbs its retransmissions."""
+        self.finished.remove(record)
+        key = record.key
+        if record.flow.transport != "udp" or not isinstance(key, tuple):
+            return  # Timer I is zero over a reliable transport
+        confirmed = ServerDone(
+            key,
+            record.flow,
+            CONFIRMED,
+            now + self.settings.timers.t4,
+            invite=True,
+            call=record.call,
+        )
+        self._keep(confirmed, "I", now)
+
+    def _absorb_response(self, record: ClientDone, response: Response) -> None:
+        """A response for a finished client transaction: its ACK again, or its 2xx on."""
+        status = response.status
+        if record.ack is not None:
+            if status >= 300:
+                self.send(record.flow, record.ack)
+        elif 200 <= status < 300 and record.state == ACCEPTED:
+            if record.upstream is not None:
+                self.send(record.upstream, response.without_top_via(record.cseq))
+            elif record.stray is not None:
+                self.counters["stray_2xx"] += 1
+                self.send(record.flow, record.stray.ack(response))
 
     def _forget(self, entry: ClientEntry | ServerEntry) -> None:
         if isinstance(entry, ClientEntry):
@@ -345,6 +493,8 @@ class Proxy:
         quick = quick_invite(data)
         if quick is None or quick.to_tag or quick.key in self.servers:
             return False
+        if self.finished.get(quick.key) is not None:
+            return False  # answered already: its record absorbs the retransmission
         if not self.overload.refuse_next(source.addr[0]):
             self._quick_admitted = True
             return False
@@ -443,6 +593,13 @@ class Proxy:
             self.counters["retransmissions_in"] += 1
             self.drive(entry, entry.txn.receive_request(now), now)
             return
+        record = self.finished.get(key)
+        if isinstance(record, ServerDone):
+            # Its final went: COMPLETED sends it again, ACCEPTED and CONFIRMED absorb.
+            self.counters["retransmissions_in"] += 1
+            if record.state == COMPLETED and record.data is not None:
+                self.send(record.flow, record.data)
+            return
         if method == "CANCEL":
             self._on_cancel(request, source, key, now)
             return
@@ -514,6 +671,11 @@ class Proxy:
             if not self.sources.banned(host):  # a banned source gets nothing from now on
                 self._shed(request, source, over)
             return
+        if self._table_full():
+            self.counters["calls_shed_table_full"] += 1
+            extra = [("Retry-After", "1"), self.warning("overloaded")]
+            self.send(source, self.response(request, 503, to_tag=self.tag, extra=extra))
+            return
         self.counters["calls"] += 1
         self.sources.call_started(host, now)
         entry = self.server_entry(request, source, key, ServerInvite)
@@ -548,6 +710,17 @@ class Proxy:
         if self.health is not None:
             self.health.call_ended(dialog.target)
         self.sources.call_ended(dialog.caller.addr[0])
+
+    def _table_full(self) -> bool:
+        """As many live transactions as ``max_transactions``: nothing new is taken on."""
+        full = len(self.clients) + len(self.servers) >= self.settings.max_transactions
+        if full and self.counters["table_full"] % EVICTED_LOG_EVERY == 0:
+            log.warning(
+                "transaction table full (limits.max_transactions %d): new calls get 503",
+                self.settings.max_transactions,
+            )
+        self.counters["table_full"] += full
+        return full
 
     def plan(self, request: Request, now: float, source: Flow | None = None) -> Plan:
         """The ordered targets for a new call, each with the reason (``routing.build_plan``)."""
@@ -794,9 +967,11 @@ class Proxy:
         """ACK a 2xx nobody wanted (again for each retransmission of it)."""
         self.counters["stray_2xx"] += 1
         via = self.via(branch.flow, derived_branch(branch.id + "ack"))
+        request = call.request
         ack = stray_request(
             "ACK",
-            call.request,
+            request.get("from") or "",
+            request.call_id,
             response,
             branch_uri=branch.uri,
             via=via,
@@ -810,7 +985,8 @@ class Proxy:
         bye_branch = self.new_branch()
         bye = stray_request(
             "BYE",
-            call.request,
+            call.request.get("from") or "",
+            call.request.call_id,
             response,
             branch_uri=branch.uri,
             via=self.via(branch.flow, bye_branch),
@@ -923,24 +1099,26 @@ class Proxy:
     ) -> None:
         invite_key = (*key[:-1], "INVITE")
         invite = self.servers.get(invite_key)
-        if invite is None or not isinstance(invite.owner, Call):
-            self.counters["cancels_unmatched"] += 1
-            self.send(source, self.response(request, 481, to_tag=self.tag))
-            return
+        call = invite.owner if invite is not None else None
+        if not isinstance(call, Call):
+            # A call whose final went: the CANCEL is answered, and changes nothing.
+            record = self.finished.get(invite_key)
+            if not isinstance(record, ServerDone) or not record.call:
+                self.counters["cancels_unmatched"] += 1
+                self.send(source, self.response(request, 481, to_tag=self.tag))
+                return
         entry = self.server_entry(request, source, key, ServerNonInvite)
-        self.respond(entry, 200, self.response(request, 200, to_tag=invite.owner.to_tag), now)
-        invite.owner.cancel(now)
+        self.respond(entry, 200, self.response(request, 200, to_tag=self.tag), now)
+        if isinstance(call, Call):
+            call.cancel(now)
 
     def _on_ack(self, request: Request, now: float) -> None:
         """An ACK goes on only for a non-2xx of ours (absorbed) or a dialog of ours."""
-        entry = self.servers.get(server_key(request, "INVITE"))
-        if (
-            entry is not None
-            and isinstance(entry.txn, ServerInvite)
-            and entry.txn.state in ("COMPLETED", "CONFIRMED")
-        ):
-            self.drive(entry, entry.txn.receive_ack(now), now)
-            return
+        record = self.finished.get(server_key(request, "INVITE"))
+        if isinstance(record, ServerDone) and record.state in (COMPLETED, CONFIRMED):
+            if record.state == COMPLETED:
+                self._confirm(record, now)
+            return  # CONFIRMED: a retransmitted ACK, absorbed
         if request.to.tag is None:
             self.counters["acks_absorbed"] += 1
             return
@@ -990,6 +1168,12 @@ class Proxy:
         if mf is None:
             return
         method = request.method
+        if method != "BYE" and self._table_full():
+            # A BYE always goes on: it ends a call (and its billing), and frees the table.
+            self.counters["in_dialog_shed_table_full"] += 1
+            extra = [("Retry-After", "1"), self.warning("overloaded")]
+            self.send(source, self.response(request, 503, extra=extra))
+            return
         kind = ServerInvite if method == "INVITE" else ServerNonInvite
         server = self.server_entry(request, source, key, kind)
         relay = Relay(server, method, self.respond, self.settings.server_header)
@@ -1013,10 +1197,10 @@ class Proxy:
                 dialog.callee_cseq = max(dialog.callee_cseq, request.cseq.number)
         if method == "BYE" and dialog is not None and not dialog.ending:
             # Keep the dialog a little for retransmitted BYEs and their responses.
-            dialog.ending = True
             self._dialog_over(dialog)
-            self.timers.schedule(
-                now + self.settings.timers.timeout, partial(self._end_dialog, request.call_id)
+            self.dialogs.close(dialog, now + self.settings.timers.timeout)
+            self._closing = self.timers.rearm(
+                self._closing, self.dialogs.next_close(), self._end_dialogs
             )
         self.counters[f"in_dialog:{method}"] += 1
 
@@ -1117,9 +1301,9 @@ class Proxy:
         self._relay_out(relay, hop, request, mf, offset, auth, now)
         return True
 
-    def _end_dialog(self, call_id: str, now: float) -> None:
-        del now
-        self.dialogs.end(call_id)
+    def _end_dialogs(self, now: float) -> None:
+        self.dialogs.end_closed(now)
+        self._closing = self.timers.rearm(None, self.dialogs.next_close(), self._end_dialogs)
 
     def open_dialog(self, call: Call, branch: Branch, response: Response, now: float) -> None:
         """A 2xx went to the caller: remember the dialog (and its place on the carrier)."""
@@ -1140,7 +1324,20 @@ class Proxy:
             cseq_offset=branch.cseq - request.cseq.number,
             auth=branch.auth,
         )
-        self.dialogs.open(dialog)
+        replaced = self.dialogs.table.get(dialog.call_id)
+        if replaced is not None and not replaced.ending:
+            self._dialog_over(replaced)  # the same Call-ID answered again: the old one is over
+        for old in self.dialogs.open(dialog):
+            if not old.ending:
+                self._dialog_over(old)  # its capacity slot is free again
+            self.counters["dialogs_evicted"] += 1
+            if self.counters["dialogs_evicted"] % EVICTED_LOG_EVERY == 1:
+                log.warning(
+                    "dialog table full (limits.max_dialogs %d): oldest dialogs evicted, "
+                    "%d so far",
+                    self.dialogs.cap,
+                    self.counters["dialogs_evicted"],
+                )
         interval = self.settings.dialog_keepalive
         if interval is not None:
             self.timers.schedule(now + interval, partial(self._keepalive, dialog.call_id))
@@ -1198,22 +1395,26 @@ class Proxy:
         except ParseError:
             self.counters["bad_responses"] += 1
             return
-        branch = via.branch or ""
-        entry = self.clients.get(branch)
+        key = via.branch or ""
         method = response.cseq.method
-        if entry is not None and method == "CANCEL":
-            entry = self.clients.get(branch + "/cancel")
-        elif entry is not None and isinstance(entry.txn, ClientInvite) != (method == "INVITE"):
-            # Its branch, another method's CSeq: not the answer to what we sent (§17.1.3).
-            entry = None
-        if entry is None:
+        if method == "CANCEL":
+            key += "/cancel"
+        entry = self.clients.get(key)
+        found = entry if entry is not None else self.finished.get(key)
+        if (
+            not isinstance(found, (ClientEntry, ClientDone))
+            or (found.flow != source and not self.admission.allowed(source))
+            or (method != "CANCEL" and _invite_txn(found) != (method == "INVITE"))
+        ):
+            # Unknown, or from elsewhere: a source that is let in only as a registrar (see
+            # receive) gets its own REGISTERs' responses taken, nothing else. Or its
+            # branch with another method's CSeq: not the answer to what we sent (§17.1.3).
             self.counters["stray_responses"] += 1
             return
-        if entry.flow != source and not self.admission.allowed(source):
-            # Let in only as a registrar (see receive): for its own REGISTERs, nothing else.
-            self.counters["stray_responses"] += 1
+        if isinstance(found, ClientDone):
+            self._absorb_response(found, response)
             return
-        self.drive(entry, entry.txn.receive(response, now), now)
+        self.drive(found, found.txn.receive(response, now), now)
 
     # -- shutdown ----------------------------------------------------------------------------
     def drain(self) -> None:
@@ -1225,6 +1426,7 @@ class Proxy:
         return {
             "client_transactions": len(self.clients),
             "server_transactions": len(self.servers),
+            "finished_transactions": len(self.finished),
             "dialogs": len(self.dialogs),
         }
 
@@ -1263,3 +1465,10 @@ class Proxy:
             "branches_pending": branches,
             "dialogs": len(self.dialogs),
         }
+
+
+def _invite_txn(found: ClientEntry | ClientDone) -> bool:
+    """Was this client transaction (or its record) an INVITE's?"""
+    if isinstance(found, ClientEntry):
+        return isinstance(found.txn, ClientInvite)
+    return found.ack is not None or found.upstream is not None or found.stray is not None

@@ -13,12 +13,18 @@ INFO...) only when the dialog is one it set up:
   from the Request-URI or a Route someone else wrote.
 
 Anything else gets ``481`` (ACKs are absorbed), is counted, and goes nowhere.
+
+The table has a cap (``max_dialogs``): past it the oldest dialog goes. Its
+requests still go through when they carry the signed Route (they do, from
+any peer that honours Record-Route); only the router's own requests inside it
+(keepalives) stop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -125,15 +131,25 @@ class RouteSigner:
 class DialogTable:
     """Dialogs answered through this process, by Call-ID; the signer for the others."""
 
-    def __init__(self, signer: RouteSigner) -> None:
+    def __init__(self, signer: RouteSigner, cap: int = 200_000) -> None:
         self.signer = signer
-        self.table: dict[str, Dialog] = {}
+        self.cap = cap
+        # In the order they were opened: the oldest is evicted first, in O(1).
+        self.table: OrderedDict[str, Dialog] = OrderedDict()
+        # Dialogs a BYE ended, kept a little for retransmissions: in order of their end.
+        self._closing: deque[tuple[float, Dialog]] = deque()
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def open(self, dialog: Dialog) -> None:
-        self.table[dialog.call_id] = dialog
+    def open(self, dialog: Dialog) -> list[Dialog]:
+        """Remember ``dialog``; return the oldest ones evicted to stay within the cap."""
+        table = self.table
+        evicted = []
+        while len(table) >= self.cap and dialog.call_id not in table:
+            evicted.append(table.popitem(last=False)[1])
+        table[dialog.call_id] = dialog
+        return evicted
 
     def hop(self, request: Request, is_us: Callable[[Uri], bool]) -> tuple[Hop | None, str]:
         """Where ``request`` goes inside its dialog, or (None, why) when it is not ours."""
@@ -166,3 +182,25 @@ class DialogTable:
 
     def end(self, call_id: str) -> None:
         self.table.pop(call_id, None)
+
+    def close(self, dialog: Dialog, until: float) -> None:
+        """A BYE went through: the dialog still routes until ``until`` (for retransmissions).
+
+        What only the router's own requests inside it use (keepalives, the BYEs that
+        end a dead dialog) goes now: those are never sent in a dialog that is ending.
+        """
+        dialog.ending = True
+        dialog.caller_contact = dialog.callee_contact = ""
+        dialog.caller_from = dialog.callee_to = ""
+        self._closing.append((until, dialog))
+
+    def next_close(self) -> float | None:
+        return self._closing[0][0] if self._closing else None
+
+    def end_closed(self, now: float) -> None:
+        """Forget the dialogs whose time after their BYE is over."""
+        closing, table = self._closing, self.table
+        while closing and closing[0][0] <= now:
+            dialog = closing.popleft()[1]
+            if table.get(dialog.call_id) is dialog:
+                del table[dialog.call_id]

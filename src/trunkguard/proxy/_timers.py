@@ -18,6 +18,10 @@ log = logging.getLogger("trunkguard.proxy")
 _COMPACT_MIN = 4096
 
 
+def _cancelled(now: float) -> None:
+    del now
+
+
 class TimerHandle:
     __slots__ = ("callback", "cancelled", "queue", "when")
 
@@ -31,6 +35,9 @@ class TimerHandle:
         if not self.cancelled:
             self.cancelled = True
             self.queue.cancelled += 1
+        # A cancelled entry waits in the heap until its time: it must not keep what its
+        # callback refers to (a call's, a transaction's state) alive that long.
+        self.callback = _cancelled
 
 
 class TimerQueue:
@@ -82,8 +89,9 @@ class TimerQueue:
                 self.cancelled -= 1
                 continue
             handle.cancelled = True  # fired: a later cancel() is a no-op
+            callback, handle.callback = handle.callback, _cancelled
             try:
-                handle.callback(now)
+                callback(now)
             except Exception:
                 # A fault in one timer's work must not stop the clock for all the others.
                 self.failed += 1

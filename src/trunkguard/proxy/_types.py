@@ -40,6 +40,11 @@ class ProxySettings:
     secret: bytes = b""  # key of the signed Record-Route; empty: a random one per process
     drain_timeout: float = 10.0  # on SIGTERM, how long calls in setup may take to finish
     dialog_keepalive: float | None = None  # seconds between in-dialog OPTIONS; None: off
+    # Caps of the tables (see config.LimitsConfig): live transactions (a new call beyond it
+    # gets our own 503), finished ones kept for retransmissions, and dialogs (oldest go first).
+    max_transactions: int = 200_000
+    max_finished: int = 500_000
+    max_dialogs: int = 200_000
     overload: OverloadSettings = field(default_factory=OverloadSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)
 

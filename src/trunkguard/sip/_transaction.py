@@ -16,6 +16,11 @@ Invariants, in plain words:
 - RFC 6026: a 2xx ends neither INVITE transaction at once; they wait in
   ACCEPTED (Timers L and M) so retransmitted 2xx still reach the caller and
   retransmitted INVITEs are absorbed.
+- The states of ``ABSORBING`` (COMPLETED, CONFIRMED, ACCEPTED) only answer
+  retransmissions until one timer ends them. What they still send is small
+  (:attr:`Transaction.last_sent`, :attr:`ClientInvite.ack`): a user that keeps
+  many such transactions may replace each by a record of that, and drop the
+  rest (the proxy does, see ``proxy/_finished.py``).
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ class Transaction:
     TABLE: ClassVar[Table]
     NETWORK_INPUTS: ClassVar[frozenset[str]]
     INITIAL: ClassVar[str]
+    # State -> the timer that ends it, for the states that only absorb retransmissions.
+    ABSORBING: ClassVar[dict[str, str]]
 
     def __init__(self, reliable: bool, timers: TimerConfig) -> None:
         self.state = self.INITIAL
@@ -114,6 +121,19 @@ class Transaction:
         self._events: list[Event] = []
         self._now = 0.0
         self._message: Response | None = None
+
+    @property
+    def last_sent(self) -> bytes | None:
+        """The request (client) or the last response (server) a retransmission repeats."""
+        return self._last
+
+    def absorbing(self) -> tuple[str, float] | None:
+        """(timer, its deadline) while the transaction only absorbs retransmissions, else None."""
+        name = self.ABSORBING.get(self.state)
+        if name is None:
+            return None
+        when = self.timers.get(name)
+        return None if when is None else (name, when)
 
     # -- timers ------------------------------------------------------------------
     def deadline(self) -> float | None:
@@ -229,6 +249,7 @@ class ClientInvite(Transaction):
         (ACCEPTED, ABANDON): (ACCEPTED, ()),
         (TERMINATED, ABANDON): (TERMINATED, ()),
     }
+    ABSORBING: ClassVar[dict[str, str]] = {COMPLETED: "D", ACCEPTED: "M"}
 
     def __init__(
         self,
@@ -242,6 +263,11 @@ class ClientInvite(Transaction):
         self._last = request
         self._make_ack = make_ack
         self._ack: bytes | None = None
+
+    @property
+    def ack(self) -> bytes | None:
+        """The ACK of the non-2xx final (COMPLETED): sent again for each retransmission of it."""
+        return self._ack
 
     def start(self, now: float) -> list[Event]:
         self._now = now
@@ -304,6 +330,7 @@ class ClientNonInvite(Transaction):
         (PROCEEDING, TRANSPORT_ERROR): (TERMINATED, ("transport_failed",)),
         (COMPLETED, "timer K"): (TERMINATED, ()),
     }
+    ABSORBING: ClassVar[dict[str, str]] = {COMPLETED: "K"}
 
     def __init__(self, request: bytes, *, reliable: bool, timers: TimerConfig) -> None:
         super().__init__(reliable, timers)
@@ -384,9 +411,16 @@ class ServerInvite(_Server):
         (ACCEPTED, TU_2XX): (ACCEPTED, ("send",)),
         (ACCEPTED, "timer L"): (TERMINATED, ()),
     }
+    # COMPLETED also retransmits on Timer G until the ACK; Timer H ends it.
+    ABSORBING: ClassVar[dict[str, str]] = {ACCEPTED: "L", COMPLETED: "H", CONFIRMED: "I"}
 
     def receive_ack(self, now: float) -> list[Event]:
         return self._input(ACK, now)
+
+    @property
+    def retransmit_interval(self) -> float | None:
+        """Timer G's current interval, while it runs (COMPLETED over UDP)."""
+        return self._intervals.get("G") if "G" in self.timers else None
 
     def _a_arm_l(self) -> None:
         self._arm("L", self.cfg.timeout)
@@ -427,6 +461,7 @@ class ServerNonInvite(_Server):
         (COMPLETED, "timer J"): (TERMINATED, ()),
         (COMPLETED, TRANSPORT_ERROR): (TERMINATED, ()),
     }
+    ABSORBING: ClassVar[dict[str, str]] = {COMPLETED: "J"}
 
     def _a_arm_j(self) -> None:
         self._arm("J", 0.0 if self.reliable else self.cfg.timeout)
