@@ -87,15 +87,20 @@ ADMIN_TIMEOUT = 2.0  # an overloaded router answers its admin API late, or not a
 SHOWN_CHANGES = 6  # state changes printed per step
 
 
+PLAIN_CONFIG = False  # --plain-config: a version from before source_limits existed
+
+
 def router_config(admin_port: int) -> dict[str, object]:
     """The router's config for every run of this bench, besides listen, allow, carriers and
     store (RouterProcess writes those). Per-source limits are off: one SIPp source at 5x
     would be banned by limits meant for a real caller, and this measures overload control."""
-    return {
+    config: dict[str, object] = {
         "log": {"level": "warning"},
-        "source_limits": {"enabled": False},
         "admin": {"listen": f"127.0.0.1:{admin_port}", "token": ADMIN_TOKEN},
     }
+    if not PLAIN_CONFIG:
+        config["source_limits"] = {"enabled": False}
+    return config
 
 
 def new_router(carrier: Uas, workdir: Path) -> Admin:
@@ -500,9 +505,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each step")
     parser.add_argument(
         "--steps",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=lambda s: [float(x) for x in s.split(",") if x.strip()],
         default=[1.0, 2.0, 5.0],
-        help="multiples of the capacity, e.g. 1,2,5",
+        help="multiples of the capacity, e.g. 1,2,5 (empty: the memory run only)",
+    )
+    parser.add_argument(
+        "--plain-config",
+        action="store_true",
+        help="no source_limits section (to run a version from before it, via PYTHONPATH)",
     )
     parser.add_argument(
         "--memory-rate", type=int, default=1000, help="calls/s of the memory run (0: none)"
@@ -518,8 +528,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.ramp_seconds = min(args.ramp_seconds, 1.5)
         args.rates = [100, 200, 300]
         args.memory_rate = min(args.memory_rate, 200)
-    if args.seconds <= 0 or not args.steps or any(m <= 0 for m in args.steps):
+    if args.seconds <= 0 or any(m <= 0 for m in args.steps):
         parser.error("--seconds and every --steps multiple must be positive")
+    if not args.steps and not args.memory_rate:
+        parser.error("nothing to run: no --steps and no --memory-rate")
+    if not args.steps and args.capacity is None:
+        args.capacity = args.memory_rate  # the memory run alone needs no ramp
     if args.capacity is not None and args.capacity < 1:
         parser.error("--capacity must be positive")
     return args
@@ -527,6 +541,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global PLAIN_CONFIG
+    PLAIN_CONFIG = args.plain_config
     started = time.monotonic()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="trunkguard-overload-"))
     workdir.mkdir(parents=True, exist_ok=True)
