@@ -487,17 +487,18 @@ class Proxy:
         """Under overload, refuse a new INVITE from its raw lines (no parse, no transaction).
 
         Only one that is new: not inside a dialog (a To tag) and not a retransmission
-        of a call already admitted (its transaction exists). Anything the cheap look
-        cannot read goes the full way, where the same share is refused.
+        of a call already admitted (its transaction or its record exists). One drawn to
+        be refused that the cheap look cannot read goes the full way, and is drawn again
+        there once it is known to be a new call.
         """
+        if not self.overload.refuse_next(source.addr[0]):
+            self._quick_admitted = True  # admitted: the full path, without a second draw
+            return False
         quick = quick_invite(data)
         if quick is None or quick.to_tag or quick.key in self.servers:
             return False
         if self.finished.get(quick.key) is not None:
             return False  # answered already: its record absorbs the retransmission
-        if not self.overload.refuse_next(source.addr[0]):
-            self._quick_admitted = True
-            return False
         self.counters["calls_shed"] += 1
         self.counters["calls_shed_overload"] += 1
         if self.settings.overload.policy == "drop":
