@@ -407,7 +407,7 @@ class OverloadConfig(Strict):
     enabled: bool = True
     policy: Literal["503", "drop"] = "503"  # a refused call gets 503 + Retry-After, or nothing
     retry_after: int = Field(default=1, ge=0, le=3_600)
-    queue_high: int = Field(default=262_144, ge=4_096, le=1 << 30)  # bytes in a socket queue
+    queue_high: int = Field(default=1_048_576, ge=4_096, le=1 << 30)  # bytes in a socket queue
     lag_high: float = Field(default=0.05, gt=0, le=10)  # seconds of event-loop lag
     busy_high: float = Field(default=0.95, gt=0, le=1)  # share of time on input
     max_memory_mb: int | None = Field(default=None, ge=32, le=1_048_576)  # resident memory cap

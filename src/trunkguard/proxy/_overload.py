@@ -60,7 +60,7 @@ class OverloadSettings:
     enabled: bool = True
     policy: str = "503"  # what a refused call gets: "503" (with Retry-After) or "drop"
     retry_after: int = 1  # seconds, in the 503
-    queue_high: int = 262_144  # bytes waiting in a listener's receive queue: overloaded
+    queue_high: int = 1_048_576  # bytes waiting in a listener's receive queue: overloaded
     lag_high: float = 0.05  # seconds of event-loop lag: overloaded
     busy_high: float = 0.95  # share of time on input that, with a queue building, is too much
     max_memory: int | None = None  # resident bytes past which every new call is refused
