@@ -11,9 +11,9 @@ Three parts, all against one SIPp carrier (tests/e2e/scenarios/uas_answer.xml):
 * a sustained check: the best ramp rate held for ``sustain_seconds`` on a fresh router,
   lower rates after a failure, as long as the time budget allows.
 
-Why both: the router keeps each call's transactions and dialog for 64*T1 (32 s) after it
-ends, so its memory and per-call cost keep growing for 32 s at a constant rate. Short steps
-do not reach that steady state; the sustained check does.
+Why both: the router keeps a small record of each finished transaction, and each dialog,
+for up to 64*T1 (32 s) after it ends, so its memory and per-call cost keep growing for 32 s
+at a constant rate. Short steps do not reach that steady state; the sustained check does.
 
 SIPp (caller and carrier) and the router share the machine's cores, so the rate found is a
 lower bound for the router alone; CPU use of each is reported beside it.
