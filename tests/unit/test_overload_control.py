@@ -94,6 +94,19 @@ def test_a_source_that_offers_little_is_spared_while_a_flooder_is_refused() -> N
     assert sum(control.refuse_next("10.0.0.66") for _ in range(100)) >= 75
 
 
+def test_the_first_sample_of_an_overload_already_knows_who_offers_the_most() -> None:
+    net = Net()
+    flooder, dialer = Flow("udp", ("127.0.0.66", 5090)), Flow("udp", ("127.0.0.5", 5090))
+    for i in range(40):
+        net.proxy.receive(invite(f"f{i}"), flooder, net.now)
+    net.proxy.receive(invite("d0"), dialer, net.now)
+    net.proxy.outbox.clear()
+    net.proxy.note_load(Load(queued=2 * HIGH), net.now)  # the first sample that says so
+    assert net.proxy.overload.heavy == frozenset({"127.0.0.66"})
+    net.feed(invite("d1"), dialer)
+    assert responses(net.take(), dialer) == [100]  # spared from the first moment
+
+
 def test_disabled_never_refuses() -> None:
     control = OverloadControl(OverloadSettings(enabled=False))
     control.sample(Load(queued=10 * HIGH, drops=100, lag=5.0), 0.0)

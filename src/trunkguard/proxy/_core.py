@@ -458,9 +458,12 @@ class Proxy:
             self.counters["shed_acks_absorbed"] += 1
             return
         self._quick_admitted = False
-        overloaded = self.overload.reject > 0.0
-        if overloaded and data.startswith(b"INVITE ") and self._shed_early(data, source, now):
-            return
+        if data.startswith(b"INVITE "):
+            if self.overload.reject > 0.0:
+                if self._shed_early(data, source, now):
+                    return
+            else:
+                self.overload.count(source.addr[0])
         try:
             message = parse_message(data, self.settings.limits)
         except ParseError as exc:

@@ -162,20 +162,25 @@ class OverloadControl:
             return "end"
         return None
 
+    def count(self, source: str) -> None:
+        """An INVITE from ``source`` came (counted always, so the first sample of an
+        overload already knows who offers the most)."""
+        offered = self._offered
+        if source in offered:
+            offered[source] += 1
+        elif len(offered) < MAX_COUNTED:
+            offered[source] = 1
+
     def refuse_next(self, source: str = "") -> bool:
         """Should the next new call (from ``source``) be refused? Spreads ``reject`` evenly
         over the calls of the sources that offer the most: one that offered under half
         the mean per source in the last sample (or none) is spared, the load is not its
         doing.
         """
+        self.count(source)
         reject = self.reject
         if reject <= 0.0:
             return False
-        offered = self._offered
-        if source in offered:
-            offered[source] += 1
-        elif len(offered) < MAX_COUNTED:
-            offered[source] = 1
         if self.heavy and source not in self.heavy:
             return False
         self._credit += reject
