@@ -251,12 +251,13 @@ def test_overload_refuses_new_calls_quickly_and_admitted_calls_complete(tmp_path
     assert counters.get("shed_acks_absorbed", 0) > 0, counters
     # The calls it admitted completed: the flood's got their final (busy) after their 100...
     assert statuses.get("486", 0) >= statuses.get("100", 0) > 0, flood
-    # ...and the second source's were answered; it offered little, so it was spared.
+    # ...and the second source's were answered. It offered little, so it was spared once
+    # the router had seen it for a window (200 ms): only its first calls could be refused.
     result = run.result
     shed = result.stat("FailedUnexpectedMessage(C)")
     admitted = CALLS - shed
     assert result.successful >= 0.999 * admitted - 1, result.describe()
-    assert result.successful >= 0.95 * CALLS, result.describe()
+    assert result.successful >= 0.85 * CALLS, result.describe()
     assert run.peak_mb < MEMORY_CAP_MB, run.peak_mb
     assert run.after == 200 and run.again.successful == 5, run.again.describe()
     # No carrier is blamed for the router's own overload.

@@ -11,6 +11,7 @@ from trunkguard.proxy import Flow
 from trunkguard.proxy._entries import server_key
 from trunkguard.proxy._overload import (
     MAX_REJECT,
+    WINDOW,
     Load,
     OverloadControl,
     OverloadSettings,
@@ -81,17 +82,33 @@ def test_refusals_are_spread_evenly() -> None:
     assert max(len(run) for run in "".join("x" if r else "." for r in refused).split("x")) <= 3
 
 
+def _window(control: OverloadControl, offered: dict[str, int], now: float) -> None:
+    """One window of samples in which each source offered so many new calls."""
+    for host, n in offered.items():
+        for _ in range(n):
+            control.count(host)
+    for i in range(WINDOW):
+        control.sample(Load(queued=HIGH + 1), now + i * 0.05)
+
+
 def test_a_source_that_offers_little_is_spared_while_a_flooder_is_refused() -> None:
     control = OverloadControl()
-    control.reject = 0.8
-    for _ in range(200):
-        control.refuse_next("10.0.0.66")
-    control.refuse_next("10.0.0.5")
-    control.sample(Load(queued=HIGH + 1), 0.05)  # still overloaded: the share holds or rises
-    assert control.heavy == frozenset({"10.0.0.66"})
+    _window(control, {"10.0.0.66": 800, "10.0.0.5": 4}, 0.0)
+    assert control.light == frozenset({"10.0.0.5"}) and control.reject > 0.7
     assert not any(control.refuse_next("10.0.0.5") for _ in range(5))
-    assert not control.refuse_next("10.0.0.7")  # new this sample: spared as well
-    assert sum(control.refuse_next("10.0.0.66") for _ in range(100)) >= 75
+    assert sum(control.refuse_next("10.0.0.66") for _ in range(100)) >= 70
+
+
+def test_a_source_not_seen_in_the_last_window_gets_no_pass() -> None:
+    control = OverloadControl()
+    _window(control, {"10.0.0.66": 800, "10.0.0.5": 4}, 0.0)
+    # A flood from ever-new addresses: each is new, none is spared.
+    refused = [control.refuse_next(f"10.9.{i // 250}.{i % 250}") for i in range(1000)]
+    assert sum(refused) >= 1000 * control.reject - 1
+    # Spread thin over many steady sources, none is light either: all share the refusals.
+    many = {f"10.8.0.{i}": 2 for i in range(200)} | {"10.0.0.5": 2}
+    _window(control, many, 1.0)
+    assert control.light == frozenset()
 
 
 def test_the_first_sample_of_an_overload_already_knows_who_offers_the_most() -> None:
@@ -101,8 +118,9 @@ def test_the_first_sample_of_an_overload_already_knows_who_offers_the_most() -> 
         net.proxy.receive(invite(f"f{i}"), flooder, net.now)
     net.proxy.receive(invite("d0"), dialer, net.now)
     net.proxy.outbox.clear()
-    net.proxy.note_load(Load(queued=2 * HIGH), net.now)  # the first sample that says so
-    assert net.proxy.overload.heavy == frozenset({"127.0.0.66"})
+    for i in range(WINDOW):  # a window of samples, the last of which says overloaded
+        net.proxy.note_load(Load(queued=2 * HIGH if i == WINDOW - 1 else 0), net.now)
+    assert net.proxy.overload.light == frozenset({"127.0.0.5"})
     net.feed(invite("d1"), dialer)
     assert responses(net.take(), dialer) == [100]  # spared from the first moment
 
@@ -292,13 +310,43 @@ def test_rfc7339_toward_a_caller_that_asks_and_only_when_enabled() -> None:
             assert shed[0].top_via.params.get("oc-validity") == "500"
 
 
-def test_timeouts_while_overloaded_are_not_the_carriers_fault() -> None:
-    net = Net(invite_timeout=1.0)
+def test_silence_checks_wait_for_an_overload_but_not_for_ever() -> None:
+    import random
+
+    from trunkguard.health import HealthEngine
+    from trunkguard.proxy._core import MAX_DEFERRAL
+
+    net = Net()
+    proxy = net.proxy
+    proxy.health = HealthEngine(["a", "b", "c"], rng=random.Random(1), probes_enabled=False)
+    ticks: list[float] = []
+    real_tick = proxy.health.tick
+    proxy.health.tick = lambda now: ticks.append(now) or real_tick(now)  # type: ignore[method-assign]
+    start = net.now
+    proxy.stalled_until = start + 3600.0  # overloaded for an hour
+    proxy._on_health_timer(start)
+    net.advance(MAX_DEFERRAL - 0.5)
+    assert ticks == []  # put off while the overload lasts...
+    net.advance(1.0)
+    assert ticks and ticks[0] - start <= MAX_DEFERRAL + 0.01  # ...but not past MAX_DEFERRAL
+
+
+def test_only_a_signal_excuses_timeouts_not_the_share_winding_down() -> None:
+    net = Net()
     proxy = net.proxy
     proxy.note_load(Load(queued=2 * HIGH), net.now)
     assert proxy.stalled_until > net.now
-    events = proxy.take_events()
-    assert [type(e).__name__ for e in events] == ["OverloadEvent"]
+    assert [type(e).__name__ for e in proxy.take_events()] == ["OverloadEvent"]
+    proxy.stalled_until = float("-inf")
+    proxy.note_load(Load(queued=HIGH // 2), net.now + 3.0)  # relaxing: still refusing some
+    assert proxy.overload.reject > 0 and proxy.stalled_until < net.now + 3.0
+
+
+def test_the_queue_mark_is_half_the_buffer_the_kernel_granted_when_smaller() -> None:
+    control = OverloadControl()
+    assert control.queue_mark(Load(limit=212_992)) == 212_992  # stock rmem_max: 416 KB / 2
+    assert control.queue_mark(Load(limit=0)) == HIGH
+    assert control.sample(Load(queued=300_000, limit=212_992), 0.0) == "start"
 
 
 def test_a_caller_elsewhere_is_counted_per_source() -> None:

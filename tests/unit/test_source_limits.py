@@ -178,3 +178,39 @@ def test_a_source_over_its_call_rate_is_banned_and_its_invite_gets_nothing() -> 
     assert net.take() == []
     net.feed(invite("r3"), DIALER)
     assert net.take() == [] and net.proxy.counters["source_dropped"] == 1
+
+
+def test_at_its_cap_of_calls_in_progress_a_source_is_refused_never_banned() -> None:
+    limits = _limits(default=Limit(concurrent_calls=2))
+    for _ in range(2):
+        assert limits.new_call(HOST, 0.0) is None
+        limits.call_started(HOST, 0.0)
+    for i in range(50):
+        assert limits.new_call(HOST, 0.1 + i * 0.01) == f"2 calls in progress from {HOST}"
+    assert not limits.banned(HOST) and limits.take_events() == []
+
+
+def test_a_banned_source_with_calls_up_still_ends_them() -> None:
+    limits = _limits(default=Limit(messages_per_s=100, burst=1.0))
+    for _ in range(10):
+        limits.call_started(HOST, 0.0)
+    _flood(limits, HOST, 0.0, 1.0, 1000)  # banned
+    assert limits.banned(HOST)
+    # Its BYEs and responses pass, up to what ten calls can need; anything else is dropped.
+    assert limits.message(HOST, 1.5, ongoing=True)
+    assert not limits.message(HOST, 1.5, ongoing=False)
+    passed = sum(limits.message(HOST, 2.0 + i * 0.001, ongoing=True) for i in range(1000))
+    assert 40 <= passed <= 55  # 25/s (0.5 per call up + 20): a full bucket, then a second
+    # Without calls up, nothing passes.
+    other = "10.0.0.67"
+    _flood(limits, other, 0.0, 1.0, 1000)
+    assert not limits.message(other, 1.5, ongoing=True)
+
+
+def test_a_message_ban_is_renewed_by_the_message_rate_not_the_call_rate() -> None:
+    limits = _limits(default=Limit(calls_per_s=5, messages_per_s=1000, burst=1.0))
+    _flood(limits, HOST, 0.0, 1.0, 3000)  # over 1000 messages/s: banned
+    limits.take_events()
+    _flood(limits, HOST, 1.0, 10.0, 50)  # then 50/s while banned: under 1000/s, over 5/s
+    limits.sweep(12.0)
+    assert [e.state for e in limits.take_events()] == ["lifted"]

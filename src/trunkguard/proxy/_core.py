@@ -96,10 +96,13 @@ from ._types import (
 log = logging.getLogger("trunkguard.proxy")
 
 STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
+MAX_DEFERRAL = 5.0  # seconds the health engine's silence checks may wait for a stall's end
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 EVICTED_LOG_EVERY = 10_000  # a full table is logged on its first eviction, then once per this many
 
 CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
+# First lines of what a call already up sends: a banned source still gets these through.
+_ONGOING = (b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ")
 SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
 # In-dialog requests of a caller that the router answers a carrier's challenge for.
 AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
@@ -127,6 +130,7 @@ class Proxy:
         # Until then our own event loop was (just) stalled: answers may have waited in our
         # socket, so timeouts are not the carriers' fault, and new calls are shed.
         self.stalled_until = float("-inf")
+        self._deferred_since: float | None = None  # health checks put off since
         self.shedding_until = float("-inf")
         self.draining = False  # shutting down: new calls get 503, the rest finish
         self._own: list[Addr] = []
@@ -448,7 +452,7 @@ class Proxy:
             ):
                 self._unknown_source(data, source)
                 return
-        elif not self.sources.message(source.addr[0], now):
+        elif not self.sources.message(source.addr[0], now, data.startswith(_ONGOING)):
             # Banned, or over its message rate: dropped unparsed (the ban is logged once).
             self.counters["source_dropped"] += 1
             if self.sources.events:
@@ -514,8 +518,9 @@ class Proxy:
         """A sample of the router's own load from the adapter (see ``_overload``)."""
         control = self.overload
         change = control.sample(load, now)
-        if control.reject > 0.0:
-            # Answers are late because we are: timeouts now are not the carriers' fault.
+        if control.reject > 0.0 and control.overloaded_by(load):
+            # Answers wait in our queue: timeouts now are not the carriers' fault. Only while
+            # a signal says so, not while the refused share winds down.
             self.stalled_until = max(self.stalled_until, now + STALL_GRACE)
         if change == "start":
             self.counters["overload_episodes"] += 1
@@ -1089,11 +1094,17 @@ class Proxy:
         self._health_timer = None
         if now <= self.stalled_until and self.health is not None:
             # Silence seen through our own stall proves nothing about the carriers: look
-            # again once the backlog is through.
-            self._health_timer = self.timers.schedule(
-                self.stalled_until + 0.001, self._on_health_timer
-            )
-            return
+            # again once the backlog is through, but not later than MAX_DEFERRAL after the
+            # first look was put off (a long overload must not hide a dead carrier).
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < MAX_DEFERRAL:
+                self._health_timer = self.timers.schedule(
+                    min(self.stalled_until, self._deferred_since + MAX_DEFERRAL) + 0.001,
+                    self._on_health_timer,
+                )
+                return
+        self._deferred_since = None
         if self.health is not None:
             self.apply_health_changes(self.health.tick(now), now)
 

@@ -78,6 +78,7 @@ class Load:
     busy: float = 0.0  # share of the interval spent handling input
     memory: int = 0  # resident bytes (0: unknown)
     messages: int = 0  # inputs handled since the last sample
+    limit: int = 0  # half the smallest receive buffer the kernel granted (0: unknown)
 
 
 RISE = 0.3  # on overload, this share of what is still admitted is refused more...
@@ -85,6 +86,7 @@ RISE_MIN = 0.05  # ...and at least this much more
 FALL = 0.85  # per sample once relaxed: the refused share is multiplied by this...
 FALL_MIN = 0.01  # ...and falls by at least this much
 LIGHT = 0.5  # a source offering under this share of the mean per source is spared
+WINDOW = 4  # samples (200 ms) over which new calls are counted per source
 MAX_COUNTED = 10_000  # sources whose new calls are counted per sample
 RELAXED_QUEUE = 0.25  # below this share of queue_high (and no other signal): relaxed
 MAX_REJECT = 0.99  # never refuse quite everything for load alone (memory can)
@@ -104,7 +106,8 @@ class OverloadControl:
         # New calls offered per source in this sample, and the sources that offered few
         # in the last one: a flood from one source is refused before a dialer's calls.
         self._offered: dict[str, int] = {}
-        self.heavy: frozenset[str] = frozenset()
+        self._samples = 0
+        self.light: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -117,23 +120,34 @@ class OverloadControl:
             return f"resident memory {load.memory >> 20} MB over {s.max_memory >> 20} MB"
         if load.drops > 0:
             return f"the kernel dropped {load.drops} datagrams (receive queue full)"
-        if load.queued > s.queue_high:
+        high = self.queue_mark(load)
+        if load.queued > high:
             return f"{load.queued >> 10} KB waiting in a receive queue"
         if load.lag > s.lag_high:
             return f"event loop {load.lag * 1000:.0f} ms late"
-        if load.busy > s.busy_high and load.queued > s.queue_high * RELAXED_QUEUE:
+        if load.busy > s.busy_high and load.queued > high * RELAXED_QUEUE:
             return f"{load.busy:.0%} of the time on input with a queue building"
         return ""
+
+    def queue_mark(self, load: Load) -> int:
+        """``queue_high``, or half the receive buffer when the kernel granted less (its
+        ``net.core.rmem_max``): the queue must say overloaded before the kernel drops."""
+        high = self.settings.queue_high
+        return min(high, load.limit) if load.limit else high
 
     def sample(self, load: Load, now: float) -> str | None:
         """Take one sample; returns "start"/"end" when an episode begins or ends, else None."""
         self.last = load
-        offered, self._offered = self._offered, {}
-        if len(offered) > 1:
-            mean = sum(offered.values()) / len(offered)
-            self.heavy = frozenset(h for h, n in offered.items() if n >= mean * LIGHT)
-        else:
-            self.heavy = frozenset(offered)
+        self._samples += 1
+        if self._samples >= WINDOW:
+            # Who offered little over the last window is spared in the next: only a source
+            # seen in it (one that just appeared, or turns up once, gets no pass).
+            offered, self._offered, self._samples = self._offered, {}, 0
+            if len(offered) > 1:
+                mean = sum(offered.values()) / len(offered)
+                self.light = frozenset(h for h, n in offered.items() if n < mean * LIGHT)
+            else:
+                self.light = frozenset()
         if not self.settings.enabled:
             self.reject = 0.0
             return None
@@ -148,7 +162,7 @@ class OverloadControl:
                 more = max(RISE_MIN, (1.0 - self.reject) * RISE)
                 self.reject = min(MAX_REJECT, self.reject + more)
         elif (
-            load.queued < s.queue_high * RELAXED_QUEUE
+            load.queued < self.queue_mark(load) * RELAXED_QUEUE
             and load.lag < s.lag_high / 2
             and self.reject > 0.0
         ):
@@ -164,7 +178,7 @@ class OverloadControl:
 
     def count(self, source: str) -> None:
         """An INVITE from ``source`` came (counted always, so the first sample of an
-        overload already knows who offers the most)."""
+        overload already knows who offers little)."""
         offered = self._offered
         if source in offered:
             offered[source] += 1
@@ -173,15 +187,14 @@ class OverloadControl:
 
     def refuse_next(self, source: str = "") -> bool:
         """Should the next new call (from ``source``) be refused? Spreads ``reject`` evenly
-        over the calls of the sources that offer the most: one that offered under half
-        the mean per source in the last sample (or none) is spared, the load is not its
-        doing.
+        over the calls of the sources that offer the most: one seen in the last window
+        that offered under half the mean per source is spared, the load is not its doing.
         """
         self.count(source)
         reject = self.reject
         if reject <= 0.0:
             return False
-        if self.heavy and source not in self.heavy:
+        if source in self.light:
             return False
         self._credit += reject
         if self._credit >= 1.0:

@@ -216,16 +216,21 @@ class Router:
         # core must not take the backlog's late answers for silent carriers.
         now = self.loop.time()
         lag = now - self._beat_at
-        if lag > STALL:
-            self.proxy.note_stall(lag, now)
-        queued, drops = self._socket_load()
-        busy = self._busy / max(HEARTBEAT + lag, 1e-6)
-        load = Load(queued, drops, lag, min(1.0, busy), _resident(), self._inputs)
-        self._busy, self._inputs = 0.0, 0
-        self.proxy.note_load(load, now)
-        self.flush()
-        self._beat_at = now + HEARTBEAT
-        self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
+        try:
+            if lag > STALL:
+                self.proxy.note_stall(lag, now)
+            queued, drops, limit = self._socket_load()
+            busy = self._busy / max(HEARTBEAT + lag, 1e-6)
+            load = Load(queued, drops, lag, min(1.0, busy), _resident(), self._inputs, limit)
+            self._busy, self._inputs = 0.0, 0
+            self.proxy.note_load(load, now)
+            self.flush()
+        except Exception:  # the sampling must never stop: it is what sees overload
+            self.proxy.counters["load_sample_errors"] += 1
+            log.exception("load sample failed")
+        finally:
+            self._beat_at = now + HEARTBEAT
+            self._heartbeat_handle = self.loop.call_at(self._beat_at, self._heartbeat)
 
     def _sockets(self) -> list[socket.socket]:
         out = []
@@ -238,12 +243,14 @@ class Router:
                     out.append(sock)
         return out
 
-    def _socket_load(self) -> tuple[int, int]:
-        """Bytes waiting in the fullest UDP receive queue, and the kernel's drops since the
-        last sample over all of them (what SO_RXQ_OVFL would report datagram by datagram)."""
+    def _socket_load(self) -> tuple[int, int, int]:
+        """Bytes waiting in the fullest UDP receive queue, the kernel's drops since the last
+        sample over all of them (what SO_RXQ_OVFL would report datagram by datagram), and
+        half the smallest receive buffer the kernel granted (0: unknown)."""
         if not self._meminfo:
-            return 0, 0
+            return 0, 0, 0
         queued = dropped = 0
+        limit = 0
         seen: dict[int, int] = {}
         for sock in self._sockets():
             try:
@@ -252,15 +259,17 @@ class Router:
             except (OSError, struct.error) as exc:
                 log.info("no socket queue figures on this system (SO_MEMINFO): %s", exc)
                 self._meminfo = False
-                return 0, 0
+                return 0, 0, 0
             fd = sock.fileno()
             queued = max(queued, info[0])
+            if info[1]:
+                limit = info[1] // 2 if not limit else min(limit, info[1] // 2)
             before = self._drops.get(fd)
             if before is not None and info[8] > before:
                 dropped += info[8] - before
             seen[fd] = info[8]
         self._drops = seen
-        return queued, dropped
+        return queued, dropped, limit
 
     @staticmethod
     def _grow_buffers(sock: socket.socket) -> None:

@@ -10,11 +10,14 @@ A source over a limit whose class bans is banned: everything it sends is
 dropped, unparsed, for ``ban_for`` seconds. If it kept sending faster than
 its limit while banned, the ban is renewed for twice as long (up to
 ``ban_max``); a source that offends again within ten minutes of its last ban
-is banned for twice that one's length too. A ban is reported once when it starts and once when it is
-lifted (with what it dropped), never per packet. A class that does not ban
-(carriers, by default: banning one would drop the answers to our own calls)
-has only its excess refused: new calls over the limit get ``503``, messages
-over it are dropped.
+is banned for twice that one's length too. A ban is reported once when it
+starts and once when it is lifted (with what it dropped), never per packet.
+A banned source's calls in progress still end: its responses, ACKs, BYEs and
+CANCELs pass at the rate those calls can need. At its cap of calls in
+progress a source is never banned, only refused (a ban would drop the BYEs
+that bring the count down). A class that does not ban (carriers, by default:
+banning one would drop the answers to our own calls) has only its excess
+refused: new calls over the limit get ``503``, messages over it are dropped.
 
 Every table is bounded: sources seen (idle ones go first), and bans.
 """
@@ -62,6 +65,10 @@ class BanEvent:
 
 
 IDLE = 60.0  # seconds without a message after which a source's state may go
+# A banned source's responses, ACKs, BYEs and CANCELs still pass, up to this many per
+# second per call in progress, plus a floor: what live calls need, not a flood.
+PASS_RATE = 0.5
+PASS_FLOOR = 20.0
 HISTORY = 600.0  # a source banned again within this long gets twice its last ban's length
 
 
@@ -96,7 +103,7 @@ class _Source:
 
 
 class _Ban:
-    __slots__ = ("dropped", "length", "since", "until", "why")
+    __slots__ = ("dropped", "length", "passing", "since", "until", "why")
 
     def __init__(self, why: str, length: float, now: float) -> None:
         self.why = why
@@ -104,6 +111,7 @@ class _Ban:
         self.since = now
         self.until = now + length
         self.dropped = 0
+        self.passing: _Bucket | None = None  # what its calls in progress still send
 
 
 def _depth(rate: float | None, burst: float) -> float:
@@ -184,16 +192,20 @@ class SourceLimits:
         self._count("sources_evicted", before - len(self.sources))
 
     # -- each message ----------------------------------------------------------------------
-    def message(self, host: str, now: float) -> bool:
-        """Is this message from ``host`` to be handled? False: dropped (banned, or over)."""
+    def message(self, host: str, now: float, ongoing: bool = False) -> bool:
+        """Is this message from ``host`` to be handled? False: dropped (banned, or over).
+
+        ``ongoing``: a response, or an ACK, BYE or CANCEL (by its first line). A banned
+        source with calls in progress still gets those through, up to a rate its calls
+        can need, so a ban (perhaps of a spoofed address) stops new calls, not live ones.
+        """
         ban = self.bans.get(host)
-        if ban is not None:
-            if now < ban.until:
-                ban.dropped += 1
-                return False
-            if not self._end_ban(host, ban, now):
-                ban.dropped += 1
-                return False
+        if ban is not None and (now < ban.until or not self._end_ban(host, ban, now)):
+            ban = self.bans[host]  # renewed, perhaps
+            if ongoing and self._passes(host, ban, now):
+                return True
+            ban.dropped += 1
+            return False
         if not self.settings.enabled:
             return True
         source = self._source(host, now)
@@ -207,6 +219,18 @@ class SourceLimits:
             self._ban(host, source, f"over {rate:g} messages/s", now)
         return False
 
+    def _passes(self, host: str, ban: _Ban, now: float) -> bool:
+        source = self.sources.get(host)
+        if source is None or source.calls <= 0:
+            return False
+        rate = PASS_RATE * source.calls + PASS_FLOOR
+        if ban.passing is None:
+            ban.passing = _Bucket(rate, now)
+        if ban.passing.take(rate, rate, now):
+            self._count("banned_passed")
+            return True
+        return False
+
     def banned(self, host: str) -> bool:
         return host in self.bans
 
@@ -217,15 +241,15 @@ class SourceLimits:
             return None
         source = self._source(host, now)
         limit = source.limit
-        why = None
         if limit.concurrent_calls is not None and source.calls >= limit.concurrent_calls:
-            why = f"{limit.concurrent_calls} calls in progress from {host}"
-        else:
-            rate = limit.calls_per_s
-            if rate is not None and not source.new_calls.take(rate, _depth(rate, limit.burst), now):
-                why = f"over {rate:g} new calls/s from {host}"
-        if why is None:
+            # At its cap is not a flood: the excess is refused, never banned (a ban would
+            # drop the BYEs that bring the count down).
+            self._count("source_calls_full")
+            return f"{limit.concurrent_calls} calls in progress from {host}"
+        rate = limit.calls_per_s
+        if rate is None or source.new_calls.take(rate, _depth(rate, limit.burst), now):
             return None
+        why = f"over {rate:g} new calls/s from {host}"
         self._count("source_calls_over")
         if limit.ban:
             self._ban(host, source, why, now)
@@ -263,7 +287,9 @@ class SourceLimits:
         s = self.settings
         source = self.sources.get(host)
         limit = source.limit if source is not None else self.limit_of(host)
-        rate = limit.messages_per_s or limit.calls_per_s
+        # Kept on while banned: faster than the limit it broke (messages, else new calls:
+        # a dropped message is at most one call).
+        rate = limit.messages_per_s if "messages/s" in ban.why else limit.calls_per_s
         seconds = max(now - ban.since, 1e-9)
         if rate is not None and ban.dropped / seconds > rate:
             length = min(s.ban_max, ban.length * 2)
