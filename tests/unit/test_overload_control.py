@@ -25,7 +25,7 @@ from trunkguard.sip import ParseError, Request, Response, parse_message
 HIGH = OverloadSettings().queue_high
 
 
-def test_the_refused_share_rises_fast_on_overload_and_falls_once_relaxed() -> None:
+def test_the_refused_share_steers_the_queue_to_half_the_mark() -> None:
     control = OverloadControl()
     assert control.sample(Load(queued=HIGH // 10), 0.0) is None and control.reject == 0.0
     assert control.sample(Load(queued=HIGH + 1), 0.05) == "start"
@@ -35,11 +35,16 @@ def test_the_refused_share_rises_fast_on_overload_and_falls_once_relaxed() -> No
         control.sample(Load(queued=2 * HIGH), 0.1 + i * 0.05)
         shares.append(control.reject)
     assert shares == sorted(shares) and shares[-1] > 0.9 and shares[-1] <= MAX_REJECT
-    # Between the marks: held where it is.
+    # At half the mark: held where it is; a little over or under: a little more or less.
     held = control.reject
     control.sample(Load(queued=HIGH // 2), 1.0)
     assert control.reject == held
-    # Relaxed: it falls, and the episode ends within a second and a half.
+    control.reject = 0.5
+    control.sample(Load(queued=HIGH * 6 // 10), 1.0)
+    assert 0.5 < control.reject < 0.55
+    control.sample(Load(queued=HIGH * 4 // 10), 1.0)
+    assert abs(control.reject - 0.5) < 1e-3
+    # Short: it falls, and the episode ends within a second and a half.
     ends = [control.sample(Load(queued=0), 1.0 + i * 0.05) for i in range(30)]
     assert "end" in ends and ends.index("end") < 30 and control.reject == 0.0
 
@@ -71,7 +76,7 @@ def test_over_the_memory_cap_every_new_call_is_refused() -> None:
     assert control.reject == 1.0
     assert all(control.refuse_next() for _ in range(100))
     control.sample(Load(memory=50 << 20), 0.05)
-    assert control.reject < MAX_REJECT
+    assert control.reject <= MAX_REJECT
 
 
 def test_refusals_are_spread_evenly() -> None:
@@ -94,9 +99,9 @@ def _window(control: OverloadControl, offered: dict[str, int], now: float) -> No
 def test_a_source_that_offers_little_is_spared_while_a_flooder_is_refused() -> None:
     control = OverloadControl()
     _window(control, {"10.0.0.66": 800, "10.0.0.5": 4}, 0.0)
-    assert control.light == frozenset({"10.0.0.5"}) and control.reject > 0.7
+    assert control.light == frozenset({"10.0.0.5"}) and control.reject > 0.5
     assert not any(control.refuse_next("10.0.0.5") for _ in range(5))
-    assert sum(control.refuse_next("10.0.0.66") for _ in range(100)) >= 70
+    assert sum(control.refuse_next("10.0.0.66") for _ in range(100)) >= 50
 
 
 def test_a_source_not_seen_in_the_last_window_gets_no_pass() -> None:

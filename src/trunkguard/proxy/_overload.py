@@ -83,8 +83,11 @@ class Load:
 
 RISE = 0.3  # on overload, this share of what is still admitted is refused more...
 RISE_MIN = 0.05  # ...and at least this much more
-FALL = 0.85  # per sample once relaxed: the refused share is multiplied by this...
-FALL_MIN = 0.01  # ...and falls by at least this much
+TARGET = 0.5  # share of the queue mark the refused share steers the queue to
+GAIN = 0.3  # refused share per sample, per queue mark of distance from the target...
+STEP_UP = 0.15  # ...at most this much more per sample...
+STEP_DOWN = 0.05  # ...and this much less
+FALL_MIN = 0.01  # under this (and no signal, a short queue): the episode is over
 LIGHT = 0.5  # a source offering under this share of the mean per source is spared
 WINDOW = 4  # samples (200 ms) over which new calls are counted per source
 MAX_COUNTED = 10_000  # sources whose new calls are counted per sample
@@ -156,17 +159,24 @@ class OverloadControl:
         s = self.settings
         if why:
             self.why = why
-            if s.max_memory is not None and load.memory > s.max_memory:
-                self.reject = 1.0
-            else:
-                more = max(RISE_MIN, (1.0 - self.reject) * RISE)
-                self.reject = min(MAX_REJECT, self.reject + more)
-        elif (
-            load.queued < self.queue_mark(load) * RELAXED_QUEUE
-            and load.lag < s.lag_high / 2
-            and self.reject > 0.0
-        ):
-            self.reject = min(MAX_REJECT, max(0.0, self.reject * FALL - FALL_MIN))
+        high = self.queue_mark(load)
+        if s.max_memory is not None and load.memory > s.max_memory:
+            self.reject = 1.0
+        elif load.drops > 0 or load.lag > s.lag_high:
+            # The kernel dropped, or the loop is late: the queue mark was not enough. Fast.
+            more = max(RISE_MIN, (1.0 - self.reject) * RISE)
+            self.reject = min(MAX_REJECT, self.reject + more)
+        elif why or self.reject > 0.0:
+            # Steer the queue to half the mark: a queue that never runs dry keeps the router
+            # busy (goodput), one that stays short keeps admitted calls quick. The step is in
+            # proportion to how far it is from there, within bounds.
+            error = (load.queued - high * TARGET) / high
+            step = max(-STEP_DOWN, min(STEP_UP, GAIN * error))
+            if why and self.reject == 0.0:
+                step = max(step, RISE_MIN)  # a signal starts an episode, whatever the queue
+            self.reject = min(MAX_REJECT, max(0.0, self.reject + step))
+            if self.reject < FALL_MIN and not why and load.queued < high * RELAXED_QUEUE:
+                self.reject = 0.0
         self.peak = max(self.peak, self.reject)
         if self.reject > 0.0 and not was:
             self.since = now
