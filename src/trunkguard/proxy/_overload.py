@@ -5,10 +5,11 @@ Two halves, both pure:
 - :class:`OverloadControl` turns samples of the router's own load, taken by
   the adapter every tick (bytes waiting in its receive queues, the kernel's
   drops, the event loop's lag, the share of time spent handling input, the
-  process's resident memory), into the share of new calls to refuse. The
-  share rises fast while any signal says overloaded and falls slowly once
-  none does (the loss-based algorithm of RFC 7339, run on ourselves), so the
-  calls it admits find a short queue and complete.
+  process's resident memory), into the share of new calls to refuse. Once a
+  signal says overloaded, the share is steered so that the receive queue
+  stays at half its mark: never dry (the router stays busy, goodput) and
+  never long (admitted calls stay quick and complete). Kernel drops or loop
+  lag raise it fast (the loss-based algorithm of RFC 7339, run on ourselves).
 - A first-line look at a raw datagram, without parsing it: an out-of-dialog
   INVITE that is to be refused gets a stateless ``503`` built from its raw
   header lines (:func:`quick_invite`, :func:`shed_response`), and the ACK for
