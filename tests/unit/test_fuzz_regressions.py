@@ -111,3 +111,25 @@ def test_a_response_with_our_branch_but_another_methods_cseq_is_a_stray() -> Non
     assert responses(net.take(), CALLER) == [] and net.proxy.counters["stray_responses"] == 1
     net.feed(reply(to_a, 180), A)
     assert responses(net.take(), CALLER) == [180]
+
+
+def test_an_invite_with_a_malformed_route_is_refused_before_its_call_starts() -> None:
+    """Found by fuzzing: the Route was parsed only as the INVITE went out, after the call
+    had moved to TRYING, and the ParseError left it there without a branch: its CANCEL
+    then failed an assertion."""
+    from test_proxy_core import CALLER, A, Net, invite, responses
+
+    net = Net()
+    net.feed(invite("fz1", extra="Route\t: application/sdp\r\n"), CALLER)
+    out = net.take()
+    assert responses(out, CALLER) == [400] and net.sent_to(A, out) == []
+    assert "route" in (out[0][1].get("warning") or "").lower()
+    assert not [e for e in net.proxy.servers.values() if e.owner is not None]
+    cancel = (
+        b"CANCEL sip:15551234567@127.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bK-fz1\r\n"
+        b"From: <sip:agent@127.0.0.1>;tag=caller1\r\nTo: <sip:15551234567@127.0.0.1>\r\n"
+        b"Call-ID: fz1\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    net.feed(cancel, CALLER)
+    assert responses(net.take(), CALLER) == [481]

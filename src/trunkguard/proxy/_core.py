@@ -655,6 +655,12 @@ class Proxy:
     def _new_call(
         self, request: Request, source: Flow, key: tuple[object, ...], now: float
     ) -> None:
+        try:
+            _ = request.routes  # read when the INVITE goes out: a bad one is refused now
+        except ParseError as exc:
+            self.counters["bad_requests"] += 1
+            self._reject(request, source, exc.status, str(exc))
+            return
         if self.admission.looped(request, self._via_host):
             self._reject(request, source, 482, "")
             return
