@@ -191,12 +191,12 @@ def options_request(
 
 
 def send_options(
-    target: Address, timeout: float = 1.0, *, from_user: str = "keepalive"
+    target: Address, timeout: float = 1.0, *, from_user: str = "keepalive", source: str = HOST
 ) -> str | None:
-    """Send one OPTIONS over UDP and return the first response to it (its text), or None
-    when none came within ``timeout`` seconds."""
+    """Send one OPTIONS over UDP from ``source`` and return the first response to it (its
+    text), or None when none came within ``timeout`` seconds."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((source, 0))
         call_id, request = options_request(target, sock.getsockname(), from_user=from_user)
         sock.sendto(request, target)
         end = time.monotonic() + timeout

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kamailio import send_options
 from router import RouterProcess
 from sipp import UacResult, free_udp_ports, run_uac, start_uas
 
@@ -95,24 +95,8 @@ def _flood(router: tuple[str, int], kind: str) -> subprocess.Popen[str]:
 
 def _options(router: tuple[str, int], source: str) -> int | None:
     """A raw OPTIONS from ``source``: the status of the answer, or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        sock.settimeout(2.0)
-        port = sock.getsockname()[1]
-        sock.sendto(
-            (
-                f"OPTIONS sip:{router[0]}:{router[1]} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK-after-{time.time_ns()}\r\n"
-                f"From: <sip:check@{source}>;tag=after\r\nTo: <sip:{router[0]}>\r\n"
-                f"Call-ID: after-{time.time_ns()}\r\nCSeq: 1 OPTIONS\r\n"
-                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-            ).encode(),
-            router,
-        )
-        try:
-            return int(sock.recv(65535).split(b" ", 2)[1])
-        except (TimeoutError, ValueError, IndexError):
-            return None
+    answer = send_options(router, 2.0, source=source)
+    return None if answer is None else int(answer.split(" ", 2)[1])
 
 
 @dataclass

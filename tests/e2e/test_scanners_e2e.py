@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kamailio import send_options
 from router import RouterProcess
 from sipp import die_with_parent, free_udp_port, free_udp_ports, run_uac, start_uas
 
@@ -124,24 +124,8 @@ def svmap(source: str, router: RouterProcess) -> tuple[str, list[str]]:
 
 def options(router: RouterProcess, source: str, timeout: float = 1.0) -> bytes | None:
     """A plain OPTIONS from ``source`` to the router: its answer, or None after ``timeout``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        sock.settimeout(timeout)
-        here = sock.getsockname()[1]
-        sock.sendto(
-            (
-                f"OPTIONS sip:127.0.0.1:{router.port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {source}:{here};branch=z9hG4bK-scan{here};rport\r\n"
-                f"From: <sip:qualify@{source}>;tag=scan\r\nTo: <sip:127.0.0.1:{router.port}>\r\n"
-                f"Call-ID: scan-{here}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-                "Content-Length: 0\r\n\r\n"
-            ).encode(),
-            router.address,
-        )
-        try:
-            return sock.recv(65535)
-        except TimeoutError:
-            return None
+    answer = send_options(router.address, timeout, from_user="qualify", source=source)
+    return None if answer is None else answer.encode()
 
 
 def header_names(response: bytes) -> set[str]:
