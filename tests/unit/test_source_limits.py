@@ -197,14 +197,14 @@ def test_a_banned_source_with_calls_up_still_ends_them() -> None:
     _flood(limits, HOST, 0.0, 1.0, 1000)  # banned
     assert limits.banned(HOST)
     # Its BYEs and responses pass, up to what ten calls can need; anything else is dropped.
-    assert limits.message(HOST, 1.5, ongoing=True)
-    assert not limits.message(HOST, 1.5, ongoing=False)
-    passed = sum(limits.message(HOST, 2.0 + i * 0.001, ongoing=True) for i in range(1000))
+    assert limits.message(HOST, 1.5, b"BYE sip:x SIP/2.0")
+    assert not limits.message(HOST, 1.5, b"INVITE sip:x SIP/2.0")
+    passed = sum(limits.message(HOST, 2.0 + i * 0.001, b"SIP/2.0 200 OK") for i in range(1000))
     assert 40 <= passed <= 55  # 25/s (0.5 per call up + 20): a full bucket, then a second
     # Without calls up, nothing passes.
     other = "10.0.0.67"
     _flood(limits, other, 0.0, 1.0, 1000)
-    assert not limits.message(other, 1.5, ongoing=True)
+    assert not limits.message(other, 1.5, b"ACK sip:x SIP/2.0")
 
 
 def test_a_message_ban_is_renewed_by_the_message_rate_not_the_call_rate() -> None:

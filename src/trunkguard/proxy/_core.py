@@ -101,8 +101,6 @@ SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 EVICTED_LOG_EVERY = 10_000  # a full table is logged on its first eviction, then once per this many
 
 CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
-# First lines of what a call already up sends: a banned source still gets these through.
-_ONGOING = (b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ")
 SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
 # In-dialog requests of a caller that the router answers a carrier's challenge for.
 AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
@@ -452,7 +450,7 @@ class Proxy:
             ):
                 self._unknown_source(data, source)
                 return
-        elif not self.sources.message(source.addr[0], now, data.startswith(_ONGOING)):
+        elif not self.sources.message(source.addr[0], now, data):
             # Banned, or over its message rate: dropped unparsed (the ban is logged once).
             self.counters["source_dropped"] += 1
             if self.sources.events:
@@ -518,7 +516,7 @@ class Proxy:
         """A sample of the router's own load from the adapter (see ``_overload``)."""
         control = self.overload
         change = control.sample(load, now)
-        if control.reject > 0.0 and control.overloaded_by(load):
+        if control.reject > 0.0 and control.signal:
             # Answers wait in our queue: timeouts now are not the carriers' fault. Only while
             # a signal says so, not while the refused share winds down.
             self.stalled_until = max(self.stalled_until, now + STALL_GRACE)

@@ -103,6 +103,7 @@ class OverloadControl:
         self.settings = settings or OverloadSettings()
         self.reject = 0.0  # share of new calls refused now
         self.why = ""  # the signal that last said overloaded
+        self.signal = ""  # what the last sample said (empty: not overloaded)
         self.since: float | None = None  # when the current episode began
         self.last = Load()
         self.peak = 0.0
@@ -156,7 +157,7 @@ class OverloadControl:
             self.reject = 0.0
             return None
         was = self.reject > 0.0
-        why = self.overloaded_by(load)
+        why = self.signal = self.overloaded_by(load)
         s = self.settings
         if why:
             self.why = why

@@ -69,6 +69,7 @@ IDLE = 60.0  # seconds without a message after which a source's state may go
 # second per call in progress, plus a floor: what live calls need, not a flood.
 PASS_RATE = 0.5
 PASS_FLOOR = 20.0
+ONGOING = (b"SIP/2.0 ", b"ACK ", b"BYE ", b"CANCEL ")  # first lines of what calls up send
 HISTORY = 600.0  # a source banned again within this long gets twice its last ban's length
 
 
@@ -192,17 +193,18 @@ class SourceLimits:
         self._count("sources_evicted", before - len(self.sources))
 
     # -- each message ----------------------------------------------------------------------
-    def message(self, host: str, now: float, ongoing: bool = False) -> bool:
-        """Is this message from ``host`` to be handled? False: dropped (banned, or over).
+    def message(self, host: str, now: float, data: bytes = b"") -> bool:
+        """Is this message (``data``) from ``host`` to be handled? False: dropped (banned,
+        or over its rate).
 
-        ``ongoing``: a response, or an ACK, BYE or CANCEL (by its first line). A banned
-        source with calls in progress still gets those through, up to a rate its calls
-        can need, so a ban (perhaps of a spoofed address) stops new calls, not live ones.
+        A banned source with calls in progress still gets its responses, ACKs, BYEs and
+        CANCELs through (by their first line), up to a rate its calls can need, so a ban
+        (perhaps of a spoofed address) stops new calls, not live ones.
         """
         ban = self.bans.get(host)
         if ban is not None and (now < ban.until or not self._end_ban(host, ban, now)):
             ban = self.bans[host]  # renewed, perhaps
-            if ongoing and self._passes(host, ban, now):
+            if data.startswith(ONGOING) and self._passes(host, ban, now):
                 return True
             ban.dropped += 1
             return False
