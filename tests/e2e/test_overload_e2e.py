@@ -211,7 +211,9 @@ def test_a_garbage_flood_from_one_source_is_banned_while_another_calls(tmp_path:
     _check_second_source(run, "garbage flood")
     flood, counters = run.flood, run.counters
     assert counters["source_dropped"] >= 0.9 * flood["sent"], counters
-    assert counters.get("parse_errors", 0) <= 2 * 1000 + 10, counters  # about its burst
+    # What got through before the ban: its burst (2 s of its rate) and what the bucket
+    # refilled while the burst went by; at 7,000 datagrams a second that is under 0.4 s.
+    assert counters.get("parse_errors", 0) <= 2 * 1000 + 0.4 * 1000, counters
     bans = run.bans(FLOODER)
     assert bans and bans[0]["state"] == "banned" and len(bans) <= 3, bans
     assert run.bans(CALLER) == []
