@@ -20,7 +20,7 @@ from .config import RouterConfig, destination_targets
 from .dns import Destination, DnsWatcher
 from .health import HealthEngine, State, StateChange
 from .prober import Prober
-from .proxy import Alarm, AttemptRecord, Flow, Proxy, RegistrationEvent, Target
+from .proxy import Alarm, AttemptRecord, CoreEvent, Flow, Proxy, RegistrationEvent, Target
 from .proxy._overload import OverloadEvent
 from .proxy._sources import BanEvent
 from .register import FAILED, RegisterSettings, Registrations
@@ -84,6 +84,10 @@ class Runtime:
         self._set_capacity(config)
         self.proxy.health = self.health
         self.on_attempt: Callable[[AttemptRecord], None] | None = None
+        # Everything the core hands out, after the logs and the store have had it: metrics,
+        # alerts, call records and the dashboard subscribe here. Each must be quick and
+        # must not raise; slow work (a database, a hook) goes to a queue of its own.
+        self.listeners: list[Callable[[CoreEvent], None]] = []
         self.store = store if store is not None else EventStore(config.store_path())
         self.prober = (
             Prober(self.proxy, self.health, config.probe_settings())
@@ -187,8 +191,13 @@ class Runtime:
                 self.store.record_notice(
                     "router", "overload", event.state, event.detail, self._wall(event.at)
                 )
-            elif self.on_attempt is not None:
+            elif isinstance(event, AttemptRecord) and self.on_attempt is not None:
                 self.on_attempt(event)
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:  # one listener's bug must not stop the others, nor calls
+                    log.exception("event listener %r failed on %s", listener, type(event).__name__)
 
     # -- DNS --------------------------------------------------------------------------------
     def _dns_gate(self, carrier: str, why: str, now: float) -> None:

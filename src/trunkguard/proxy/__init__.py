@@ -5,6 +5,7 @@ from ._core import CoreEvent, Proxy
 from ._types import (
     Alarm,
     AttemptRecord,
+    CallRecord,
     Flow,
     Plan,
     ProxySettings,
@@ -16,6 +17,7 @@ __all__ = [
     "Alarm",
     "AttemptRecord",
     "Call",
+    "CallRecord",
     "CoreEvent",
     "Flow",
     "Plan",

@@ -332,6 +332,8 @@ class Call:
         "attempts",
         "branch",
         "budget_timer",
+        "final",
+        "history",
         "plan",
         "plan_index",
         "proxy",
@@ -365,6 +367,8 @@ class Call:
         self.tried: dict[str, int] = {}  # carrier -> branches started to its destinations
         self.branch: Branch | None = None  # the current attempt
         self.results: list[int | None] = []
+        self.history: list[AttemptRecord] = []  # every attempt's record, for the call's
+        self.final = 0  # the final status the caller got (0: none yet)
         self.relayed: set[int] = set()
         self.started = now
         self.state = NEW
@@ -504,7 +508,7 @@ class Call:
             if self.state in FINAL and not was_final:
                 if self.budget_timer is not None:
                     self._stop_budget()
-                self.proxy.call_over(self)
+                self.proxy.call_over(self, now)
         finally:
             self._branch = self._response = self._verdict = None
             self._challenge = None
@@ -549,6 +553,7 @@ class Call:
     def _answer(self, status: int, extra: list[tuple[str, str]] | None = None) -> None:
         """A final response of our own to the caller."""
         data = self.proxy.response(self.request, status, to_tag=self.to_tag, extra=extra or ())
+        self.final = self.final or status
         self.proxy.respond(self.server, status, data, self._now)
 
     def _record(
@@ -559,21 +564,21 @@ class Call:
         retry: float | None = None,
     ) -> None:
         branch = self._current()
-        self.proxy.record_attempt(
-            branch,
-            AttemptRecord(
-                call_id=self.request.call_id,
-                target=branch.target.name,
-                attempt=branch.attempt,
-                status=status,
-                kind=kind,
-                verdict=verdict,
-                started=branch.started,
-                ended=self._now,
-                first_response=branch.first_response,
-                retry_after=retry,
-            ),
+        record = AttemptRecord(
+            call_id=self.request.call_id,
+            target=branch.target.name,
+            attempt=branch.attempt,
+            status=status,
+            kind=kind,
+            verdict=verdict,
+            started=branch.started,
+            ended=self._now,
+            first_response=branch.first_response,
+            retry_after=retry,
+            carrier=branch.target.carrier,
         )
+        self.history.append(record)
+        self.proxy.record_attempt(branch, record)
 
     def _stop_budget(self) -> None:
         # Dropping the handle matters: it refers back to this call (a reference cycle).
@@ -661,6 +666,7 @@ class Call:
         )
 
     def _a_answer_branch(self) -> None:
+        self.final = self._message().status
         self._current().state = ANSWERED
         self._a_stop_timer()
         self.proxy.counters["calls_answered"] += 1
@@ -702,6 +708,7 @@ class Call:
             mapped = Q850_TO_STATUS.get(cause, 500) if cause is not None else 500
             self._answer(mapped, [("Reason", reason)])
             return
+        self.final = self.final or status
         self.proxy.respond(self.server, status, self._upstream(response), self._now)
 
     def _a_open_dialog(self) -> None:

@@ -46,7 +46,17 @@ from ..sip import (
 )
 from ..sip._digest import Challenge, Credentials, DigestClient, DigestError, response_challenge
 from ._admission import Admission
-from ._call import ANSWERED, CLEANED, Branch, Call
+from ._call import (
+    ANSWERED,
+    CANCELLED,
+    CLEANED,
+    DESTINATION_FINAL,
+    FAILED,
+    NO_ANSWER,
+    REJECTED,
+    Branch,
+    Call,
+)
 from ._dialogs import SWEEP_EVERY, Dialog, DialogTable, Hop, RouteSigner
 from ._entries import (
     ALLOW,
@@ -86,6 +96,7 @@ from ._types import (
     Addr,
     Alarm,
     AttemptRecord,
+    CallRecord,
     Flow,
     Plan,
     ProxySettings,
@@ -100,7 +111,18 @@ MAX_DEFERRAL = 5.0  # seconds the health engine's silence checks may wait for a 
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 EVICTED_LOG_EVERY = 10_000  # a full table is logged on its first eviction, then once per this many
 
-CoreEvent = AttemptRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
+# How an unanswered call ended, for its record.
+_CALL_END = {
+    REJECTED: "refused",
+    DESTINATION_FINAL: "destination final",
+    NO_ANSWER: "no answer",
+    FAILED: "failed",
+    CANCELLED: "cancelled",
+}
+
+CoreEvent = (
+    AttemptRecord | CallRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
+)
 SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
 # In-dialog requests of a caller that the router answers a carrier's challenge for.
 AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
@@ -712,17 +734,45 @@ class Proxy:
             data = response_with_oc(data, self.overload.oc_params(self.overload.since or 0.0))
         self.send(source, data)
 
-    def call_over(self, call: Call) -> None:
-        """A call reached its final state. Unanswered, it no longer counts for its source;
-        answered, its dialog does until it ends (:meth:`_dialog_over`)."""
+    def call_over(self, call: Call, now: float) -> None:
+        """A call reached its final state. Unanswered, it no longer counts for its source,
+        and its record goes out; answered, its dialog counts (and keeps the record) until
+        it ends (:meth:`_dialog_over`)."""
+        request = call.request
+        plan = call.plan
+        record = CallRecord(
+            call_id=request.call_id,
+            number=plan.number or request.request_uri.user or "",
+            source=call.source.addr[0],
+            plan=tuple(t.name for t in plan.targets),
+            explain=tuple(plan.explain),
+            attempts=tuple(call.history),
+            status=call.final,
+            started=call.started,
+            answered=now if call.state == ANSWERED else None,
+            ended=now,
+            end=_CALL_END.get(call.state, "failed"),
+        )
         if call.state != ANSWERED:
             self.sources.call_ended(call.source.addr[0])
+            self.events.append(record)
+            return
+        dialog = self.dialogs.table.get(request.call_id)
+        if dialog is not None and dialog.record is None:
+            dialog.record = record
+        else:  # no dialog to wait for (evicted as it opened): the call is over for us
+            self.events.append(dataclasses.replace(record, end="untracked"))
 
-    def _dialog_over(self, dialog: Dialog) -> None:
-        """An answered call ended (BYE, a dead side, too old): its capacity is free again."""
+    def _dialog_over(self, dialog: Dialog, now: float, how: str) -> None:
+        """An answered call ended (BYE, a dead side, too old): its capacity is free again,
+        and its record goes out, ``how`` saying why it ended."""
         if self.health is not None:
             self.health.call_ended(dialog.target)
         self.sources.call_ended(dialog.caller.addr[0])
+        record = dialog.record
+        if record is not None:
+            dialog.record = None
+            self.events.append(dataclasses.replace(record, ended=now, end=how))
 
     def _table_full(self) -> bool:
         """As many live transactions as ``max_transactions``: nothing new is taken on."""
@@ -1216,7 +1266,8 @@ class Proxy:
                 dialog.callee_cseq = max(dialog.callee_cseq, request.cseq.number)
         if method == "BYE" and dialog is not None and not dialog.ending:
             # Keep the dialog a little for retransmitted BYEs and their responses.
-            self._dialog_over(dialog)
+            how = "bye from caller" if hop.from_caller else "bye from callee"
+            self._dialog_over(dialog, now, how)
             self.dialogs.close(dialog, now + self.settings.timers.timeout)
             self._closing = self.timers.rearm(
                 self._closing, self.dialogs.next_close(), self._end_dialogs
@@ -1345,10 +1396,11 @@ class Proxy:
         )
         replaced = self.dialogs.table.get(dialog.call_id)
         if replaced is not None and not replaced.ending:
-            self._dialog_over(replaced)  # the same Call-ID answered again: the old one is over
+            # The same Call-ID answered again: the old one is over.
+            self._dialog_over(replaced, now, "replaced")
         for old in self.dialogs.open(dialog):
             if not old.ending:
-                self._dialog_over(old)  # its capacity slot is free again
+                self._dialog_over(old, now, "evicted")  # its capacity slot is free again
             self.counters["dialogs_evicted"] += 1
             if self.counters["dialogs_evicted"] % EVICTED_LOG_EVERY == 1:
                 log.warning(
@@ -1391,7 +1443,7 @@ class Proxy:
         ):
             if contact_uri(contact):
                 self.send_request(flow, build_bye(dialog, to_caller, agent), Quiet(), now)
-        self._dialog_over(dialog)
+        self._dialog_over(dialog, now, f"dead: {why}")
         self.dialogs.end(call_id)
         self.counters["dialogs_ended_dead"] += 1
         self.counters[f"dialogs_ended_dead:{why}"] += 1
@@ -1401,7 +1453,7 @@ class Proxy:
         stale = self.dialogs.expired(now, self.settings.dialog_max_age)
         for dialog in stale:
             if not dialog.ending:
-                self._dialog_over(dialog)
+                self._dialog_over(dialog, now, "expired")
         self.counters["dialogs_expired"] += len(stale)
         every = min(SWEEP_EVERY, self.settings.dialog_max_age / 4)
         self.timers.schedule(now + every, self._sweep_dialogs)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..sip import Request, Uri
-from ._types import Flow
+from ._types import CallRecord, Flow
 
 MAC_BYTES = 16
 SWEEP_EVERY = 60.0  # seconds between sweeps of dialogs older than dialog_max_age
@@ -60,6 +60,7 @@ class Dialog:
     # (RFC 3261 §22.2) took one more number on the callee's side.
     cseq_offset: int = 0
     auth: tuple[str, str] | None = None  # the last INVITE's credentials, repeated in its ACK
+    record: CallRecord | None = None  # the call's record, handed out when the dialog ends
 
 
 class Hop(NamedTuple):

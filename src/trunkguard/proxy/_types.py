@@ -63,10 +63,42 @@ class AttemptRecord:
     ended: float
     first_response: float | None  # time of the first 100/18x, for post-dial delay
     retry_after: float | None = None  # a 503's Retry-After, seconds
+    carrier: str = ""  # the target's carrier (a DNS carrier has a target per destination)
 
     @property
     def post_dial_delay(self) -> float | None:
         return None if self.first_response is None else self.first_response - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One call as it went, from its INVITE to its end: for call records, metrics and logs.
+
+    Handed out once per call: when its final response went to the caller, unless
+    that was a 2xx; an answered call's record comes when its dialog ends (``ended``,
+    ``end`` say how). Times are on the core's clock. Calls refused before any
+    state was made for them (shed under overload, over a source's limit, a
+    malformed request) have no record; they are counted.
+    """
+
+    call_id: str
+    number: str  # the number dialed (as routing normalised it, when it did)
+    source: str  # the caller's address
+    plan: tuple[str, ...]  # the targets the plan offered, in order
+    explain: tuple[str, ...]  # the plan's reason for each candidate
+    attempts: tuple[AttemptRecord, ...]
+    status: int  # the final status the caller got
+    started: float
+    answered: float | None  # when the 2xx went to the caller
+    ended: float
+    end: str  # "failed", "cancelled", "refused"; answered: "bye", "dead:<why>", "expired", ...
+
+    @property
+    def carrier(self) -> str | None:
+        """The carrier that answered, if one did."""
+        if self.answered is None or not self.attempts:
+            return None
+        return self.attempts[-1].carrier or self.attempts[-1].target
 
 
 @dataclass(frozen=True, slots=True)
