@@ -25,6 +25,7 @@ from .proxy._overload import OverloadEvent
 from .proxy._sources import BanEvent
 from .register import FAILED, RegisterSettings, Registrations
 from .routing import NumberRules, RoutingTable
+from .stats import TargetStats
 from .store import EventStore
 
 log = logging.getLogger("trunkguard.health")
@@ -88,6 +89,8 @@ class Runtime:
         # alerts, call records and the dashboard subscribe here. Each must be quick and
         # must not raise; slow work (a database, a hook) goes to a queue of its own.
         self.listeners: list[Callable[[CoreEvent], None]] = []
+        self.stats = TargetStats()  # calls/s, ASR, ACD, PDD per target, over 5 minutes
+        self.listeners.append(self.stats.feed)
         self.store = store if store is not None else EventStore(config.store_path())
         self.prober = (
             Prober(self.proxy, self.health, config.probe_settings())
@@ -294,6 +297,7 @@ class Runtime:
         del now
         if all(t.name != name for t in self.proxy.targets):
             self.health.remove_target(name)
+            self.stats.forget(name)
 
     def _before_operator(self, name: str) -> State:
         """The health state the operator's drain or force-down interrupted, from the log.

@@ -118,3 +118,20 @@ def test_an_answered_call_whose_dialog_expires_is_still_recorded() -> None:
         got += records(net)
     [record] = got
     assert record.end == "expired" and record.status == 200 and record.carrier == "a"
+
+
+def test_calls_in_progress_lists_setup_then_answered_calls() -> None:
+    net = Net()
+    net.feed(invite("p1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 180), A)
+    net.feed(invite("p2"), CALLER)
+    to_a2 = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a2, 200), A)
+    [ringing, answered] = net.proxy.calls_in_progress()
+    assert (ringing.call_id, ringing.state, ringing.target, ringing.answered) == (
+        "p1", "PROCEEDING", "a", None,
+    )
+    assert (answered.call_id, answered.state, answered.target) == ("p2", "ANSWERED", "a")
+    assert answered.answered is not None and answered.number == "15551234567"
+    assert len(net.proxy.calls_in_progress(limit=1)) == 1

@@ -1,7 +1,7 @@
 """The stateful SIP proxy: a sans-IO core (``Proxy``) and its asyncio adapter (``Router``)."""
 
 from ._call import Call, select_final
-from ._core import CoreEvent, Proxy
+from ._core import ActiveCall, CoreEvent, Proxy
 from ._types import (
     Alarm,
     AttemptRecord,
@@ -14,6 +14,7 @@ from ._types import (
 )
 
 __all__ = [
+    "ActiveCall",
     "Alarm",
     "AttemptRecord",
     "Call",

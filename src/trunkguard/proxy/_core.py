@@ -23,6 +23,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from typing import NamedTuple
 
 from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
 from ..routing import CARRIER, NumberRules, RoutingTable, TlsClient, build_plan
@@ -110,6 +111,19 @@ STALL_GRACE = 2.0  # seconds after a stall during which timeouts are excused
 MAX_DEFERRAL = 5.0  # seconds the health engine's silence checks may wait for a stall's end
 SHED_FOR = 0.5  # seconds after a stall during which new calls get our own 503
 EVICTED_LOG_EVERY = 10_000  # a full table is logged on its first eviction, then once per this many
+
+class ActiveCall(NamedTuple):
+    """A call in progress, as ``GET /api/calls`` lists it (times on the core's clock)."""
+
+    call_id: str
+    number: str
+    source: str
+    state: str  # the call table's state: TRYING, PROCEEDING... or ANSWERED
+    target: str | None  # where its current attempt (or its answer) is
+    attempt: int
+    started: float
+    answered: float | None
+
 
 # How an unanswered call ended, for its record.
 _CALL_END = {
@@ -1516,6 +1530,48 @@ class Proxy:
             },
             "sources": self.sources.snapshot(now),
         }
+
+    def calls_in_progress(self, limit: int = 1000) -> list[ActiveCall]:
+        """Calls in setup, then answered calls, oldest first within each; at most ``limit``."""
+        out: list[ActiveCall] = []
+        for e in self.servers.values():
+            call = e.owner
+            if not isinstance(call, Call) or not call.unanswered:
+                continue
+            branch = call.branch
+            out.append(
+                ActiveCall(
+                    call_id=call.request.call_id,
+                    number=call.plan.number or call.request.request_uri.user or "",
+                    source=call.source.addr[0],
+                    state=call.state,
+                    target=branch.target.name if branch is not None else None,
+                    attempt=call.attempts,
+                    started=call.started,
+                    answered=None,
+                )
+            )
+            if len(out) >= limit:
+                return out
+        for dialog in self.dialogs.table.values():
+            record = dialog.record
+            if dialog.ending or record is None:
+                continue
+            out.append(
+                ActiveCall(
+                    call_id=record.call_id,
+                    number=record.number,
+                    source=record.source,
+                    state=ANSWERED,
+                    target=dialog.target,
+                    attempt=len(record.attempts),
+                    started=record.started,
+                    answered=record.answered,
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
 
     def open_work(self) -> dict[str, int]:
         """What is still unfinished: calls without a final answer, branches awaiting one."""
