@@ -161,6 +161,7 @@ class Runtime:
     def stop(self, now: float) -> list[str]:
         """Clean shutdown: unregister from the carriers (Expires: 0); returns which."""
         done = self.registrations.stop(now)
+        self.proxy.flush_records(now)  # answered calls still up: their records, now
         self.pump()
         return done
 

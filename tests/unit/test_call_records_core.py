@@ -135,3 +135,17 @@ def test_calls_in_progress_lists_setup_then_answered_calls() -> None:
     assert (answered.call_id, answered.state, answered.target) == ("p2", "ANSWERED", "a")
     assert answered.answered is not None and answered.number == "15551234567"
     assert len(net.proxy.calls_in_progress(limit=1)) == 1
+
+
+def test_answered_calls_still_up_are_recorded_when_the_router_stops() -> None:
+    net = Net()
+    net.feed(invite("s1"), CALLER)
+    sent = only_request(net.take(), A, "INVITE")
+    net.feed(reply(sent, 200), A)
+    net.proxy.events.clear()
+    net.now += 5.0
+    assert net.proxy.flush_records(net.now) == 1
+    [record] = records(net)
+    assert (record.call_id, record.end, record.status) == ("s1", "router stopped", 200)
+    assert record.answered is not None and record.ended - record.answered == 5.0
+    assert net.proxy.flush_records(net.now) == 0  # once

@@ -1531,6 +1531,19 @@ class Proxy:
             "sources": self.sources.snapshot(now),
         }
 
+    def flush_records(self, now: float) -> int:
+        """The router stops: hand out the records of answered calls still up (``end``
+        "router stopped", ``ended`` now), so that none is lost. Their dialogs go on
+        through the signed Record-Route, but this process will not see them end."""
+        flushed = 0
+        for dialog in self.dialogs.table.values():
+            record = dialog.record
+            if record is not None and not dialog.ending:
+                dialog.record = None
+                self.events.append(dataclasses.replace(record, ended=now, end="router stopped"))
+                flushed += 1
+        return flushed
+
     def calls_in_progress(self, limit: int = 1000) -> list[ActiveCall]:
         """Calls in setup, then answered calls, oldest first within each; at most ``limit``."""
         out: list[ActiveCall] = []
