@@ -184,6 +184,7 @@ def test_post_reload_refuses_a_bad_config_with_its_problems_then_takes_the_fixed
                 "admin": {"listen": "127.0.0.1:0", "token": TOKEN},
             },
             env=notify.env,
+            preexec_fn=_hardening(),
         ) as router,
     ):
         notify.wait_for("READY")
