@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ chromium:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# systemd-analyze checks the service unit (verify, security --offline). Debian's systemd
+# package has it; it is installed only when missing, and systemd need not be PID 1.
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd-analyze (Debian package systemd)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq systemd >/dev/null; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { echo "systemd-analyze is still missing: install Debian's systemd" >&2; exit 1; }
+
 # stress-ng keeps a core busy for make test-stressed.
 stress-ng:
 	@command -v stress-ng >/dev/null 2>&1 || { \
@@ -88,10 +97,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious systemd-analyze
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
@@ -107,6 +116,10 @@ bench: $(STAMP) sipp
 	$(BIN)/python bench/carrier_auth.py
 	$(BIN)/python bench/overload.py
 
+# The wheel to install on a server (docs/service.md), in dist/.
+wheel: $(STAMP)
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
 # atheris is the fuzz extra, installed here only: make test does not need it.
 $(FUZZ_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,fuzz]'
@@ -117,4 +130,4 @@ fuzz: $(FUZZ_STAMP)
 	$(BIN)/python bench/fuzz.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache lab-results
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache lab-results

@@ -18,18 +18,22 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import ConfigError, RouterConfig, load_config
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
+from .logs import CallLog, LogPipe
 from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
 from .proxy._tls import server_context
 from .register import RegisterSettings
+from .reloading import ReloadOutcome, Serialized, config_changes
 from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
+from .service import Heartbeat, Notifier, router_status
 from .store import EventStore
 
 UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
@@ -120,10 +124,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
-    """SIGHUP: read the config and decks again; refuse them, keeping the old, if invalid."""
+async def _reload(
+    runtime: Runtime, source: str, router: Router | None, trigger: str = "SIGHUP"
+) -> ReloadOutcome:
+    """Read the config and decks again; refuse them, keeping the old, if invalid.
+
+    SIGHUP and ``POST /api/reload`` both come here (one at a time, see _run).
+    """
     path = None if source == "<embedded default>" else source
-    log.info("SIGHUP: reloading %s", source)
+    log.info("%s: reloading %s", trigger, source)
 
     resolved = dict(runtime.dns_destinations)  # DNS carriers keep their destinations
 
@@ -142,12 +151,12 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
         # read: all of it off the event loop.
         config, targets, routing, registrations = await loop.run_in_executor(None, load)
     except ConfigError as exc:
-        _reload_refused(runtime, exc)
-        return
+        return _reload_refused(runtime, exc, source)
     except Exception as exc:
-        _reload_refused(runtime, ConfigError([_unexpected(exc, source)]))
-        return
-    for note in runtime.reload(config, routing, loop.time(), targets, registrations):
+        return _reload_refused(runtime, ConfigError([_unexpected(exc, source)]), source)
+    changed = config_changes(runtime.config, config)
+    notes = runtime.reload(config, routing, loop.time(), targets, registrations)
+    for note in notes:
         log.warning("reload: %s", note)
     if router is not None:
         # Added targets get their connected sockets (instant ICMP failover); removed ones
@@ -155,7 +164,11 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
         await router.sync_targets()
         router.flush()
     runtime.proxy.counters["reloads"] += 1
-    log.info("reloaded %s: %d carriers", source, len(config.carriers))
+    what = f"; changed: {'; '.join(changed)}" if changed else "; no setting changed"
+    log.info("reloaded %s: %d carriers%s", source, len(config.carriers), what)
+    return ReloadOutcome(
+        ok=True, source=source, notes=notes, changed=changed, carriers=len(config.carriers)
+    )
 
 
 async def _drain(proxy: Proxy, timeout: float, stop: asyncio.Event) -> None:
@@ -174,12 +187,14 @@ async def _drain(proxy: Proxy, timeout: float, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _reload_refused(runtime: Runtime, exc: ConfigError) -> None:
+def _reload_refused(runtime: Runtime, exc: ConfigError, source: str) -> ReloadOutcome:
     """Log why a reload was refused, with the lines ``trunkguard check`` prints."""
     log.error("reload refused, the config in force stays: %d problem(s)", len(exc.problems))
-    for problem in exc.shown():
+    shown = exc.shown()
+    for problem in shown:
         log.error("  %s", problem)
     runtime.proxy.counters["reloads_refused"] += 1
+    return ReloadOutcome(ok=False, source=source, problems=shown)
 
 
 class _GcPolicy:
@@ -224,25 +239,50 @@ async def _run(
         return 1
     proxy = runtime.proxy
     runtime.on_attempt = _log_attempt
+    if config.log.calls:
+        runtime.listeners.append(CallLog())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     runtime.start(loop.time())
     drains: set[asyncio.Task[None]] = set()
+    # systemd (Type=notify): READY once listening, STATUS, RELOADING, STOPPING, watchdog.
+    notifier = Notifier()
+    heartbeat = Heartbeat(notifier, loop, lambda: router_status(runtime))
+
+    def stopping(why: str) -> None:
+        heartbeat.quiet = True
+        notifier.stopping(why)
+
+    def on_int() -> None:
+        stopping("stopping (SIGINT)")
+        stop.set()
 
     def on_term() -> None:
         if proxy.draining:
             stop.set()  # a second SIGTERM: stop now
             return
+        stopping("draining (SIGTERM): no new calls, calls in setup finish")
         task = loop.create_task(_drain(proxy, config.shutdown.drain_timeout, stop))
         drains.add(task)
         task.add_done_callback(drains.discard)
 
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGINT, on_int)
     loop.add_signal_handler(signal.SIGTERM, on_term)
-    reloads: set[asyncio.Task[None]] = set()
+    reloads: set[asyncio.Task[Any]] = set()
+
+    async def reload_once(trigger: str) -> ReloadOutcome:
+        notifier.reloading()
+        try:
+            return await _reload(runtime, source, routers[0] if routers else None, trigger)
+        finally:
+            if not proxy.draining:
+                notifier.ready(router_status(runtime))
+
+    # One reload at a time: a SIGHUP waits for the one under way, the API is told 409.
+    reload_gate = Serialized(reload_once, source)
 
     def on_hup() -> None:
-        task = loop.create_task(_reload(runtime, source, routers[0] if routers else None))
+        task = loop.create_task(reload_gate.queued("SIGHUP"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -282,6 +322,9 @@ async def _run(
         if ready_file:
             with open(ready_file, "w", encoding="utf-8") as fh:
                 json.dump({"listen": [list(b) for b in router.bound]}, fh)
+        if not proxy.draining:
+            notifier.ready(router_status(runtime))
+        heartbeat.start()
 
     async def before_stop(router: Router) -> None:
         # Unregister (Expires: 0) while the sockets are open; wait a little for the answers.
@@ -313,6 +356,7 @@ async def _run(
                 runtime,
                 AdminSettings(host=host, port=port, token=config.admin.token),
                 on_change=after_admin_change,
+                reload=reload_gate.now_or_busy,
             )
         except OSError as exc:
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
@@ -332,6 +376,8 @@ async def _run(
         return 1
     finally:
         gc_policy.stop()
+        heartbeat.stop()
+        notifier.close()
         if admin_server is not None:
             await admin_server.close()
         runtime.close()
@@ -366,14 +412,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_problems(exc)
     level = args.log_level or config.log.level
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # The log's format is fixed at start (a reload does not change it).
+    pipe = LogPipe(level, config.log.format)
     import uvloop
 
-    code = uvloop.run(_run(config, source, args.ready_file, routing))
+    try:
+        code = uvloop.run(_run(config, source, args.ready_file, routing))
+    finally:
+        pipe.stop()
     # Everything is closed, flushed and logged. Tearing down a heap of millions of
     # objects one by one takes seconds at full CPU and achieves nothing: leave now.
     logging.shutdown()

@@ -572,6 +572,22 @@ class AdminConfig(Strict):
 
     listen: str = "127.0.0.1:8080"
     token: str | None = Field(default=None, min_length=16, repr=False)
+    # The token from this environment variable instead (a service's EnvironmentFile=, so
+    # that the config file itself holds no secret and may be readable).
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_env(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("token_env") is not None:
+            if data.get("token") is not None:
+                raise ValueError("give token or token_env, not both")
+            name = str(data["token_env"])
+            value = os.environ.get(name, "")
+            if not value:
+                raise ValueError("token_env: that variable is not set in the environment, or empty")
+            data = {**data, "token": value}
+        return data
 
     @field_validator("listen")
     @classmethod
@@ -591,6 +607,8 @@ class AdminConfig(Strict):
 
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"  # json: one object per line (ts, level, ...)
+    calls: bool = False  # one info line per call: status, carrier, attempts, PDD, duration
 
 
 class RouterConfig(Strict):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -39,6 +40,8 @@ class RouterProcess:
         extra: dict[str, object] | None = None,
         transport: str = "udp",
         port: int = 0,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -62,6 +65,8 @@ class RouterProcess:
         self.bound: list[tuple[str, str, int]] = []
         self.counters: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
+        self._env = env or {}  # added to the router's environment
+        self._preexec = preexec_fn  # run in the child before die_with_parent
 
     def start(self) -> Self:
         self.ready_file.unlink(missing_ok=True)
@@ -80,9 +85,9 @@ class RouterProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self._env},
             # Like the SIPp peers: a router never outlives a test run that was killed.
-            preexec_fn=die_with_parent,
+            preexec_fn=self._child_setup,
         )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
@@ -98,6 +103,16 @@ class RouterProcess:
         self.bound = [(str(t), str(h), int(p)) for t, h, p in ready["listen"]]
         self.port = self.bound[0][2]
         return self
+
+    def _child_setup(self) -> None:
+        if self._preexec is not None:
+            self._preexec()
+        die_with_parent()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
 
     @property
     def address(self) -> tuple[str, int]:

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..health import TRANSITIONS, Input, State, StateChange
+from ..reloading import Reload
 from ..runtime import Runtime
 from . import _input
 from ._input import BadInput
@@ -95,9 +96,15 @@ def _guard(token: str) -> Middleware:
 
 
 class _Api:
-    def __init__(self, runtime: Runtime, on_change: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        on_change: Callable[[], None] | None,
+        reload: Reload | None = None,
+    ) -> None:
         self.runtime = runtime
         self.on_change = on_change
+        self.reload_config = reload
 
     @staticmethod
     def _now() -> float:
@@ -175,6 +182,16 @@ class _Api:
             }
         )
 
+    async def reload(self, request: web.Request) -> web.Response:
+        """Read the config again, as SIGHUP does: 200 with what changed, or 422 with why not."""
+        if self.reload_config is None:
+            raise _Refused(501, "this router cannot reload through the API")
+        log.info("admin API: reload from %s", request.remote)
+        outcome = await self.reload_config("admin API")
+        if outcome.busy:
+            raise _Refused(409, "a reload is under way; try again when it is done")
+        return web.json_response(outcome.view(), status=200 if outcome.ok else 422)
+
     async def events(self, request: web.Request) -> web.Response:
         q = _input.events_query(request.query)
         rows = self.runtime.store.events(q.target, q.since, q.until, q.limit)
@@ -211,16 +228,21 @@ def _refusal(name: str, state: State, verb: str) -> str:
 
 
 def build_app(
-    runtime: Runtime, token: str, *, on_change: Callable[[], None] | None = None
+    runtime: Runtime,
+    token: str,
+    *,
+    on_change: Callable[[], None] | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The admin API as an aiohttp application (tests serve it with aiohttp's TestServer).
 
     ``on_change`` is called after every move the API makes: the router passes the
     call that re-arms its loop timer, so that a forced-down period's end is on it.
+    ``reload`` is the router's reload (the one SIGHUP runs), for ``POST /api/reload``.
     """
     if not token.strip():
         raise ValueError("admin token: required, and must not be empty")
-    api = _Api(runtime, on_change)
+    api = _Api(runtime, on_change, reload)
     app = web.Application(middlewares=[_guard(token)], client_max_size=_MAX_BODY)
     app.router.add_get("/api/health", api.health)
     app.router.add_get("/api/targets", api.targets)
@@ -230,6 +252,7 @@ def build_app(
     app.router.add_post("/api/targets/{name}/restore", api.restore)
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/counters", api.counters)
+    app.router.add_post("/api/reload", api.reload)
     return app
 
 
@@ -255,9 +278,10 @@ async def start_admin(
     settings: AdminSettings,
     *,
     on_change: Callable[[], None] | None = None,
+    reload: Reload | None = None,
 ) -> AdminServer:
     """Serve the admin API on ``settings.host``/``port``; raises OSError if it cannot bind."""
-    app = build_app(runtime, settings.token, on_change=on_change)
+    app = build_app(runtime, settings.token, on_change=on_change, reload=reload)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
