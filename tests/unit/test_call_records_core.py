@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from test_proxy_core import CALLER, A, B, C, Net, invite, only_request, reply
 
+from trunkguard.health import HealthEngine
 from trunkguard.proxy import CallRecord, Flow
 
 
@@ -135,3 +138,24 @@ def test_calls_in_progress_lists_setup_then_answered_calls() -> None:
     assert (answered.call_id, answered.state, answered.target) == ("p2", "ANSWERED", "a")
     assert answered.answered is not None and answered.number == "15551234567"
     assert len(net.proxy.calls_in_progress(limit=1)) == 1
+
+
+def test_the_record_names_the_targets_its_plan_skipped_as_full() -> None:
+    net = Net()
+    health = HealthEngine(["a", "b", "c"], rng=random.Random(1), probes_enabled=False)
+    health.set_capacity("a", 1, None)
+    net.proxy.health = health
+    net.feed(invite("o1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 200), A)  # a has its one call up
+    net.take()
+    net.proxy.events.clear()
+    net.proxy.receive(invite("o2"), CALLER, net.now)
+    to_b = only_request(net.take(), B, "INVITE")
+    [record] = feed(net, reply(to_b, 486), B)
+    assert record.overflow == ("a",)
+    assert record.plan == ("b", "c")
+    assert [a.target for a in record.attempts] == ["b"]
+    # The call that had room names none, when its dialog ends.
+    [first] = feed(net, bye_from_caller("o1"), CALLER)
+    assert first.call_id == "o1" and first.overflow == ()
