@@ -115,6 +115,7 @@ bench: $(STAMP) sipp
 	$(BIN)/python bench/proxy_rate.py
 	$(BIN)/python bench/carrier_auth.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/metrics.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

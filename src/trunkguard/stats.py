@@ -19,6 +19,7 @@ rate is worked out over that span, so it stays right).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 
@@ -42,12 +43,24 @@ class Figures:
 
 
 class _Target:
-    __slots__ = ("calls", "durations", "first")
+    __slots__ = ("answered", "calls", "durations", "first", "seconds")
 
     def __init__(self) -> None:
         self.calls: deque[tuple[float, bool, float | None]] = deque()  # (ended, answered, pdd)
         self.durations: deque[tuple[float, float]] = deque()  # (ended, seconds)
         self.first: float | None = None  # when the first sample came: the rate's span
+        # Running totals of what the deques hold, so a reading needs no pass over them.
+        self.answered = 0
+        self.seconds = 0.0
+
+    def drop_call(self) -> None:
+        if self.calls.popleft()[1]:
+            self.answered -= 1
+
+    def drop_duration(self) -> None:
+        self.seconds -= self.durations.popleft()[1]
+        if not self.durations:
+            self.seconds = 0.0  # no float drift survives an empty window
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -78,17 +91,20 @@ class TargetStats:
             t.first = record.started
         answered = record.status is not None and 200 <= record.status < 300
         t.calls.append((record.ended, answered, record.post_dial_delay))
+        t.answered += answered
         if len(t.calls) > self.cap:
-            t.calls.popleft()
+            t.drop_call()
 
     def call(self, record: CallRecord) -> None:
         """A call ended: if it was answered, its length counts for the target that answered."""
         if record.answered is None or not record.attempts:
             return
         t = self._of(record.attempts[-1].target)
-        t.durations.append((record.ended, max(record.ended - record.answered, 0.0)))
+        seconds = max(record.ended - record.answered, 0.0)
+        t.durations.append((record.ended, seconds))
+        t.seconds += seconds
         if len(t.durations) > self.cap:
-            t.durations.popleft()
+            t.drop_duration()
 
     def feed(self, event: object) -> None:
         """A ``Runtime`` listener: takes the records, ignores every other event."""
@@ -103,19 +119,36 @@ class TargetStats:
     def names(self) -> list[str]:
         return list(self._targets)
 
+    def _trim(self, t: _Target, now: float) -> None:
+        start = now - self.window
+        calls, durations = t.calls, t.durations
+        while calls and calls[0][0] < start:
+            t.drop_call()
+        while durations and durations[0][0] < start:
+            t.drop_duration()
+
     def figures(self, name: str, now: float) -> Figures:
         t = self._targets.get(name)
         if t is None:
             return Figures(0, 0, 0.0, None, None, None, None)
+        f = self.rates(name, now)
+        pdds = [p for _, _, p in t.calls if p is not None]
+        return dataclasses.replace(
+            f,
+            pdd_p50=_quantile(pdds, 0.5) if pdds else None,
+            pdd_p95=_quantile(pdds, 0.95) if pdds else None,
+        )
+
+    def rates(self, name: str, now: float) -> Figures:
+        """The figures but the PDD quantiles (None): in constant time, for every scrape."""
+        t = self._targets.get(name)
+        if t is None:
+            return Figures(0, 0, 0.0, None, None, None, None)
+        self._trim(t, now)
         start = now - self.window
         calls, durations = t.calls, t.durations
-        while calls and calls[0][0] < start:
-            calls.popleft()
-        while durations and durations[0][0] < start:
-            durations.popleft()
         seizures = len(calls)
-        answered = sum(1 for _, ok, _ in calls if ok)
-        pdds = [p for _, _, p in calls if p is not None]
+        answered = t.answered
         # Over the window, or the part of it since the first sample, or since the oldest
         # kept when the cap cut it: whichever is shortest.
         since = max(start, t.first if t.first is not None else now)
@@ -127,7 +160,7 @@ class TargetStats:
             answered=answered,
             calls_per_s=seizures / span if seizures else 0.0,
             asr=answered / seizures if seizures else None,
-            acd=sum(d for _, d in durations) / len(durations) if durations else None,
-            pdd_p50=_quantile(pdds, 0.5) if pdds else None,
-            pdd_p95=_quantile(pdds, 0.95) if pdds else None,
+            acd=t.seconds / len(durations) if durations else None,
+            pdd_p50=None,
+            pdd_p95=None,
         )

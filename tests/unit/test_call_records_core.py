@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 from test_proxy_core import CALLER, A, B, C, Net, invite, only_request, reply
 
+from trunkguard.health import HealthEngine
 from trunkguard.proxy import CallRecord, Flow
 
 
@@ -149,3 +152,24 @@ def test_answered_calls_still_up_are_recorded_when_the_router_stops() -> None:
     assert (record.call_id, record.end, record.status) == ("s1", "router stopped", 200)
     assert record.answered is not None and record.ended - record.answered == 5.0
     assert net.proxy.flush_records(net.now) == 0  # once
+
+
+def test_the_record_names_the_targets_its_plan_skipped_as_full() -> None:
+    net = Net()
+    health = HealthEngine(["a", "b", "c"], rng=random.Random(1), probes_enabled=False)
+    health.set_capacity("a", 1, None)
+    net.proxy.health = health
+    net.feed(invite("o1"), CALLER)
+    to_a = only_request(net.take(), A, "INVITE")
+    net.feed(reply(to_a, 200), A)  # a has its one call up
+    net.take()
+    net.proxy.events.clear()
+    net.proxy.receive(invite("o2"), CALLER, net.now)
+    to_b = only_request(net.take(), B, "INVITE")
+    [record] = feed(net, reply(to_b, 486), B)
+    assert record.overflow == ("a",)
+    assert record.plan == ("b", "c")
+    assert [a.target for a in record.attempts] == ["b"]
+    # The call that had room names none, when its dialog ends.
+    [first] = feed(net, bye_from_caller("o1"), CALLER)
+    assert first.call_id == "o1" and first.overflow == ()

@@ -63,3 +63,31 @@ def test_budget_attempts_are_no_seizure_and_the_cap_bounds_memory() -> None:
 def test_bad_window_refused() -> None:
     with pytest.raises(ValueError):
         TargetStats(window=0)
+
+
+def test_the_running_totals_agree_with_a_pass_over_the_samples() -> None:
+    import random
+
+    rng = random.Random(7)
+    stats = TargetStats(window=60.0, cap=50)
+    now = 0.0
+    for _ in range(2000):
+        now += rng.uniform(0.0, 0.5)
+        status = rng.choice([200, 200, 486, 503, None])
+        stats.feed(attempt("a", status, now, pdd=rng.choice([None, 0.2])))
+        if status == 200 and rng.random() < 0.7:
+            stats.feed(call("a", now, now + rng.uniform(0.0, 90.0)))
+        if rng.random() < 0.1:
+            now += rng.uniform(0.0, 80.0)  # a quiet spell: the window empties
+        t = stats._targets["a"]
+        fast = stats.rates("a", now)
+        assert fast.answered == sum(1 for _, ok, _ in t.calls if ok)
+        if t.durations:
+            mean = sum(d for _, d in t.durations) / len(t.durations)
+            assert fast.acd == pytest.approx(mean)
+        else:
+            assert fast.acd is None
+        full = stats.figures("a", now)
+        assert (full.seizures, full.answered, full.asr, full.calls_per_s) == (
+            fast.seizures, fast.answered, fast.asr, fast.calls_per_s,
+        )

@@ -14,6 +14,7 @@ Endpoints, all JSON, all behind ``Authorization: Bearer <token>`` (401 without):
 - ``GET /api/events?target=&since=&until=&limit=``: ``{"events": [...]}``, oldest
   first; since/until as Unix seconds or ISO, limit 1-1000 (default 100)
 - ``GET /api/counters``: ``{"counters": {...}, "open": {...}, "active": {...}}``
+- ``GET /metrics``: Prometheus text (OpenMetrics when asked), see docs/metrics.md
 
 Bad input is a 400 whose ``error`` names the field. Times are ISO 8601 in UTC.
 """

@@ -28,11 +28,13 @@ from ..reloading import Reload
 from ..runtime import Runtime
 from . import _input
 from ._input import BadInput
+from ._metrics import Metrics
 from ._views import change_view, event_view, iso, registration_views, target_view
 
 log = logging.getLogger("trunkguard.admin")
 
 _MAX_BODY = 64 * 1024
+METRICS = web.AppKey("metrics", Metrics)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,7 +255,16 @@ def build_app(
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/counters", api.counters)
     app.router.add_post("/api/reload", api.reload)
+    # Prometheus, behind the same token (its scrape config's authorization: credentials_file).
+    metrics = app[METRICS] = Metrics(runtime)
+    metrics.attach()
+    app.on_cleanup.append(lambda _app: _detach(metrics))
+    app.router.add_get("/metrics", metrics.handler)
     return app
+
+
+async def _detach(metrics: Metrics) -> None:
+    metrics.detach()
 
 
 class AdminServer:

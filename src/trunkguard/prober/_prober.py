@@ -48,6 +48,8 @@ class _Probe:
     def on_response(self, response: Response, now: float) -> None:
         if response.status < 200:
             return
+        if not self.done:
+            self.prober.rtt[self.target.name] = now - self.sent
         alive = response.status not in self.prober.settings.dead
         self._report(alive, f"answered {response.status}", now)
 
@@ -84,6 +86,8 @@ class Prober:
         self._cseq = 0
         self._tag = os.urandom(4).hex()
         self._next: dict[str, TimerHandle] = {}
+        # Seconds from the last answered OPTIONS to its final response, by target (metrics).
+        self.rtt: dict[str, float] = {}
 
     def start(self, now: float) -> None:
         # Spread the first probes over a second so targets are not probed in a burst.
@@ -121,6 +125,7 @@ class Prober:
         current = next((t for t in self.proxy.targets if t.name == target.name), None)
         if current is None:
             self._next.pop(target.name, None)
+            self.rtt.pop(target.name, None)
             return  # removed by a reload
         target = current  # a reload may have moved it
         self._schedule(target, now + self._interval(target))

@@ -552,6 +552,8 @@ class Proxy:
         """A sample of the router's own load from the adapter (see ``_overload``)."""
         control = self.overload
         change = control.sample(load, now)
+        if load.drops:
+            self.counters["kernel_drops"] += load.drops  # the sample has those since the last
         if control.reject > 0.0 and control.signal:
             # Answers wait in our queue: timeouts now are not the carriers' fault. Only while
             # a signal says so, not while the refused share winds down.
@@ -704,6 +706,7 @@ class Proxy:
             # Overloaded or shutting down: a quick 503 of our own (the dialer retries,
             # elsewhere or shortly) beats a call that times out.
             why = "shutting down" if self.draining else "overloaded"
+            self.counters["calls_shed_draining" if self.draining else "calls_shed_stalled"] += 1
             self._shed(request, source, why)
             return
         overload = self.overload
@@ -766,6 +769,8 @@ class Proxy:
             answered=now if call.state == ANSWERED else None,
             ended=now,
             end=_CALL_END.get(call.state, "failed"),
+            # Each entry is "name: why" (a target's name has no ": " in it).
+            overflow=tuple(full.partition(": ")[0] for full in plan.overflow),
         )
         if call.state != ANSWERED:
             self.sources.call_ended(call.source.addr[0])

@@ -92,6 +92,7 @@ class CallRecord:
     answered: float | None  # when the 2xx went to the caller
     ended: float
     end: str  # "failed", "cancelled", "refused"; answered: "bye", "dead:<why>", "expired", ...
+    overflow: tuple[str, ...] = ()  # healthy targets the plan skipped as full (not a fault)
 
     @property
     def carrier(self) -> str | None:
