@@ -25,7 +25,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from ..health import TRANSITIONS, Input, State, StateChange
 from ..runtime import Runtime
-from . import _input
+from . import _calls, _input
 from ._input import BadInput
 from ._views import change_view, event_view, iso, registration_views, target_view
 
@@ -180,6 +180,10 @@ class _Api:
         rows = self.runtime.store.events(q.target, q.since, q.until, q.limit)
         return web.json_response({"events": [event_view(r) for r in rows]})
 
+    async def calls(self, request: web.Request) -> web.Response:
+        limit = _calls.calls_limit(request.query)
+        return web.json_response(_calls.calls_view(self.runtime, limit, self._now()))
+
     async def counters(self, request: web.Request) -> web.Response:
         proxy = self.runtime.proxy
         return web.json_response(
@@ -230,6 +234,7 @@ def build_app(
     app.router.add_post("/api/targets/{name}/restore", api.restore)
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/counters", api.counters)
+    app.router.add_get("/api/calls", api.calls)
     return app
 
 
