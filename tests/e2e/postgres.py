@@ -4,8 +4,9 @@
 ``make test`` does; PostgreSQL refuses to run as root), as the current user otherwise.
 The server listens on 127.0.0.1 only, on a port that was free, and on a unix socket in
 its own directory; authentication is ``trust`` (a test server on loopback, gone after
-the test). Durability is off (fsync, synchronous_commit): the tests stop it with
-``pg_ctl stop -m fast``, which still shuts down cleanly.
+the test). Durability is off (fsync, synchronous_commit) unless ``durable=True`` (the
+benchmark's): the tests stop it with ``pg_ctl stop -m fast``, which still shuts down
+cleanly.
 
 Use it as a context manager: however the test ends, the server is stopped (``-m
 immediate`` if a fast stop does not do it, then SIGKILL) and its directory removed.
@@ -49,7 +50,8 @@ def free_tcp_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable  # fsync and synchronous commit on, as a production server
         self.bin = postgres_bin()
         self.as_postgres = os.geteuid() == 0
         # Not under pytest's tmp_path: its parents are private to root, and the server
@@ -90,10 +92,9 @@ class PostgresServer:
             raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
 
     def start(self) -> None:
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets}"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         done = self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(START_TIMEOUT),
             "-o", options, "start",

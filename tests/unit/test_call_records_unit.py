@@ -131,14 +131,14 @@ def test_the_buffer_keeps_up_to_its_cap_then_drops_the_newest_and_counts() -> No
     buffer.on_full = full.append
     buffer.on_resumed = resumed.append
     rows = [call_row(record(f"c{i}"), 0.0) for i in range(6)]
-    assert [buffer.append(r) for r in rows[:5]] == [True, True, True, False, False]
+    assert [buffer.append(r) for r in rows[:5]] == [1, 2, 3, -1, -1]
     assert buffer.wake.is_set()  # a batch was ready at the 2nd
     assert len(buffer) == 3 and buffer.dropped == 2
     assert full == [3] and resumed == []  # once per burst, not per record
     assert [r.call_id for r in buffer.peek(2)] == ["c0", "c1"]
     assert len(buffer) == 3  # peek leaves them
     buffer.commit(2)
-    assert buffer.append(rows[5])
+    assert buffer.append(rows[5]) == 2
     assert resumed == [2]
     assert [r.call_id for r in buffer.peek(10)] == ["c2", "c5"]
 

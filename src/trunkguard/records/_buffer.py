@@ -38,8 +38,8 @@ class RecordBuffer:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def append(self, row: CallRow) -> bool:
-        """Keep ``row`` for the writer; False (and counted) if the buffer is full."""
+    def append(self, row: CallRow) -> int:
+        """Keep ``row`` for the writer: how many wait now, or -1 (counted) if the buffer is full."""
         rows = self._rows
         n = len(rows)
         if n >= self.cap:
@@ -47,15 +47,16 @@ class RecordBuffer:
             self.burst += 1
             if self.burst == 1 and self.on_full is not None:
                 self.on_full(self.cap)
-            return False
+            return -1
         rows.append(row)
         if self.burst:
             burst, self.burst = self.burst, 0
             if self.on_resumed is not None:
                 self.on_resumed(burst)
-        if n + 1 == self.batch:
+        n += 1
+        if n == self.batch:
             self.wake.set()
-        return True
+        return n
 
     def peek(self, limit: int) -> list[CallRow]:
         """The first ``limit`` records (fewer if there are fewer), left in place."""

@@ -100,11 +100,11 @@ class Recorder:
         """The runtime's listener: keep each call record for the writer."""
         if type(event) is not CallRecord:
             return
-        buffer = self.buffer
-        if buffer.append(call_row(event, self.offset)):
-            self.counters["records_queued"] = len(buffer)
+        waiting = self.buffer.append(call_row(event, self.offset))
+        if waiting >= 0:
+            self.counters["records_queued"] = waiting
         else:
-            self.counters["records_dropped"] = buffer.dropped + self.lost
+            self.counters["records_dropped"] = self.buffer.dropped + self.lost
 
     def _full(self, cap: int) -> None:
         log.warning(
