@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ sipvicious:
 	  apt-get update -qq && apt-get install -y -qq sipvicious >/dev/null; }
 	@{ $(SIPVICIOUS_FOUND); } >/dev/null 2>&1 || { echo "SIPVicious is still missing: install Debian's sipvicious" >&2; exit 1; }
 
+# PostgreSQL (Debian's server: /usr/lib/postgresql/VERSION/bin/initdb, pg_ctl) is the call
+# records' database in the tests and the benchmark; each run makes its own server in a
+# temporary directory. Only the programs are needed: the packaged cluster is not used.
+POSTGRES_FOUND = ls /usr/lib/postgresql/*/bin/initdb /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1
+postgresql:
+	@$(POSTGRES_FOUND) || { \
+	  echo "installing PostgreSQL (Debian package postgresql)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+	@$(POSTGRES_FOUND) || { echo "PostgreSQL is still missing: install Debian's postgresql" >&2; exit 1; }
+
 # Headless Chromium checks that the lab's HTML report renders its charts.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -97,10 +108,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious systemd-analyze
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious systemd-analyze postgresql
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
@@ -111,11 +122,12 @@ test-stressed: stress-ng
 	  trap 'exit 130' INT TERM; \
 	  $(MAKE) --no-print-directory test
 
-bench: $(STAMP) sipp
+bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/proxy_rate.py
 	$(BIN)/python bench/carrier_auth.py
 	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/records.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

@@ -98,6 +98,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         targets = config.targets()
         routing, _ = config.routing()
         registrations = config.register_settings()
+        records = _records_where(config)
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -121,7 +122,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "
         f"within {f.time_budget}s"
     )
+    print(f"  call records: {records}")
     return 0
+
+
+def _records_where(config: RouterConfig) -> str:
+    """Where call records go, for ``check``; reads a DSN file now (ConfigError if it cannot)."""
+    r = config.records
+    if not r.enabled:
+        return "off"
+    if r.backend == "postgresql":
+        from .records._postgres import where_dsn
+
+        return where_dsn(r.postgres_dsn(config.base_dir)[0])
+    return f"sqlite {r.sqlite_path(config.base_dir, config.store_path())}"
 
 
 async def _reload(
@@ -155,7 +169,10 @@ async def _reload(
     except Exception as exc:
         return _reload_refused(runtime, ConfigError([_unexpected(exc, source)]), source)
     changed = config_changes(runtime.config, config)
+    records_changed = config.records != runtime.config.records
     notes = runtime.reload(config, routing, loop.time(), targets, registrations)
+    if records_changed:
+        notes.append("records changes take effect at the next restart")
     for note in notes:
         log.warning("reload: %s", note)
     if router is not None:
@@ -369,6 +386,9 @@ async def _run(
         log.error("cannot load the tls: certificate: %s", exc)
         runtime.close()
         return 1
+    from .records._setup import FLUSH_WAIT, start_recorder
+
+    recorder = start_recorder(config, runtime, loop)  # call records, in a thread of their own
     try:
         await serve(proxy, listeners, stop, ready, before_stop, tls_server)
     except OSError as exc:
@@ -380,6 +400,8 @@ async def _run(
         notifier.close()
         if admin_server is not None:
             await admin_server.close()
+        if recorder is not None:
+            await recorder.stop(FLUSH_WAIT)
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -408,6 +430,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config, source = load_config(args.config)
         config.targets()
         config.register_settings()
+        _records_where(config)
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)
@@ -603,6 +626,33 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_main(admin[0], admin[1], json_out=args.json)
 
 
+def _cmd_calls(args: argparse.Namespace) -> int:
+    from .records import CallQuery
+    from .records._cli import print_active, print_records
+
+    if args.limit is not None and not 1 <= args.limit <= 1_000_000:
+        print("trunkguard calls: --limit: expected 1 to 1000000", file=sys.stderr)
+        return 2
+    if args.active:
+        admin = _admin_of(args.config)
+        if isinstance(admin, int):
+            return admin
+        return print_active(admin[0], admin[1], min(args.limit or 1000, 10_000), json_out=args.json)
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        return _config_problems(exc)
+    query = CallQuery(
+        since=_parse_when(args.since),
+        until=_parse_when(args.until),
+        number=args.number,
+        carrier=args.carrier,
+        status=args.status,
+        limit=args.limit or 1000,
+    )
+    return print_records(config, query, json_out=args.json)
+
+
 def _cmd_sim_carrier(args: argparse.Namespace) -> int:
     # Its own parser has its options and --help; the lab is not imported for other commands.
     from .lab._carrier import main as sim_main
@@ -665,6 +715,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("-c", "--config", help="the running router's config (admin API)")
     status.add_argument("--json", action="store_true", help="JSON instead of a table")
     status.set_defaults(func=_cmd_status)
+    calls = sub.add_parser("calls", help="print call records (or, with --active, calls now)")
+    calls.add_argument("-c", "--config", help="config whose records: to read")
+    calls.add_argument("--since", help="started after: 10m, 2h, 1d ago, or an ISO date/time")
+    calls.add_argument("--until", help="started before: 10m, 2h, 1d ago, or an ISO date/time")
+    calls.add_argument("--number", help="numbers that contain this (1212 finds 4412125)")
+    calls.add_argument("--carrier", help="calls with an attempt at this carrier")
+    calls.add_argument("--status", type=int, help="the final status the caller got, e.g. 503")
+    calls.add_argument("--limit", type=int, help="most recent N (default 1000)")
+    calls.add_argument("--json", action="store_true", help="one JSON object per call, per line")
+    calls.add_argument(
+        "--active", action="store_true", help="the calls in progress (from the admin API)"
+    )
+    calls.set_defaults(func=_cmd_calls)
     # No options here: everything after sim-carrier goes to its own parser, in order.
     sim = sub.add_parser(
         "sim-carrier", help="a simulated carrier for tests and the lab", add_help=False

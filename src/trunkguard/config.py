@@ -567,6 +567,107 @@ class StoreConfig(Strict):
     path: str = "trunkguard-events.db"
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class RecordsConfig(Strict):
+    """Call records (docs/call-records.md): SQLite beside the event log unless told otherwise."""
+
+    enabled: bool = True
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    path: str | None = Field(default=None, min_length=1)  # sqlite; default: calls.db by the log
+    # postgresql: the DSN inline, in a file or in the environment; a password apart, if wanted.
+    dsn: str | None = Field(default=None, min_length=1, repr=False)
+    dsn_file: str | None = Field(default=None, min_length=1)
+    dsn_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    password_file: str | None = Field(default=None, min_length=1, repr=False)
+    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    batch: int = Field(default=500, ge=1, le=50_000)  # records per transaction at most
+    flush_interval: float = Field(default=1.0, gt=0, le=60)  # seconds a record may wait
+    max_queue: int = Field(default=100_000, ge=1, le=10_000_000)  # then the newest are dropped
+    retention: str | None = "30d"  # e.g. 12h, 30d, 1.5d; null: keep every record
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        m = _DURATION.match(value.strip())
+        if m is None:
+            raise ValueError(f"expected a duration like 12h or 30d (or null), got {value!r}")
+        if float(m[1]) * _DURATION_UNITS[m[2]] < 60:
+            raise ValueError("at least 60s (or null: keep every record)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _backend(self) -> RecordsConfig:
+        dsns = [k for k in ("dsn", "dsn_file", "dsn_env") if getattr(self, k) is not None]
+        passwords = [k for k in ("password_file", "password_env") if getattr(self, k) is not None]
+        if self.backend == "postgresql":
+            if len(dsns) != 1:
+                raise ValueError("backend postgresql: give exactly one of dsn, dsn_file, dsn_env")
+            if len(passwords) > 1:
+                raise ValueError("give password_file or password_env, not both")
+            if self.path is not None:
+                raise ValueError("path is for backend sqlite; postgresql takes a dsn")
+        elif dsns or passwords:
+            raise ValueError(
+                f"{(dsns + passwords)[0]} is for backend postgresql (this is backend sqlite)"
+            )
+        if self.max_queue < self.batch:
+            raise ValueError("max_queue cannot be smaller than batch")
+        return self
+
+    def retention_seconds(self) -> float | None:
+        if self.retention is None:
+            return None
+        m = _DURATION.match(self.retention)
+        assert m is not None
+        return float(m[1]) * _DURATION_UNITS[m[2]]
+
+    def sqlite_path(self, base: Path, store: Path) -> Path:
+        """``path`` relative to the config's folder; by default calls.db beside the event log."""
+        return store.parent / "calls.db" if self.path is None else base / self.path
+
+    def postgres_dsn(self, base: Path) -> tuple[str, str | None]:
+        """The DSN and the password apart (None: in the DSN or none), read now; ConfigError."""
+
+        def from_file(field: str, name: str) -> str:
+            path = base / name
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError([f"records.{field} {path}: cannot read it ({why})"]) from None
+            if not text:
+                raise ConfigError([f"records.{field} {path}: it is empty"])
+            return text
+
+        def from_env(field: str, name: str) -> str:
+            text = os.environ.get(name, "").strip()
+            if not text:
+                raise ConfigError([f"records.{field} {name}: not set in the environment"])
+            return text
+
+        if self.dsn_file is not None:
+            dsn = from_file("dsn_file", self.dsn_file)
+        elif self.dsn_env is not None:
+            dsn = from_env("dsn_env", self.dsn_env)
+        else:
+            assert self.dsn is not None
+            dsn = self.dsn
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(["records.dsn: expected postgresql://user@host:port/database"])
+        password = None
+        if self.password_file is not None:
+            password = from_file("password_file", self.password_file)
+        elif self.password_env is not None:
+            password = from_env("password_env", self.password_env)
+        return dsn, password
+
+
 class AdminConfig(Strict):
     """The admin API: loopback by default; it does not start without a token."""
 
@@ -628,6 +729,7 @@ class RouterConfig(Strict):
     probe: ProbeConfig = ProbeConfig()
     store: StoreConfig = StoreConfig()
     admin: AdminConfig = AdminConfig()
+    records: RecordsConfig = RecordsConfig()
     log: LogConfig = LogConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
@@ -1023,7 +1125,7 @@ class ConfigError(Exception):
 
 
 Loc = tuple[int | str, ...]
-_SECRET_WORDS = ("token", "password", "secret")
+_SECRET_WORDS = ("token", "password", "secret", "dsn")  # a DSN may hold a password
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 

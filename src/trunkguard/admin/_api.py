@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 from ..health import TRANSITIONS, Input, State, StateChange
 from ..reloading import Reload
 from ..runtime import Runtime
-from . import _input
+from . import _calls, _input
 from ._input import BadInput
 from ._metrics import Metrics
 from ._views import change_view, event_view, iso, registration_views, target_view
@@ -199,6 +199,10 @@ class _Api:
         rows = self.runtime.store.events(q.target, q.since, q.until, q.limit)
         return web.json_response({"events": [event_view(r) for r in rows]})
 
+    async def calls(self, request: web.Request) -> web.Response:
+        limit = _calls.calls_limit(request.query)
+        return web.json_response(_calls.calls_view(self.runtime, limit, self._now()))
+
     async def counters(self, request: web.Request) -> web.Response:
         proxy = self.runtime.proxy
         return web.json_response(
@@ -260,6 +264,7 @@ def build_app(
     metrics.attach()
     app.on_cleanup.append(lambda _app: _detach(metrics))
     app.router.add_get("/metrics", metrics.handler)
+    app.router.add_get("/api/calls", api.calls)
     return app
 
 
