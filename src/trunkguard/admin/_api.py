@@ -6,8 +6,9 @@ logged and stored in the event log like any other change. No business rule
 lives here: whether a move is legal is the state table's answer.
 
 Every request, ``/api/health`` included, must carry ``Authorization: Bearer
-<token>``. There is no TLS: the default address is loopback, and another one
-is logged as a warning.
+<token>``, or come from a browser logged in to the dashboard (a session cookie,
+and on a POST the session's CSRF token: see ``_dashboard``). There is no TLS:
+the default address is loopback, and another one is logged as a warning.
 """
 
 from __future__ import annotations
