@@ -134,9 +134,8 @@ function showFailovers() {
     return;
   }
   box.replaceChildren(...failovers.slice(0, KEEP).map(f => {
-    const plan = f.plan.map((t, i) => el("li", {}, f.explain[i] ? `${t}: ${f.explain[i]}` : t));
-    // Reasons the plan gave for candidates it did not offer (skipped, out of rotation).
-    for (const why of f.explain.slice(f.plan.length)) plan.push(el("li", {class: "muted"}, why));
+    // The plan's own words for every candidate, those it skipped included.
+    const plan = f.explain.map(why => el("li", {}, why));
     const steps = f.steps.map(s =>
       el("li", {class: s.failover ? "moved" : "final"}, stepText(s)));
     return el("div", {class: "failover", "data-call": f.call_id},
@@ -144,7 +143,7 @@ function showFailovers() {
         el("b", {}, clock(f.at)), ` ${f.number || "?"} → `,
         el("b", {}, f.answered ? `answered by ${f.carrier}` : `${f.status} to the caller`),
         el("span", {class: "muted"}, ` (${f.end}; call ${f.call_id})`)),
-      el("div", {class: "muted"}, "plan:"), el("ol", {class: "plan"}, ...plan),
+      el("div", {class: "muted"}, `plan: ${f.plan.join(" → ")}`), el("ul", {class: "plan"}, ...plan),
       el("div", {class: "muted"}, "attempts:"), el("ul", {class: "steps"}, ...steps));
   }));
 }
