@@ -52,10 +52,11 @@ sipvicious:
 	  apt-get update -qq && apt-get install -y -qq sipvicious >/dev/null; }
 	@{ $(SIPVICIOUS_FOUND); } >/dev/null 2>&1 || { echo "SIPVicious is still missing: install Debian's sipvicious" >&2; exit 1; }
 
-# Headless Chromium checks that the lab's HTML report renders its charts.
+# Headless Chromium checks that the lab's HTML report renders its charts, and drives the
+# dashboard (Playwright, on this chromium: no browser download).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Chromium (Debian package chromium) for the report test"; \
+	  echo "installing Chromium (Debian package chromium) for the report and dashboard tests"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
@@ -88,7 +89,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium
 	$(BIN)/pytest -q tests/e2e
 
 test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium lint typecheck

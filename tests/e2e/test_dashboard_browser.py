@@ -10,8 +10,10 @@ without the page being reloaded. Screenshots are written under the test's tmp_pa
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
 import urllib.request
 from pathlib import Path
@@ -135,6 +137,39 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
             expect(page.locator("#stream-status")).to_have_text("live")
             api_a = _api(f"{base}/api/targets/a", token)
             assert api_a["state"] != "UP", api_a
+
+            # -- restore c, then force it down for 3 s: the revert time shows, and it reverts
+            page.click('.card[data-target="c"] button.restore')
+            expect(page.locator('.card[data-target="c"] .state')).to_have_text(
+                "UP", timeout=WAIT_MS
+            )
+            page.fill('.card[data-target="c"] input.seconds', "3")
+            page.click('.card[data-target="c"] button.force-down')
+            expect(page.locator('.card[data-target="c"] .state')).to_have_text(
+                "FORCED_DOWN", timeout=WAIT_MS
+            )
+            expect(page.locator('.card[data-target="c"] .forced')).to_contain_text(
+                "reverts by itself at"
+            )
+            assert _api(f"{base}/api/targets/c", token)["forced_until"] is not None
+            expect(page.locator('.card[data-target="c"] .state')).to_have_text(
+                "UP", timeout=WAIT_MS
+            )  # by itself, through the stream
+
+            # -- the router frozen (SIGSTOP): the page says the stream is gone, then, once
+            # it runs again, reconnects by itself and shows the cards again.
+            caller.close()
+            router_pid = router._proc.pid if router._proc is not None else 0
+            assert router_pid
+            os.kill(router_pid, signal.SIGSTOP)
+            try:
+                expect(page.locator("#stream-status")).to_contain_text(
+                    "disconnected", timeout=WAIT_MS
+                )
+            finally:
+                os.kill(router_pid, signal.SIGCONT)
+            expect(page.locator("#stream-status")).to_have_text("live", timeout=WAIT_MS)
+            assert page.evaluate("window.__sameDocument") == "yes"
             shot2 = tmp_path / "dashboard-after-kill.png"
             page.screenshot(path=str(shot2), full_page=True)
             print(f"a after the kill: {after_kill} ({reason}); API: {api_a['state']}; "

@@ -184,18 +184,27 @@ function connect() {
   };
 }
 
+let retrying = false;
+
 async function retry() {
+  if (retrying) return;
+  retrying = true;
   clearTimeout(reconnectTimer);
   // A closed stream may be a session that ended: then the login page, else try again.
   try {
-    const r = await fetch("/api/dashboard", {credentials: "same-origin"});
+    const r = await fetch("/api/dashboard",
+                          {credentials: "same-origin", signal: AbortSignal.timeout(5000)});
     if (r.status === 401) { location.href = "/login"; return; }
-  } catch (e) { /* the router is away: keep trying */ }
-  reconnectTimer = setTimeout(connect, 2000);
+  } catch (e) { /* the router is away or frozen: keep trying */ }
+  finally { retrying = false; }
+  reconnectTimer = setTimeout(connect, 1000);
 }
 
 setInterval(() => {
   if (Date.now() - lastMessage > STALE_MS) {
+    // No card for this long: a frozen router or a half-open connection. Drop this stream
+    // (its backlog would only show the past) and start again from a snapshot.
+    if (source) { source.close(); source = null; }
     setStatus("disconnected: reconnecting…", "disconnected");
     lastMessage = Date.now();
     retry();
