@@ -68,9 +68,10 @@ stress-ng:
 	  apt-get update -qq && apt-get install -y -qq stress-ng >/dev/null; }
 	@command -v stress-ng >/dev/null 2>&1 || { echo "stress-ng is still missing: install Debian's stress-ng" >&2; exit 1; }
 
-# The failover lab's kill-primary scenario, live, on the embedded lab config (about 40 s).
+# The failover lab's kill-primary scenario, live, on the embedded lab config (about 50 s),
+# with the dashboard on loopback: its link is printed 10 s before the calls start.
 demo: $(STAMP)
-	$(BIN)/trunkguard lab kill-primary --out lab-results
+	$(BIN)/trunkguard lab kill-primary --out lab-results --dashboard
 
 # The router alone, on its embedded default config.
 run: $(STAMP)
