@@ -123,6 +123,16 @@ async def test_login_sets_an_httponly_strict_cookie_that_is_not_the_token(
     assert counters(runtime)["admin_logins"] == 1
 
 
+async def test_the_cookie_is_secure_behind_a_tls_proxy(client: Client) -> None:
+    headers = {"X-Forwarded-Proto": "https"}
+    async with client.post(
+        "/login", data={"token": TOKEN}, headers=headers, allow_redirects=False
+    ) as resp:
+        assert resp.status == 303
+        attrs = [p.strip().lower() for p in resp.headers["Set-Cookie"].split(";")]
+        assert "secure" in attrs and "httponly" in attrs
+
+
 async def test_the_page_holds_the_csrf_token_and_never_the_admin_token(client: Client) -> None:
     sid, _, csrf = await login(client)
     cookie = {"Cookie": f"{COOKIE}={sid}"}

@@ -318,7 +318,9 @@ class Dashboard:
             path="/",
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            # Behind a TLS proxy too: Secure only keeps the cookie off plain http, so a
+            # client that claims https can do no harm with it.
+            secure=request.secure or request.headers.get("X-Forwarded-Proto") == "https",
             max_age=int(self.sessions.lifetime),
         )
         return resp
