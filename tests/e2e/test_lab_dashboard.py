@@ -70,8 +70,8 @@ async def test_the_demo_prints_a_login_link_and_its_page_streams_the_failover(
                 await task
     printed = out.getvalue()
     assert f"{dashboard.url}/" in printed and dashboard.token in printed
-    changes = [d for kind, d in seen if kind == "change"]
-    failovers = [d for kind, d in seen if kind == "failover"]
+    changes = [c for kind, batch in seen if kind == "changes" for c in batch]
+    failovers = [f for kind, batch in seen if kind == "failovers" for f in batch]
     print(
         f"lab dashboard: {len(seen)} stream messages; changes "
         f"{[(c['target'], c['new']) for c in changes]}; {len(failovers)} failovers"

@@ -320,16 +320,47 @@ async def test_the_stream_sends_a_snapshot_then_changes_failovers_and_the_cards(
         )  # fmt: skip
         for listener in runtime.listeners:
             listener(record)
-        got = await read_events(resp, {"change", "failover", "targets"})
-        assert got["change"]["target"] == "a" and got["change"]["new"] == "DRAINED"
-        assert got["failover"]["call_id"] == "moved-1"
-        assert [s["target"] for s in got["failover"]["steps"]] == ["a", "b"]
+        got = await read_events(resp, {"changes", "failovers", "targets"})
+        assert [(c["target"], c["new"]) for c in got["changes"]] == [("a", "DRAINED")]
+        assert [f["call_id"] for f in got["failovers"]] == ["moved-1"]
+        assert [s["target"] for s in got["failovers"][0]["steps"]] == ["a", "b"]
         states = {t["name"]: t["state"] for t in got["targets"]["targets"]}
         assert states == {"a": "DRAINED", "b": "UP"}
     async with client.get("/api/failovers", headers=AUTH) as resp:
         assert [f["call_id"] for f in (await resp.json())["failovers"]] == ["moved-1"]
     async with client.get("/api/dashboard", headers=AUTH) as resp:
         assert (await resp.json())["timeline"][-1]["new"] == "DRAINED"
+
+
+def _moved(i: int) -> CallRecord:
+    fault = Verdict(OutcomeClass.TRUNK_FAULT, True, True)
+    ok = Verdict(OutcomeClass.SUCCESS, False, False)
+    return CallRecord(
+        call_id=f"storm-{i}", number="100", source="127.0.0.1:5060", plan=("a", "b"),
+        explain=(), attempts=(
+            AttemptRecord(f"storm-{i}", "a", 1, None, "unreachable", fault, 1.0, 1.001, None),
+            AttemptRecord(f"storm-{i}", "b", 2, 200, "response", ok, 1.001, 1.01, 1.005),
+        ), status=200, started=1.0, answered=1.01, ended=3.0, end="bye",
+    )  # fmt: skip
+
+
+async def test_a_storm_of_failovers_is_a_few_messages_and_drops_no_client(
+    client: Client, runtime: Runtime
+) -> None:
+    async with client.get("/api/stream", headers=AUTH) as resp:
+        await read_events(resp, {"snapshot"})
+        for i in range(2000):  # a carrier dying under 1,000 calls/s, for two seconds
+            for listener in runtime.listeners:
+                listener(_moved(i))
+        batches = []
+        while sum(len(b) for b in batches) < 50:
+            got = await read_events(resp, {"failovers"})
+            batches.append(got["failovers"])
+        assert len(batches) == 1 and len(batches[0]) == 50  # one message, the last 50
+        assert batches[0][0]["call_id"] == "storm-1999"  # newest first
+    assert "dashboard_stream_dropped" not in counters(runtime)
+    async with client.get("/api/failovers", headers=AUTH) as resp:
+        assert len((await resp.json())["failovers"]) == 50  # bounded
 
 
 async def test_the_number_of_streams_is_bounded(client: Client, runtime: Runtime) -> None:

@@ -7,8 +7,9 @@
   burst and throttled per client address (see ``_sessions``).
 - ``GET /`` the page (to ``/login`` without a session), ``/static/...`` its
   script and style: no build step, no asset from anywhere else.
-- ``GET /api/stream`` Server-Sent Events: a snapshot on connect, then every
-  state change as it happens, every failover, and the cards once a second.
+- ``GET /api/stream`` Server-Sent Events: a snapshot on connect, then the
+  state changes as they happen, the failovers, and the cards once a second
+  (what came meanwhile goes out together, at most twice a second).
 - ``GET /api/dashboard`` the snapshot as JSON; ``GET /api/failovers`` the last
   calls that moved from one target to another, with the plan and each step.
 - ``POST /api/login-links`` (bearer token only): a one-time login link.
@@ -37,7 +38,7 @@ from yarl import URL
 
 from ..health import StateChange
 from ..runtime import Runtime
-from ._failovers import FailoverLog
+from ._failovers import KEEP, FailoverLog
 from ._sessions import LoginThrottle, Session, Sessions
 from ._stream import StreamHub
 from ._views import change_view, event_view, iso, target_view
@@ -49,6 +50,7 @@ CSRF_HEADER = "X-CSRF-Token"
 STATIC = Path(__file__).with_name("static")
 TIMELINE = 100  # state changes kept for the page
 TICK = 1.0  # seconds between two pushes of the figures
+MIN_GAP = 0.5  # and at least this between two pushes, however many changes come
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = frozenset({"/login"})
 _PAGE_HEADERS = {
@@ -107,6 +109,10 @@ class Dashboard:
         self.hub = StreamHub(self._count)
         self.failovers = FailoverLog(runtime._wall, on_new=self._on_failover)
         self.timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE)
+        # What came since the last push: sent together, so that a storm of failovers (a
+        # carrier dying at 1,000 calls/s) is a few messages a second, not one per call.
+        self._changes: deque[dict[str, Any]] = deque(maxlen=TIMELINE)
+        self._failovers: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self._page = (STATIC / "dashboard.html").read_text(encoding="utf-8")
         self._login = (STATIC / "login.html").read_text(encoding="utf-8")
         self._wake: asyncio.Event | None = None
@@ -162,12 +168,12 @@ class Dashboard:
         if isinstance(event, StateChange):
             view = change_view(self.runtime, event)
             self.timeline.append(view)
-            self.hub.broadcast("change", view)
+            self._changes.append(view)
             if self._wake is not None:
-                self._wake.set()  # the cards go out now, not at the next tick
+                self._wake.set()  # out now, not at the next tick
 
     def _on_failover(self, view: dict[str, Any]) -> None:
-        self.hub.broadcast("failover", view)
+        self._failovers.append(view)  # out with the next tick
 
     def cards(self, now: float) -> list[dict[str, Any]]:
         out = []
@@ -205,16 +211,24 @@ class Dashboard:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK)
             self._wake.clear()
+            changes, failovers = list(self._changes), list(reversed(self._failovers))
+            self._changes.clear()
+            self._failovers.clear()
             if not self.hub.clients:
-                continue
+                continue  # a page that connects later gets them in its snapshot
             now = self._now()
             for key in self.hub.sessions():
                 if not self.sessions.alive(key, now):
                     self.hub.close_session(key)  # logged out elsewhere, or expired
+            if changes:
+                self.hub.broadcast("changes", changes)  # oldest first
+            if failovers:
+                self.hub.broadcast("failovers", failovers)  # newest first
             try:
                 self.hub.broadcast("targets", self._targets())
             except Exception:  # a bug here must not end the stream for good
                 log.exception("dashboard: the cards could not be made")
+            await asyncio.sleep(MIN_GAP)
 
     # -- access ---------------------------------------------------------------------------
     def admit(self, request: web.Request) -> web.StreamResponse | None:

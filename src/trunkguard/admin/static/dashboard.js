@@ -176,8 +176,14 @@ function connect() {
     showFailovers();
   });
   handle("targets", showTargets);
-  handle("change", c => { timeline.push(c); timeline = timeline.slice(-KEEP); showTimeline(); });
-  handle("failover", f => { failovers.unshift(f); failovers = failovers.slice(0, KEEP); showFailovers(); });
+  handle("changes", list => { // oldest first
+    timeline = timeline.concat(list).slice(-KEEP);
+    showTimeline();
+  });
+  handle("failovers", list => { // newest first
+    failovers = list.concat(failovers).slice(0, KEEP);
+    showFailovers();
+  });
   source.onerror = () => {
     setStatus("disconnected: reconnecting…", "disconnected");
     if (source.readyState === EventSource.CLOSED) retry();
