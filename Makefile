@@ -63,10 +63,11 @@ postgresql:
 	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 	@$(POSTGRES_FOUND) || { echo "PostgreSQL is still missing: install Debian's postgresql" >&2; exit 1; }
 
-# Headless Chromium checks that the lab's HTML report renders its charts.
+# Headless Chromium checks that the lab's HTML report renders its charts, and drives the
+# dashboard (Playwright, on this chromium: no browser download).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Chromium (Debian package chromium) for the report test"; \
+	  echo "installing Chromium (Debian package chromium) for the report and dashboard tests"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
@@ -87,9 +88,10 @@ stress-ng:
 	  apt-get update -qq && apt-get install -y -qq stress-ng >/dev/null; }
 	@command -v stress-ng >/dev/null 2>&1 || { echo "stress-ng is still missing: install Debian's stress-ng" >&2; exit 1; }
 
-# The failover lab's kill-primary scenario, live, on the embedded lab config (about 40 s).
+# The failover lab's kill-primary scenario, live, on the embedded lab config (about 50 s),
+# with the dashboard on loopback: its link is printed 10 s before the calls start.
 demo: $(STAMP)
-	$(BIN)/trunkguard lab kill-primary --out lab-results
+	$(BIN)/trunkguard lab kill-primary --out lab-results --dashboard
 
 # The router alone, on its embedded default config.
 run: $(STAMP)
@@ -108,7 +110,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious systemd-analyze postgresql
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql
 	$(BIN)/pytest -q tests/e2e
 
 test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql lint typecheck

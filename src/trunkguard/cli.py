@@ -567,7 +567,8 @@ def _print_plan(plan: Plan) -> None:
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .lab import lab_main
 
-    return lab_main(args.scenario, Path(args.out), live=not args.no_live)
+    wait = args.dashboard_wait if args.dashboard else None
+    return lab_main(args.scenario, Path(args.out), live=not args.no_live, dashboard_wait=wait)
 
 
 def _seconds(text: str) -> float:
@@ -703,6 +704,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("scenario", nargs="+", help="a scenario name, or all")
     lab.add_argument("--out", default="lab-results", help="folder for reports (lab-results)")
     lab.add_argument("--no-live", action="store_true", help="no live view, just the results")
+    lab.add_argument(
+        "--dashboard", action="store_true", help="serve the dashboard on loopback, print its link"
+    )
+    lab.add_argument(
+        "--dashboard-wait", type=float, default=10.0, metavar="SECONDS",
+        help="with --dashboard: time to open it before the calls start (10)",
+    )  # fmt: skip
     lab.set_defaults(func=_cmd_lab)
     drill = sub.add_parser("drill", help="force a target down on the live router, watch")
     drill.add_argument("target")

@@ -15,6 +15,9 @@ Endpoints, all JSON, all behind ``Authorization: Bearer <token>`` (401 without):
   first; since/until as Unix seconds or ISO, limit 1-1000 (default 100)
 - ``GET /api/counters``: ``{"counters": {...}, "open": {...}, "active": {...}}``
 - ``GET /metrics``: Prometheus text (OpenMetrics when asked), see docs/metrics.md
+- the dashboard (docs/dashboard.md): ``GET /`` the page, ``GET|POST /login``,
+  ``POST /logout``, ``GET /api/stream`` (Server-Sent Events), ``GET /api/dashboard``,
+  ``GET /api/failovers``, ``POST /api/login-links`` (a one-time login link)
 
 Bad input is a 400 whose ``error`` names the field. Times are ISO 8601 in UTC.
 """

@@ -6,8 +6,9 @@ logged and stored in the event log like any other change. No business rule
 lives here: whether a move is legal is the state table's answer.
 
 Every request, ``/api/health`` included, must carry ``Authorization: Bearer
-<token>``. There is no TLS: the default address is loopback, and another one
-is logged as a warning.
+<token>``, or come from a browser logged in to the dashboard (a session cookie,
+and on a POST the session's CSRF token: see ``_dashboard``). There is no TLS:
+the default address is loopback, and another one is logged as a warning.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..health import TRANSITIONS, Input, State, StateChange
 from ..reloading import Reload
 from ..runtime import Runtime
 from . import _calls, _input
+from ._dashboard import Dashboard
 from ._input import BadInput
 from ._metrics import Metrics
 from ._views import change_view, event_view, iso, registration_views, target_view
@@ -65,18 +67,24 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _guard(token: str) -> Middleware:
+def _guard(token: str, dashboard: Dashboard | None = None) -> Middleware:
     expected = token.strip().encode()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Checked before routing errors too: without the token, no path is known to exist.
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        challenge = {"WWW-Authenticate": 'Bearer realm="trunkguard"'}
-        if scheme.lower() != "bearer" or not given.strip():
-            return _error(401, "missing token: send Authorization: Bearer <token>", challenge)
-        if not hmac.compare_digest(given.strip().encode(errors="surrogateescape"), expected):
-            return _error(401, "token refused", challenge)
+        if dashboard is not None and "Authorization" not in request.headers:
+            # A browser: its session cookie (and CSRF token on a POST), or the login page.
+            refused = dashboard.admit(request)
+            if refused is not None:
+                return refused
+        else:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            challenge = {"WWW-Authenticate": 'Bearer realm="trunkguard"'}
+            if scheme.lower() != "bearer" or not given.strip():
+                return _error(401, "missing token: send Authorization: Bearer <token>", challenge)
+            if not hmac.compare_digest(given.strip().encode(errors="surrogateescape"), expected):
+                return _error(401, "token refused", challenge)
         try:
             return await handler(request)
         except BadInput as exc:
@@ -249,7 +257,9 @@ def build_app(
     if not token.strip():
         raise ValueError("admin token: required, and must not be empty")
     api = _Api(runtime, on_change, reload)
-    app = web.Application(middlewares=[_guard(token)], client_max_size=_MAX_BODY)
+    dashboard = Dashboard(runtime, token)
+    app = web.Application(middlewares=[_guard(token, dashboard)], client_max_size=_MAX_BODY)
+    dashboard.attach(app)  # the page, its login and its live stream
     app.router.add_get("/api/health", api.health)
     app.router.add_get("/api/targets", api.targets)
     app.router.add_get("/api/targets/{name}", api.target)

@@ -6,11 +6,13 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ._dashboard import LabDashboard
 from ._live import LiveView
 from ._registration import describe
 from ._report import write_html, write_json
@@ -18,15 +20,21 @@ from ._run import LabResult, run_scenario
 from ._scenarios import SCENARIOS, Scenario
 
 
-async def _one(scenario: Scenario, out: Path, console: Console, live: bool) -> LabResult:
+async def _one(
+    scenario: Scenario, out: Path, console: Console, live: bool, dashboard_wait: float | None
+) -> LabResult:
     workdir = out / scenario.name
     console.print(f"[bold]{scenario.name}[/bold]: {scenario.description}")
+    dashboard = None if dashboard_wait is None else LabDashboard(dashboard_wait)
+    extra: dict[str, Any] = {}
+    if dashboard is not None:
+        extra = {"admin": dashboard.admin_config(), "on_ready": lambda: dashboard.announce(console)}
     if live and console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=False) as screen:
             view = LiveView(scenario, screen)
-            result = await run_scenario(scenario, workdir, on_tick=view.tick)
+            result = await run_scenario(scenario, workdir, on_tick=view.tick, **extra)
     else:
-        result = await run_scenario(scenario, workdir)
+        result = await run_scenario(scenario, workdir, **extra)
     write_json(result, workdir / "result.json")
     write_html(result, workdir / "report.html")
     _print_result(result, console)
@@ -91,7 +99,11 @@ def summary_table(results: list[LabResult]) -> Table:
     return table
 
 
-def main(names: list[str], out: Path, live: bool = True) -> int:
+def main(
+    names: list[str], out: Path, live: bool = True, dashboard_wait: float | None = None
+) -> int:
+    """Run the scenarios ``names``; with ``dashboard_wait``, each router serves the dashboard
+    (its link printed that many seconds before the calls start)."""
     console = Console()
     if names == ["all"]:
         names = list(SCENARIOS)
@@ -103,7 +115,7 @@ def main(names: list[str], out: Path, live: bool = True) -> int:
     started = time.monotonic()
     results = []
     for name in names:
-        results.append(asyncio.run(_one(SCENARIOS[name], out, console, live)))
+        results.append(asyncio.run(_one(SCENARIOS[name], out, console, live, dashboard_wait)))
     if len(results) > 1:
         console.print(summary_table(results))
         console.print(f"{len(results)} scenarios in {time.monotonic() - started:.0f} s")

@@ -21,7 +21,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,19 +177,30 @@ async def run_scenario(
     *,
     on_tick: Callable[[float, dict[str, SimCarrier], dict[str, str], CallGenerator], None]
     | None = None,
+    admin: dict[str, object] | None = None,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
 ) -> LabResult:
-    """Run ``scenario`` once; ``on_tick`` (the live view) is called at every sample."""
+    """Run ``scenario`` once; ``on_tick`` (the live view) is called at every sample.
+
+    ``admin``: the router's admin section (the demo's dashboard); ``on_ready`` is awaited
+    once the router is up, before the first call (the clock of the run starts after it).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     accounts = {name: registrar_account(name) for name in scenario.registers}
     sims = {name: SimCarrier(name, registrar=accounts.get(name)) for name in scenario.carriers}
     for sim in sims.values():
         await sim.start()
-    router = LabRouter(workdir, lab_config({n: s.port for n, s in sims.items()}, accounts))
+    config = lab_config({n: s.port for n, s in sims.items()}, accounts)
+    if admin is not None:
+        config["admin"] = admin
+    router = LabRouter(workdir, config)
     samples: list[Sample] = []
     try:
         await router.start()
         await _registered([sims[n] for n in scenario.registers], router, REGISTERED_WITHIN)
+        if on_ready is not None:
+            await on_ready()
         generator = CallGenerator(
             GeneratorSettings(
                 target=("127.0.0.1", router.port),
