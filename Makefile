@@ -130,6 +130,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/overload.py
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/records.py
+	$(BIN)/python bench/dashboard_cost.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

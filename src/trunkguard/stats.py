@@ -10,7 +10,8 @@ the core's clock, so it is tested without sockets or sleeps.
   dialer).
 - ACD is the mean length of the answered calls that *ended* in the window, counted on
   the target that answered them.
-- PDD is the time from our INVITE to the target's first response (100 or 18x).
+- PDD is the time from our INVITE to the target's first response (100 or 18x); its
+  quantiles are those of the latest ``PDD_SAMPLES`` attempts in the window.
 
 Each target keeps at most ``cap`` samples: at a rate that would hold more within the
 window, the oldest go first, and the figures cover the shorter span that remains (the
@@ -27,6 +28,7 @@ from .proxy import AttemptRecord, CallRecord
 
 WINDOW = 300.0  # seconds
 CAP = 20_000  # samples per target and kind
+PDD_SAMPLES = 1_000  # the latest post-dial delays the quantiles are taken over
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,14 @@ class TargetStats:
         if t is None:
             return Figures(0, 0, 0.0, None, None, None, None)
         f = self.rates(name, now)
-        pdds = [p for _, _, p in t.calls if p is not None]
+        # The quantiles of the latest PDD_SAMPLES in the window: a push of the dashboard
+        # sorts a thousand numbers per target, not the whole window's.
+        pdds = []
+        for _, _, p in reversed(t.calls):
+            if p is not None:
+                pdds.append(p)
+                if len(pdds) >= PDD_SAMPLES:
+                    break
         return dataclasses.replace(
             f,
             pdd_p50=_quantile(pdds, 0.5) if pdds else None,

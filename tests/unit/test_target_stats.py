@@ -91,3 +91,16 @@ def test_the_running_totals_agree_with_a_pass_over_the_samples() -> None:
         assert (full.seizures, full.answered, full.asr, full.calls_per_s) == (
             fast.seizures, fast.answered, fast.asr, fast.calls_per_s,
         )
+
+
+def test_pdd_quantiles_are_those_of_the_latest_attempts() -> None:
+    from trunkguard.stats import PDD_SAMPLES
+
+    stats = TargetStats(window=10_000.0)
+    for i in range(PDD_SAMPLES):  # an older, slow stretch: 2 s
+        stats.feed(attempt("a", 200, float(i), pdd=2.0))
+    for i in range(PDD_SAMPLES):  # then fast: 0.05 s
+        stats.feed(attempt("a", 200, float(PDD_SAMPLES + i), pdd=0.05))
+    f = stats.figures("a", 2.0 * PDD_SAMPLES + 1)
+    assert f.seizures == 2 * PDD_SAMPLES  # the rates cover the window
+    assert f.pdd_p50 == f.pdd_p95 == pytest.approx(0.05)  # the quantiles, the latest
