@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import __version__
+from .alerts._service import AlertService
 from .config import ConfigError, RouterConfig, load_config
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
@@ -120,7 +121,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
+async def _reload(
+    runtime: Runtime, source: str, router: Router | None, alerts: AlertService | None = None
+) -> None:
     """SIGHUP: read the config and decks again; refuse them, keeping the old, if invalid."""
     path = None if source == "<embedded default>" else source
     log.info("SIGHUP: reloading %s", source)
@@ -147,6 +150,11 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
     except Exception as exc:
         _reload_refused(runtime, ConfigError([_unexpected(exc, source)]))
         return
+    try:
+        alert_settings = await loop.run_in_executor(None, config.alert_settings)  # reads secrets
+    except ConfigError as exc:
+        _reload_refused(runtime, exc)
+        return
     for note in runtime.reload(config, routing, loop.time(), targets, registrations):
         log.warning("reload: %s", note)
     if router is not None:
@@ -154,6 +162,9 @@ async def _reload(runtime: Runtime, source: str, router: Router | None) -> None:
         # are closed.
         await router.sync_targets()
         router.flush()
+    if alerts is not None:
+        await alerts.reload(alert_settings)
+        alerts.resync()
     runtime.proxy.counters["reloads"] += 1
     log.info("reloaded %s: %d carriers", source, len(config.carriers))
 
@@ -227,6 +238,9 @@ async def _run(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     runtime.start(loop.time())
+    # Hooks on state changes: each with its own queue and task, never on the call path.
+    alerts = AlertService(runtime, config.alert_settings())
+    alerts.start()
     drains: set[asyncio.Task[None]] = set()
 
     def on_term() -> None:
@@ -242,7 +256,9 @@ async def _run(
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hup() -> None:
-        task = loop.create_task(_reload(runtime, source, routers[0] if routers else None))
+        task = loop.create_task(
+            _reload(runtime, source, routers[0] if routers else None, alerts)
+        )
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -260,6 +276,7 @@ async def _run(
             task = loop.create_task(router.sync_targets())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
+            alerts.resync()
         router.flush()
 
     async def ready(router: Router) -> None:
@@ -316,6 +333,7 @@ async def _run(
             )
         except OSError as exc:
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
+            await alerts.stop()
             runtime.close()
             return 1
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
@@ -323,6 +341,7 @@ async def _run(
         tls_server = _tls_server(config)
     except (OSError, ssl.SSLError) as exc:
         log.error("cannot load the tls: certificate: %s", exc)
+        await alerts.stop()
         runtime.close()
         return 1
     try:
@@ -334,6 +353,7 @@ async def _run(
         gc_policy.stop()
         if admin_server is not None:
             await admin_server.close()
+        await alerts.stop()  # what is queued gets alerts.stop_timeout, then the hooks stop
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -362,6 +382,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config, source = load_config(args.config)
         config.targets()
         config.register_settings()
+        config.alert_settings()
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)
