@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import __version__
-from .alerts._service import AlertService
+from .alerts._service import AlertService, describe_hooks
 from .config import ConfigError, RouterConfig, load_config
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
@@ -95,6 +95,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         targets = config.targets()
         routing, _ = config.routing()
         registrations = config.register_settings()
+        alert_settings = config.alert_settings()
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -118,6 +119,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"  failover: invite_timeout {f.invite_timeout}s, up to {f.max_attempts} attempts "
         f"within {f.time_budget}s"
     )
+    if alert_settings.hooks:
+        print(f"  alerts: {describe_hooks(alert_settings)}")
     return 0
 
 
