@@ -406,3 +406,40 @@ def test_no_process_environment_leaks_to_commands() -> None:
     finally:
         del os.environ["SOME_PASSWORD_ENV"]
     assert "SOME_PASSWORD_ENV" not in env and set(env) >= {"PATH", "TG_EVENT", "TG_JSON"}
+
+
+async def test_sighup_reload_puts_new_hooks_in_force_and_a_refused_one_keeps_the_old(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    from trunkguard.cli import _reload
+    from trunkguard.config import load_config
+
+    rec, url = receiver
+    out = tmp_path / "out.txt"
+    argv = script(tmp_path, f'echo "$1 $2 $4" >> {out}\n')
+    path = tmp_path / "router.yaml"
+    path.write_text(CONFIG + f"alerts: {{hooks: [{{type: command, argv: [{argv}]}}]}}\n")
+    config, source = load_config(path)
+    runtime = Runtime(config)
+    loop = asyncio.get_running_loop()
+    runtime.start(loop.time())
+    service = AlertService(runtime, config.alert_settings())
+    service.start()
+    try:
+        runtime.force_down("a", 60, loop.time(), "drill")
+        assert await wait_for(lambda: out.exists() and "state a FORCED_DOWN" in out.read_text())
+        path.write_text(CONFIG + f"alerts: {{hooks: [{{type: webhook, url: '{url}'}}]}}\n")
+        await _reload(runtime, source, None, service)
+        assert [h.settings.type for h in service.hooks] == ["webhook"]
+        runtime.restore("a", loop.time())
+        assert await wait_for(lambda: len(rec.requests) == 1)
+        assert rec.requests[0][1]["new"] == "UP"
+        bad = "alerts: {hooks: [{type: webhook, url: 'http://h/', secret_header: X, %s}]}\n"
+        path.write_text(CONFIG + bad % "secret_file: missing.key")
+        await _reload(runtime, source, None, service)
+        assert runtime.proxy.counters["reloads_refused"] == 1
+        assert [h.settings.url for h in service.hooks] == [url]
+    finally:
+        await service.stop()
+        runtime.close()
+    assert out.read_text().splitlines() == ["state a FORCED_DOWN"]

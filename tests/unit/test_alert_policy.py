@@ -161,6 +161,16 @@ def test_still_flapping_after_max_suppress_gets_one_summary_per_period() -> None
     assert final[0][1].changes > 500 and final[0][1].over > 290
 
 
+def test_flapping_that_stopped_gets_no_still_flapping_reminder() -> None:
+    s = DampingSettings(half_life=2.0, max_suppress=10.0)
+    p = AlertPolicy(s)
+    flap(p, "a", 30, 0.0, 0.1)  # over by 6 s, before the first reminder is due at ~10.5 s
+    later = drain(p)
+    assert [a.damped for _, a in later] == [False]
+    assert "stable again" in later[0][1].reason and later[0][1].changes == 56
+    assert later[0][0] <= 6.0 + s.max_suppress
+
+
 def test_a_flap_after_reuse_starts_afresh() -> None:
     p = AlertPolicy(D)
     flap(p, "a", 20, 0.0, 1.0)

@@ -20,8 +20,8 @@ Invariants, in plain words:
   marked ``damped`` (what follows is held); later ones are held and counted.
   When the penalty has decayed to ``reuse`` one ``flapping`` summary goes out
   (how many changes, over how long, the state now), if anything was held; a
-  subject still flapping after ``max_suppress`` gets one such summary per
-  ``max_suppress`` and stays held.
+  subject still flapping after ``max_suppress`` (it changed within the last
+  half-life) gets one such summary per ``max_suppress`` and stays held.
 - On top, a token bucket (``burst``, ``per_minute``) bounds what all
   subjects together send. An alert that finds the bucket empty waits, and a
   later alert of the same subject replaces it (it says how many it
@@ -121,6 +121,7 @@ class _Subject:
     suppressed: bool = False
     start: float = 0.0  # when the alerts began to be held
     since: float = 0.0  # start of the current period (``start``, or the last reminder)
+    remind: float = 0.0  # when a "still flapping" summary is due, if it still flaps then
     changes: int = 0  # in the period, the damped alert included
     flaps: int = 0
     held: int = 0
@@ -212,7 +213,7 @@ class AlertPolicy:
     def next_deadline(self) -> float | None:
         s = self.settings
         times = [
-            min(sub.reuse_at(s.reuse, s.half_life), sub.since + s.max_suppress)
+            min(sub.reuse_at(s.reuse, s.half_life), sub.remind)
             for sub in self._subjects.values()
             if sub.suppressed
         ]
@@ -238,7 +239,10 @@ class AlertPolicy:
                 summary = self._summary(name, sub, now, still=False)
                 if summary is not None:
                     out += self._limit(summary, now)
-            elif now + _SLACK >= sub.since + s.max_suppress:
+            elif now + _SLACK >= sub.remind:
+                sub.remind = now + s.max_suppress
+                if sub.last is None or now - sub.last.at > s.half_life:
+                    continue  # it has calmed down: the "stable again" summary is near
                 summary = self._summary(name, sub, now, still=True)
                 changes, flaps, held = sub.total
                 sub.total = (changes + sub.changes, flaps + sub.flaps, held + sub.held)
@@ -285,7 +289,7 @@ class AlertPolicy:
             return self._release(now)
         if sub.penalty >= s.suppress:
             sub.suppressed = True
-            sub.start, sub.total = now, (0, 0, 0)
+            sub.start, sub.total, sub.remind = now, (0, 0, 0), now + s.max_suppress
             sub.since, sub.changes, sub.flaps, sub.held = now, 1, int(out_of_service), 0
             sub.last = alert
             alert = replace(alert, damped=True)
