@@ -106,6 +106,7 @@ bench: $(STAMP) sipp
 	$(BIN)/python bench/proxy_rate.py
 	$(BIN)/python bench/carrier_auth.py
 	$(BIN)/python bench/overload.py
+	$(BIN)/python bench/alerts.py
 
 # atheris is the fuzz extra, installed here only: make test does not need it.
 $(FUZZ_STAMP): $(STAMP) pyproject.toml

@@ -157,11 +157,17 @@ class AlertPolicy:
         self._waiting: dict[str, Alert] = {}  # subject -> its latest alert the bucket held
         self._degraded: bool | None = None  # unknown until the routes are first seen
         self._overloaded = False
+        # next_deadline() may be early, never late: a held alert only moves its subject's
+        # reuse later, so the minimum is worked out again only when a deadline may come
+        # sooner (a subject starts to be held, an alert starts to wait) or one has passed.
+        self._next: float | None = None
+        self._stale = False
 
     def reconfigure(self, settings: DampingSettings) -> None:
         """New numbers (a reload): penalties, held alerts and what waits are kept."""
         self.settings = settings
         self._tokens = min(self._tokens, float(settings.burst))
+        self._stale = True
 
     # -- inputs -----------------------------------------------------------------------------
     def state_change(self, change: StateChange) -> list[Alert]:
@@ -169,8 +175,8 @@ class AlertPolicy:
             EV_STATE,
             STATE,
             change.target,
-            change.old.value,
-            change.new.value,
+            change.old,  # a StrEnum: the str "UP" itself
+            change.new,
             change.reason,
             change.at,
             dict(change.counts),
@@ -211,6 +217,13 @@ class AlertPolicy:
 
     # -- timers -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
+        """When to call :meth:`on_timer` (it may find nothing due yet, and say the next)."""
+        if self._stale:
+            self._next = self._deadline()
+            self._stale = False
+        return self._next
+
+    def _deadline(self) -> float | None:
         s = self.settings
         times = [
             min(sub.reuse_at(s.reuse, s.half_life), sub.remind)
@@ -223,6 +236,7 @@ class AlertPolicy:
 
     def on_timer(self, now: float) -> list[Alert]:
         s = self.settings
+        self._stale = True
         out: list[Alert] = []
         for name, sub in list(self._subjects.items()):
             if not sub.suppressed:
@@ -289,6 +303,7 @@ class AlertPolicy:
             return self._release(now)
         if sub.penalty >= s.suppress:
             sub.suppressed = True
+            self._stale = True
             sub.start, sub.total, sub.remind = now, (0, 0, 0), now + s.max_suppress
             sub.since, sub.changes, sub.flaps, sub.held = now, 1, int(out_of_service), 0
             sub.last = alert
@@ -349,6 +364,7 @@ class AlertPolicy:
             return [*out, alert]
         self.counts["alerts_rate_limited"] += 1
         self._waiting[name] = alert
+        self._stale = True
         return out
 
     def _release(self, now: float) -> list[Alert]:
