@@ -443,3 +443,39 @@ async def test_sighup_reload_puts_new_hooks_in_force_and_a_refused_one_keeps_the
         await service.stop()
         runtime.close()
     assert out.read_text().splitlines() == ["state a FORCED_DOWN"]
+
+
+async def test_overload_alerts_and_each_hooks_events_filter(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    from trunkguard.proxy._overload import OverloadEvent
+
+    rec, url = receiver
+    out = tmp_path / "out.txt"
+    argv = script(tmp_path, f'echo "$1 $4" >> {out}\n')
+    config = parse_config(CONFIG)
+    config._base = tmp_path
+    runtime = Runtime(config)
+    loop = asyncio.get_running_loop()
+    runtime.start(loop.time())
+    hooks = (
+        webhook(url, events=frozenset({"overload"})),
+        HookSettings(name="c", type="command", argv=(argv,), events=frozenset({"state"})),
+    )
+    service = AlertService(runtime, AlertSettings(hooks=hooks))
+    service.start()
+    try:
+        runtime.proxy.events.append(OverloadEvent("overloaded", "loop lag 80 ms", loop.time()))
+        runtime.pump()  # as the router does after each input: the listeners get it
+        runtime.force_down("a", 60, loop.time(), "drill")
+        runtime.proxy.events.append(OverloadEvent("recovered", "3 calls shed", loop.time()))
+        runtime.pump()
+        assert await wait_for(lambda: runtime.proxy.counters["alerts_sent"] == 3)
+    finally:
+        await service.stop()
+        runtime.close()
+    assert [(d["event"], d["new"], d["reason"]) for _, d in rec.requests] == [
+        ("overload", "OVERLOADED", "loop lag 80 ms"),
+        ("overload_over", "OK", "3 calls shed"),
+    ]
+    assert out.read_text().splitlines() == ["state FORCED_DOWN"]
