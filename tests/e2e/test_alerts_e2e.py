@@ -155,9 +155,10 @@ def test_kill_a_carrier_then_all_of_them(tmp_path: Path) -> None:
     bodies = receiver.bodies()
     print(f"alerts at the webhook: {[(x['event'], x['target'], x['new']) for x in bodies]}")
     print(f"alerts at the command: {lines(notified)}")
-    down_a = [x for x in state_alerts(bodies, "a") if x["new"] == "DOWN"]
+    # (A slow run may see a's hold-down end and its probes fail: PROBING -> DOWN, not this.)
+    down_a = [x for x in state_alerts(bodies, "a") if (x["old"], x["new"]) == ("UP", "DOWN")]
     assert len(down_a) == 1, bodies
-    assert down_a[0]["old"] == "UP" and "unreachable" in down_a[0]["reason"], down_a
+    assert "unreachable" in down_a[0]["reason"], down_a
     assert down_a[0]["router"] == "edge-e2e" and down_a[0]["at"].endswith("Z")
     cmd_a = [ln for ln in lines(notified) if ln[:4] == ["state", "a", "UP", "DOWN"]]
     assert len(cmd_a) == 1 and cmd_a[0][4] == down_a[0]["reason"]
@@ -181,7 +182,8 @@ def test_flapping_is_damped_and_a_hanging_webhook_costs_no_call(tmp_path: Path) 
     flaps = 30
     with Receiver() as receiver:
         alerts = {
-            "damping": {"half_life": 2, "max_suppress": 10},
+            # Damped even if a loaded machine takes 2 s per flap; reused within 12 s.
+            "damping": {"half_life": 3, "max_suppress": 12},
             "hooks": [
                 {"type": "webhook", "url": receiver.url("/ok"), "events": ["state"]},
                 {"type": "command", "argv": [argv], "events": ["state"]},
