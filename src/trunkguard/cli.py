@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .alerts._service import AlertService, describe_hooks
+from .alerts import describe_hooks
 from .config import ConfigError, RouterConfig, load_config
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
@@ -32,6 +33,9 @@ from .register import RegisterSettings
 from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
 from .store import EventStore
+
+if TYPE_CHECKING:
+    from .alerts._service import AlertService
 
 UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
 log = logging.getLogger("trunkguard")
@@ -242,6 +246,8 @@ async def _run(
     loop = asyncio.get_running_loop()
     runtime.start(loop.time())
     # Hooks on state changes: each with its own queue and task, never on the call path.
+    from .alerts._service import AlertService
+
     alerts = AlertService(runtime, config.alert_settings())
     alerts.start()
     drains: set[asyncio.Task[None]] = set()

@@ -2,7 +2,7 @@
 overload, with flap damping and a rate limit. The policy is pure; ``_service`` is the
 asyncio adapter (imported by the router only when it runs)."""
 
-from ._payload import alert_body, alert_text
+from ._payload import alert_body, alert_text, describe_hooks
 from ._policy import (
     DEGRADED,
     EVENTS,
@@ -31,4 +31,5 @@ __all__ = [
     "HookSettings",
     "alert_body",
     "alert_text",
+    "describe_hooks",
 ]

@@ -17,11 +17,10 @@ import os
 import signal
 from collections import Counter, deque
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from ._payload import command_args, command_env, pagerduty_body, slack_body
+from ._payload import command_args, command_env, pagerduty_body, slack_body, webhook_origin
 from ._settings import COMMAND, HookSettings
 
 log = logging.getLogger("trunkguard.alerts")
@@ -34,14 +33,6 @@ _KILL_WAIT = 5.0
 
 class HookFailed(Exception):
     """A delivery that did not succeed; the message is safe to log (no secret in it)."""
-
-
-def webhook_origin(url: str) -> str:
-    """``https://hooks.example.com``: what the logs say of a webhook's URL."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
 
 
 def _why(exc: BaseException) -> str:

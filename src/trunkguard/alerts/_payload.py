@@ -8,14 +8,33 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._policy import DEGRADED, EV_FLAPPING, OVERLOAD, Alert
+from ._settings import COMMAND, AlertSettings
 
 SCHEMA = 1
 # PATH for a command: the router's own environment is not passed on (it may hold secrets).
 COMMAND_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _IN_SERVICE = frozenset({"UP", "OK"})
 _WARNING = frozenset({"SUSPECT", "PROBING", "DRAINED"})
+
+
+def webhook_origin(url: str) -> str:
+    """``https://hooks.example.com``: what the logs say of a webhook's URL (for Slack, the
+    path is the secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def describe_hooks(settings: AlertSettings) -> str:
+    """``slack (webhook https://hooks.slack.com), page (command /usr/local/bin/page)``."""
+    return ", ".join(
+        f"{h.name} ({h.type} {h.argv[0] if h.type == COMMAND else webhook_origin(h.url)})"
+        for h in settings.hooks
+    )
 
 
 def iso_utc(wall: float) -> str:

@@ -19,21 +19,13 @@ from ..proxy import CoreEvent
 from ..proxy._overload import OverloadEvent
 from ..routing import CARRIER
 from ..runtime import Runtime
-from ._hooks import Hook, webhook_origin
-from ._payload import alert_body
+from ._hooks import Hook
+from ._payload import alert_body, describe_hooks
 from ._policy import Alert, AlertPolicy
 from ._settings import COMMAND, AlertSettings
 
 log = logging.getLogger("trunkguard.alerts")
 _LOUD = frozenset({"critical"})  # the rest: the state change is logged already
-
-
-def describe_hooks(settings: AlertSettings) -> str:
-    """``slack (webhook https://hooks.slack.com), page (command /usr/local/bin/page)``."""
-    return ", ".join(
-        f"{h.name} ({h.type} {h.argv[0] if h.type == COMMAND else webhook_origin(h.url)})"
-        for h in settings.hooks
-    )
 
 
 class AlertService:
