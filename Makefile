@@ -131,6 +131,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/records.py
 	$(BIN)/python bench/dashboard_cost.py
+	$(BIN)/python bench/alerts.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

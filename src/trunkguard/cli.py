@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .alerts import describe_hooks
 from .config import ConfigError, RouterConfig, load_config
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
@@ -35,6 +36,9 @@ from .routing import NumberRules, RoutingTable, build_plan
 from .runtime import Runtime
 from .service import Heartbeat, Notifier, router_status
 from .store import EventStore
+
+if TYPE_CHECKING:
+    from .alerts._service import AlertService
 
 UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
 log = logging.getLogger("trunkguard")
@@ -99,6 +103,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         routing, _ = config.routing()
         registrations = config.register_settings()
         records = _records_where(config)
+        alert_settings = config.alert_settings()
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -123,6 +128,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         f"within {f.time_budget}s"
     )
     print(f"  call records: {records}")
+    if alert_settings.hooks:
+        print(f"  alerts: {describe_hooks(alert_settings)}")
     return 0
 
 
@@ -139,7 +146,11 @@ def _records_where(config: RouterConfig) -> str:
 
 
 async def _reload(
-    runtime: Runtime, source: str, router: Router | None, trigger: str = "SIGHUP"
+    runtime: Runtime,
+    source: str,
+    router: Router | None,
+    trigger: str = "SIGHUP",
+    alerts: AlertService | None = None,
 ) -> ReloadOutcome:
     """Read the config and decks again; refuse them, keeping the old, if invalid.
 
@@ -168,6 +179,10 @@ async def _reload(
         return _reload_refused(runtime, exc, source)
     except Exception as exc:
         return _reload_refused(runtime, ConfigError([_unexpected(exc, source)]), source)
+    try:
+        alert_settings = await loop.run_in_executor(None, config.alert_settings)  # reads secrets
+    except ConfigError as exc:
+        return _reload_refused(runtime, exc, source)
     changed = config_changes(runtime.config, config)
     records_changed = config.records != runtime.config.records
     notes = runtime.reload(config, routing, loop.time(), targets, registrations)
@@ -180,6 +195,9 @@ async def _reload(
         # are closed.
         await router.sync_targets()
         router.flush()
+    if alerts is not None:
+        await alerts.reload(alert_settings)
+        alerts.resync()
     runtime.proxy.counters["reloads"] += 1
     what = f"; changed: {'; '.join(changed)}" if changed else "; no setting changed"
     log.info("reloaded %s: %d carriers%s", source, len(config.carriers), what)
@@ -261,6 +279,11 @@ async def _run(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     runtime.start(loop.time())
+    # Hooks on state changes: each with its own queue and task, never on the call path.
+    from .alerts._service import AlertService
+
+    alerts = AlertService(runtime, config.alert_settings())
+    alerts.start()
     drains: set[asyncio.Task[None]] = set()
     # systemd (Type=notify): READY once listening, STATUS, RELOADING, STOPPING, watchdog.
     notifier = Notifier()
@@ -290,7 +313,9 @@ async def _run(
     async def reload_once(trigger: str) -> ReloadOutcome:
         notifier.reloading()
         try:
-            return await _reload(runtime, source, routers[0] if routers else None, trigger)
+            return await _reload(
+                runtime, source, routers[0] if routers else None, trigger, alerts
+            )
         finally:
             if not proxy.draining:
                 notifier.ready(router_status(runtime))
@@ -317,6 +342,7 @@ async def _run(
             task = loop.create_task(router.sync_targets())
             reloads.add(task)
             task.add_done_callback(reloads.discard)
+            alerts.resync()
         router.flush()
 
     async def ready(router: Router) -> None:
@@ -377,6 +403,7 @@ async def _run(
             )
         except OSError as exc:
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
+            await alerts.stop()
             runtime.close()
             return 1
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
@@ -384,6 +411,7 @@ async def _run(
         tls_server = _tls_server(config)
     except (OSError, ssl.SSLError) as exc:
         log.error("cannot load the tls: certificate: %s", exc)
+        await alerts.stop()
         runtime.close()
         return 1
     from .records._setup import FLUSH_WAIT, start_recorder
@@ -402,6 +430,7 @@ async def _run(
             await admin_server.close()
         if recorder is not None:
             await recorder.stop(FLUSH_WAIT)
+        await alerts.stop()  # what is queued gets alerts.stop_timeout, then the hooks stop
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -431,6 +460,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config.targets()
         config.register_settings()
         _records_where(config)
+        config.alert_settings()
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)

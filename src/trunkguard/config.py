@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from .alerts import AlertSettings, DampingSettings, HookSettings
 from .dns import Destination, DnsSettings, Query
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
@@ -569,7 +570,7 @@ class StoreConfig(Strict):
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # an environment variable's name
 
 
 class RecordsConfig(Strict):
@@ -581,9 +582,9 @@ class RecordsConfig(Strict):
     # postgresql: the DSN inline, in a file or in the environment; a password apart, if wanted.
     dsn: str | None = Field(default=None, min_length=1, repr=False)
     dsn_file: str | None = Field(default=None, min_length=1)
-    dsn_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    dsn_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
     password_file: str | None = Field(default=None, min_length=1, repr=False)
-    password_env: str | None = Field(default=None, pattern=_ENV_NAME)
+    password_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
     batch: int = Field(default=500, ge=1, le=50_000)  # records per transaction at most
     flush_interval: float = Field(default=1.0, gt=0, le=60)  # seconds a record may wait
     max_queue: int = Field(default=100_000, ge=1, le=10_000_000)  # then the newest are dropped
@@ -706,6 +707,182 @@ class AdminConfig(Strict):
         return f"http://{host}:{port}"
 
 
+class AlertDampingConfig(Strict):
+    """Flap damping of alerts (RFC 2439's, for alerts) and the rate limit on top."""
+
+    penalty: float = Field(default=1000.0, ge=0, le=1e9)  # a change out of service
+    penalty_other: float = Field(default=250.0, ge=0, le=1e9)  # any other change
+    suppress: float = Field(default=3000.0, gt=0, le=1e12)
+    reuse: float = Field(default=750.0, gt=0, le=1e12)
+    half_life: Seconds = 60.0
+    max_suppress: Seconds = 600.0
+    burst: int = Field(default=20, ge=1, le=10_000)  # alerts sent at once, at most
+    per_minute: float = Field(default=20.0, gt=0, le=60_000)  # and then this many a minute
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> AlertDampingConfig:
+        if self.reuse >= self.suppress:
+            raise ValueError(f"reuse ({self.reuse:g}) must be below suppress ({self.suppress:g})")
+        ceiling = self.settings().ceiling
+        if self.suppress > ceiling:
+            raise ValueError(
+                f"suppress ({self.suppress:g}) is above the highest penalty, "
+                f"reuse x 2^(max_suppress / half_life) = {ceiling:g}: nothing would be damped"
+            )
+        return self
+
+    def settings(self) -> DampingSettings:
+        return DampingSettings(**self.model_dump())
+
+
+AlertKind = Literal["state", "degraded", "overload"]
+_ALERT_KINDS: tuple[AlertKind, ...] = ("state", "degraded", "overload")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+
+
+class AlertHookConfig(Strict):
+    """A webhook (POST of a JSON body) or a command (argv, no shell) to tell of alerts."""
+
+    type: Literal["webhook", "command"]
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.\-]+$")
+    url: str | None = Field(default=None, max_length=2048)
+    argv: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    events: list[AlertKind] = Field(default_factory=lambda: list(_ALERT_KINDS), min_length=1)
+    timeout: float = Field(default=5.0, gt=0, le=300)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff: float = Field(default=1.0, ge=0, le=60)
+    queue: int = Field(default=100, ge=1, le=100_000)
+    format: Literal["json", "slack", "pagerduty"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_file: str | None = Field(default=None, min_length=1, repr=False)
+    secret_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
+    secret_header: str | None = Field(default=None, pattern=_HEADER_NAME.pattern)
+    secret_prefix: str = Field(default="", max_length=32, pattern=r"^[\x20-\x7e]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        # Never quoted: a Slack webhook's URL is its secret.
+        if value is None:
+            return value
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0].rpartition("@")[2]
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL (the URL is not shown)")
+        if not host or any(c in value for c in " \t\r\n\x00"):
+            raise ValueError("not a valid URL: no host, or spaces in it (the URL is not shown)")
+        return value
+
+    @field_validator("argv")
+    @classmethod
+    def _argv(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if any("\x00" in arg for arg in value):
+            raise ValueError("an argument holds a NUL character")
+        if not os.path.isabs(value[0]):
+            raise ValueError(
+                f"{value[0][:80]!r}: the command must be an absolute path "
+                "(it is run without a shell and without a PATH search)"
+            )
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name[:64]!r}: not a header name")
+            if not re.fullmatch(r"[\x20-\x7e\t]*", text):
+                raise ValueError(f"{name}: the value must be one line of printable ASCII")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME.fullmatch(name) or name.upper().startswith("TG_"):
+                raise ValueError(f"{name[:64]!r}: not a variable name of its own (TG_* are ours)")
+            if "\x00" in text:
+                raise ValueError(f"{name}: the value holds a NUL character")
+        return value
+
+    @model_validator(mode="after")
+    def _by_type(self) -> AlertHookConfig:
+        secret = self.secret_file is not None or self.secret_env is not None
+        if self.secret_file is not None and self.secret_env is not None:
+            raise ValueError("give secret_file or secret_env, not both")
+        if self.type == "webhook":
+            if self.url is None or self.argv is not None:
+                raise ValueError("a webhook needs url (and no argv)")
+            if self.format == "pagerduty" and not secret:
+                raise ValueError("format pagerduty needs a routing key: secret_file or secret_env")
+            if secret and self.format != "pagerduty" and self.secret_header is None:
+                raise ValueError("a webhook's secret needs secret_header, the header to send it in")
+        else:
+            if self.argv is None or self.url is not None:
+                raise ValueError("a command needs argv (and no url)")
+            if self.format != "json" or self.headers or self.secret_header is not None:
+                raise ValueError("format, headers and secret_header are for webhooks")
+        return self
+
+    def settings(self, index: int, base: Path) -> HookSettings:
+        """The hook, with its secret read now; ConfigError if it cannot be."""
+        name = self.name or f"{self.type}-{index + 1}"
+        secret = None
+        if self.secret_file is not None:
+            path = base / self.secret_file
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                where = f"alerts hook {name}: secret_file {path}"
+                raise ConfigError([f"{where}: cannot read it ({why})"]) from None
+            if not secret:
+                raise ConfigError([f"alerts hook {name}: secret_file {path}: it is empty"])
+        elif self.secret_env is not None:
+            secret = os.environ.get(self.secret_env)
+            if not secret:
+                raise ConfigError([f"alerts hook {name}: secret_env {self.secret_env}: not set"])
+        if secret is not None and not re.fullmatch(r"[\x20-\x7e]+", secret):
+            raise ConfigError([f"alerts hook {name}: the secret is not one line of printable text"])
+        return HookSettings(
+            name=name,
+            type=self.type,
+            url=self.url or "",
+            argv=tuple(self.argv or ()),
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            events=frozenset(self.events),
+            headers=tuple(self.headers.items()),
+            secret=secret,
+            secret_header=self.secret_header,
+            secret_prefix=self.secret_prefix,
+            env=tuple(self.env.items()),
+            queue=self.queue,
+            format=self.format,
+        )
+
+
+class AlertsConfig(Strict):
+    """Hooks told of state changes, every route degraded and overload (docs/alerts.md)."""
+
+    hooks: list[AlertHookConfig] = Field(default_factory=list, max_length=32)
+    router: str = Field(default="", max_length=64, pattern=r"^[\x20-\x7e]*$")  # "": host name
+    damping: AlertDampingConfig = AlertDampingConfig()
+    stop_timeout: float = Field(default=3.0, ge=0, le=60)
+
+    def settings(self, base: Path) -> AlertSettings:
+        return AlertSettings(
+            hooks=tuple(h.settings(i, base) for i, h in enumerate(self.hooks)),
+            damping=self.damping.settings(),
+            router=self.router,
+            stop_timeout=self.stop_timeout,
+        )
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"  # json: one object per line (ts, level, ...)
@@ -731,6 +908,7 @@ class RouterConfig(Strict):
     admin: AdminConfig = AdminConfig()
     records: RecordsConfig = RecordsConfig()
     log: LogConfig = LogConfig()
+    alerts: AlertsConfig = AlertsConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
     blocked: list[str] = Field(default_factory=list)
@@ -914,6 +1092,10 @@ class RouterConfig(Strict):
         """The credentials that answer ``carrier``'s challenges (``auth``, else ``register``)."""
         auth = carrier.auth or carrier.registration
         return None if auth is None else auth.credentials(self._base)
+
+    def alert_settings(self) -> AlertSettings:
+        """The alerts section with its secrets read (files, environment); ConfigError if not."""
+        return self.alerts.settings(self._base)
 
     def register_settings(self) -> dict[str, RegisterSettings]:
         """Every carrier's registration, by carrier name; ConfigError if a password is missing."""
