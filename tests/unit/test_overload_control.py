@@ -60,8 +60,21 @@ def test_the_refused_share_steers_the_queue_to_half_the_mark() -> None:
 )
 def test_each_signal_says_overloaded(load: Load, signal: str) -> None:
     control = OverloadControl(OverloadSettings(max_memory=500 << 20))
-    assert control.sample(load, 0.0) == "start"
+    if load.lag:  # lateness counts from the second sample in a row
+        assert control.sample(load, 0.0) is None and control.reject == 0.0
+    assert control.sample(load, 0.05) == "start"
     assert signal in control.why
+
+
+def test_one_stall_of_the_loop_is_no_overload() -> None:
+    control = OverloadControl()
+    for i in range(20):  # a 300 ms stall every half second: never two late samples in a row
+        lag = 0.3 if i % 10 == 0 else 0.001
+        assert control.sample(Load(lag=lag), i * 0.05) is None
+    assert control.reject == 0.0 and control.signal == ""
+    control.sample(Load(lag=0.3), 1.0)
+    assert control.sample(Load(lag=0.3), 1.05) == "start"  # late twice in a row: it is
+    assert "2 samples in a row" in control.why
 
 
 def test_busy_alone_with_an_empty_queue_is_not_overload() -> None:

@@ -94,6 +94,10 @@ WINDOW = 4  # samples (200 ms) over which new calls are counted per source
 MAX_COUNTED = 10_000  # sources whose new calls are counted per sample
 RELAXED_QUEUE = 0.25  # below this share of queue_high (and no other signal): relaxed
 MAX_REJECT = 0.99  # never refuse quite everything for load alone (memory can)
+# Samples in a row the loop must be late before that alone says overloaded: one stall (a
+# collection, a scrape, a busy neighbour) is no overload, and what it left waiting shows
+# in the receive queue's own signal at the next sample.
+LATE_SAMPLES = 2
 
 
 class OverloadControl:
@@ -113,6 +117,7 @@ class OverloadControl:
         self._offered: dict[str, int] = {}
         self._samples = 0
         self.light: frozenset[str] = frozenset()
+        self._late = 0  # samples in a row with the loop late by more than lag_high
 
     @property
     def active(self) -> bool:
@@ -128,8 +133,8 @@ class OverloadControl:
         high = self.queue_mark(load)
         if load.queued > high:
             return f"{load.queued >> 10} KB waiting in a receive queue"
-        if load.lag > s.lag_high:
-            return f"event loop {load.lag * 1000:.0f} ms late"
+        if self._late >= LATE_SAMPLES:
+            return f"event loop {load.lag * 1000:.0f} ms late, {self._late} samples in a row"
         if load.busy > s.busy_high and load.queued > high * RELAXED_QUEUE:
             return f"{load.busy:.0%} of the time on input with a queue building"
         return ""
@@ -157,6 +162,7 @@ class OverloadControl:
             self.reject = 0.0
             return None
         was = self.reject > 0.0
+        self._late = self._late + 1 if load.lag > self.settings.lag_high else 0
         why = self.signal = self.overloaded_by(load)
         s = self.settings
         if why:
@@ -164,7 +170,7 @@ class OverloadControl:
         high = self.queue_mark(load)
         if s.max_memory is not None and load.memory > s.max_memory:
             self.reject = 1.0
-        elif load.drops > 0 or load.lag > s.lag_high:
+        elif load.drops > 0 or self._late >= LATE_SAMPLES:
             # The kernel dropped, or the loop is late: the queue mark was not enough. Fast.
             more = max(RISE_MIN, (1.0 - self.reject) * RISE)
             self.reject = min(MAX_REJECT, self.reject + more)
