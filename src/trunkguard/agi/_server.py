@@ -124,6 +124,10 @@ class AgiServer:
                     )
             except (_Closed, ConnectionError):
                 pass
+            except Exception:  # a bug of ours must cost one session, never the listener
+                c["agi_errors"] += 1
+                if _often(c["agi_errors"]):
+                    log.exception("FastAGI: session from %s failed", _peer(writer))
             finally:
                 self.active -= 1
         finally:
