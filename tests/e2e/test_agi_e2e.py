@@ -232,14 +232,19 @@ def route(agi: tuple[str, int], number: str) -> tuple[str, list[str]]:
     return values.get("TG_PLAN_ID", ""), [values[f"TG_ROUTE_{i}"] for i in range(1, count + 1)]
 
 
-def report(agi: tuple[str, int], plan_id: str, n: int, status: str, cause: str) -> str:
+def report(agi: tuple[str, int], plan_id: str, n: int, status: str, cause: str) -> tuple[str, str]:
+    """A report session: what the server set in TG_REPORT and TG_FAILOVER."""
     with socket.create_connection(agi, timeout=DEADLINE) as sock:
         sock.sendall(header_block("report", [plan_id, str(n), status, cause]))
-        line = read_line(sock, time.monotonic() + DEADLINE).decode()
-        sock.sendall(b"200 result=1\n")
+        values = []
+        deadline = time.monotonic() + DEADLINE
+        for name in ("TG_REPORT", "TG_FAILOVER"):
+            line = read_line(sock, deadline).decode()
+            assert line.startswith(f"SET VARIABLE {name} "), line
+            values.append(line.rstrip("\n").split(" ", 3)[3].strip('"'))
+            sock.sendall(b"200 result=1\n")
         assert _closed(sock) == b""
-    assert line.startswith("SET VARIABLE TG_REPORT ")
-    return line.rstrip("\n").split(" ", 3)[3].strip('"')
+    return values[0], values[1]
 
 
 def test_reports_of_congestion_trip_the_carrier(tmp_path: Path) -> None:
@@ -253,13 +258,13 @@ def test_reports_of_congestion_trip_the_carrier(tmp_path: Path) -> None:
         for _ in range(8):
             plan_id, routes = route(lab.agi, "15551234567")
             assert routes == cheapest
-            assert report(lab.agi, plan_id, 1, "BUSY", "17") == "ok"
+            assert report(lab.agi, plan_id, 1, "BUSY", "17") == ("ok", "0")
         for i in range(5):
             plan_id, routes = route(lab.agi, "15551234567")
             assert routes == cheapest, f"b left out after {i} congestion reports"
-            assert report(lab.agi, plan_id, 1, "CONGESTION", "34") == "ok"
+            assert report(lab.agi, plan_id, 1, "CONGESTION", "34") == ("ok", "1")
             # Route 2 (a) answered: a's reports are its own.
-            assert report(lab.agi, plan_id, 2, "ANSWER", "16") == "ok"
+            assert report(lab.agi, plan_id, 2, "ANSWER", "16") == ("ok", "0")
         states = {t["name"]: t["state"] for t in lab.api("/api/targets")["targets"]}
         assert states["b"] == "DOWN" and states["a"] == "UP", states
         plan_id, routes = route(lab.agi, "15551234567")

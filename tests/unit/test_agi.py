@@ -236,7 +236,7 @@ def test_check_report() -> None:
     pid = t.add(routes, 0.0)
     r = check_report((pid, "2", "congestion", "34"), t, 1.0)
     assert r.route is routes[1] and r.verdict is not None and r.what == "CONGESTION/34"
-    assert r.verdict.klass is OutcomeClass.TRUNK_FAULT
+    assert r.verdict.klass is OutcomeClass.TRUNK_FAULT and r.failover
     assert check_report((pid, "2", "CONGESTION", "34"), t, 1.0).counter == "agi_report_duplicate"
     for args, counter in [
         ((pid,), "agi_report_bad"),
@@ -249,6 +249,10 @@ def test_check_report() -> None:
     ]:
         assert check_report(args, t, 1.0).counter == counter, args
     assert check_report((pid, "1", "BUSY", "17"), t, 61.0).counter == "agi_report_unknown_plan"
+    # Without the plan, the default tables still say whether to try the next route.
+    assert check_report(("0" * 16, "1", "CHANUNAVAIL", ""), t, 61.0).failover
+    assert not check_report(("0" * 16, "1", "BUSY", "17"), t, 61.0).failover
+    assert not check_report((pid, "1", "", ""), t, 61.0).failover
     fresh = t.add(routes, 100.0)
     r = check_report((fresh, "1", "NOANSWER"), t, 100.0)  # no HANGUPCAUSE given
     assert r.verdict is not None and r.what == "NOANSWER"

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..health import Verdict
+from ..health import FailureTable, Verdict
 from ..routing import Plan, Target
 from ._dial import NUMBER_RE, dial_string
 
@@ -23,6 +23,9 @@ REPORT_DIALSTATUS = frozenset(
     {"ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION", "CHANUNAVAIL", "DONTCALL", "TORTURE",
      "INVALIDARGS"}
 )  # fmt: skip
+
+
+_DEFAULT = FailureTable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class Report:
     what: str
     error: str = ""  # why it is not used; counted under ``counter``
     counter: str = ""
+    failover: bool = False  # whether the dialplan should try the next route (TG_FAILOVER)
 
 
 class PlanTable:
@@ -151,18 +155,21 @@ def check_report(args: tuple[str, ...], plans: PlanTable, now: float) -> Report:
             return Report(None, None, "", f"HANGUPCAUSE {cause_text[:10]!r} is not a Q.850 cause",
                           "agi_report_bad")
         cause = int(cause_text)
+    # Without its plan, the default tables still say whether to try the next route.
+    failover = _DEFAULT.classify_dial(status, cause).failover
     entry = plans.get(plan_id, now)
     if entry is None:
-        return Report(None, None, "", "unknown or expired plan id", "agi_report_unknown_plan")
+        return Report(None, None, "", "unknown or expired plan id", "agi_report_unknown_plan",
+                      failover)
     n = int(n_text)
     if not 1 <= n <= len(entry.routes):
         return Report(None, None, "", f"plan has {len(entry.routes)} routes, not {n}",
-                      "agi_report_bad")
-    if n in entry.reported:
-        return Report(None, None, "", f"route {n} of this plan already reported",
-                      "agi_report_duplicate")
-    entry.reported.add(n)
+                      "agi_report_bad", failover)
     route = entry.routes[n - 1]
     verdict = route.target.failures.classify_dial(status, cause)
+    if n in entry.reported:
+        return Report(None, None, "", f"route {n} of this plan already reported",
+                      "agi_report_duplicate", verdict.failover)
+    entry.reported.add(n)
     what = f"{status}/{cause}" if cause is not None else status
-    return Report(route, verdict, what)
+    return Report(route, verdict, what, failover=verdict.failover)

@@ -259,6 +259,7 @@ class AgiServer:
                 log.warning("FastAGI report ignored: %s (%d so far)", report.error,
                             c[report.counter])
             await self._command(session, reader, writer, "TG_REPORT", report.error)
+            await self._command(session, reader, writer, "TG_FAILOVER", str(int(report.failover)))
             return
         target = report.route.target.name
         health = self.runtime.health
@@ -272,6 +273,7 @@ class AgiServer:
             if self.on_change is not None:
                 self.on_change()
         await self._command(session, reader, writer, "TG_REPORT", "ok")
+        await self._command(session, reader, writer, "TG_FAILOVER", str(int(report.failover)))
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
