@@ -130,6 +130,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  call records: {records}")
     if alert_settings.hooks:
         print(f"  alerts: {describe_hooks(alert_settings)}")
+    if config.agi.enabled:
+        dials = [c.name for c in config.carriers if c.dial]
+        print(
+            f"  FastAGI route advisor on {config.agi.listen}: dial strings for "
+            f"{', '.join(dials) or 'no carrier (route will give none)'}"
+        )
     return 0
 
 

@@ -71,10 +71,15 @@ def read_line(sock: socket.socket, deadline: float) -> bytes:
 
 
 def read_to_eof(sock: socket.socket, deadline: float) -> bytes:
+    """All the peer sends until it closes. A reset counts as closed: a server that closes
+    on input it will not read (a line too long) leaves it unread, and the kernel resets."""
     out = b""
     while True:
         sock.settimeout(max(0.1, deadline - time.monotonic()))
-        chunk = sock.recv(4096)
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return out
         if not chunk:
             return out
         out += chunk
