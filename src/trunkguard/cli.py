@@ -130,6 +130,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  call records: {records}")
     if alert_settings.hooks:
         print(f"  alerts: {describe_hooks(alert_settings)}")
+    if config.agi.enabled:
+        dials = [c.name for c in config.carriers if c.dial]
+        print(
+            f"  FastAGI route advisor on {config.agi.listen}: dial strings for "
+            f"{', '.join(dials) or 'no carrier (route will give none)'}"
+        )
     return 0
 
 
@@ -185,9 +191,12 @@ async def _reload(
         return _reload_refused(runtime, exc, source)
     changed = config_changes(runtime.config, config)
     records_changed = config.records != runtime.config.records
+    agi_changed = config.agi != runtime.config.agi
     notes = runtime.reload(config, routing, loop.time(), targets, registrations)
     if records_changed:
         notes.append("records changes take effect at the next restart")
+    if agi_changed:
+        notes.append("agi changes take effect at the next restart (dial: strings at once)")
     for note in notes:
         log.warning("reload: %s", note)
     if router is not None:
@@ -364,7 +373,10 @@ async def _run(
             log.info("carrier %d: %s at %s", i, target.name, target.flow)
         if ready_file:
             with open(ready_file, "w", encoding="utf-8") as fh:
-                json.dump({"listen": [list(b) for b in router.bound]}, fh)
+                info: dict[str, Any] = {"listen": [list(b) for b in router.bound]}
+                if agi_server is not None and agi_server.bound is not None:
+                    info["agi"] = list(agi_server.bound)
+                json.dump(info, fh)
         if not proxy.draining:
             notifier.ready(router_status(runtime))
         heartbeat.start()
@@ -406,6 +418,25 @@ async def _run(
             await alerts.stop()
             runtime.close()
             return 1
+    agi_server = None
+    if config.agi.enabled:
+        # The FastAGI route advisor (route, report), in this process and loop.
+        from .agi._server import AgiServer
+
+        def after_agi_report() -> None:
+            if routers:
+                routers[0].flush()  # a report's state change may arm a new deadline
+
+        agi_server = AgiServer(runtime, config.agi.settings(), on_change=after_agi_report)
+        try:
+            await agi_server.start()
+        except OSError as exc:
+            log.error("cannot start the FastAGI advisor on %s: %s", config.agi.listen, exc)
+            if admin_server is not None:
+                await admin_server.close()
+            await alerts.stop()
+            runtime.close()
+            return 1
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
     try:
         tls_server = _tls_server(config)
@@ -426,6 +457,8 @@ async def _run(
         gc_policy.stop()
         heartbeat.stop()
         notifier.close()
+        if agi_server is not None:
+            await agi_server.close()
         if admin_server is not None:
             await admin_server.close()
         if recorder is not None:

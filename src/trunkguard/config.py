@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from .agi import AgiSettings, check_dial
 from .alerts import AlertSettings, DampingSettings, HookSettings
 from .dns import Destination, DnsSettings, Query
 from .health import FailureTable, HealthPolicy, OutcomeClass
@@ -356,6 +357,13 @@ class CarrierConfig(Strict):
     priority: int = Field(default=0, ge=0, le=1000)
     weight: int = Field(default=1, ge=0, le=1000)
     transit: bool = False  # calls arriving from this carrier may go out to carriers again
+    # What Asterisk's Dial() takes for this carrier, for the FastAGI route advisor (agi:).
+    dial: str | None = None
+
+    @field_validator("dial")
+    @classmethod
+    def _dial(cls, value: str | None) -> str | None:
+        return None if value is None else check_dial(value)
 
     @field_validator("uri")
     @classmethod
@@ -883,6 +891,40 @@ class AlertsConfig(Strict):
         )
 
 
+class AgiConfig(Strict):
+    """The FastAGI route advisor (route, report) for dialplans that dial carriers directly."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:4578"  # VICIdial's own FastAGI is on 4577
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
+    session_timeout: float = Field(default=10.0, gt=0, le=3600)
+    max_line: int = Field(default=1024, ge=128, le=65536)  # bytes, one line from Asterisk
+    max_header: int = Field(default=16384, ge=512, le=1 << 20)  # bytes, the agi_* block
+    max_routes: int = Field(default=10, ge=1, le=50)  # TG_ROUTE_1..N at most
+    plans: int = Field(default=100_000, ge=10, le=10_000_000)  # plan ids kept for report
+    plan_ttl: float = Field(default=3600.0, gt=0, le=86400)  # how long one stays valid
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen("tcp:" + value)
+        return value
+
+    def settings(self) -> AgiSettings:
+        lst = parse_listen("tcp:" + self.listen)
+        return AgiSettings(
+            host=lst.host,
+            port=lst.port,
+            max_sessions=self.max_sessions,
+            session_timeout=self.session_timeout,
+            max_line=self.max_line,
+            max_header=self.max_header,
+            max_routes=self.max_routes,
+            plans=self.plans,
+            plan_ttl=self.plan_ttl,
+        )
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"  # json: one object per line (ts, level, ...)
@@ -909,6 +951,7 @@ class RouterConfig(Strict):
     records: RecordsConfig = RecordsConfig()
     log: LogConfig = LogConfig()
     alerts: AlertsConfig = AlertsConfig()
+    agi: AgiConfig = AgiConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
     blocked: list[str] = Field(default_factory=list)

@@ -378,6 +378,27 @@ class HealthEngine:
             return self._move(h, Input.TRIAL_FAILED, f"trial call failed: {what}", now)
         return self._check_trip(h, now)
 
+    def outcome_reported(
+        self, name: str, verdict: Verdict, now: float, *, what: str
+    ) -> list[StateChange]:
+        """An attempt made elsewhere (Asterisk dialled the carrier itself and said how it
+        went): it counts toward the streak and the window like one of ours, but takes
+        no capacity, gives no response-time sample and is never a trial call.
+        """
+        h = self.targets.get(name)
+        if h is None or verdict.klass is OutcomeClass.NEUTRAL:
+            return []
+        h.attempts += 1
+        if verdict.klass is OutcomeClass.SUCCESS or not verdict.counts_against:
+            h.consecutive_faults = 0
+            h.window.append(True)
+            return []
+        h.faults += 1
+        h.consecutive_faults += 1
+        h.window.append(False)
+        h.last_fault = what
+        return self._check_trip(h, now)
+
     def _check_trip(self, h: TargetHealth, now: float) -> list[StateChange]:
         p = self.policy
         if h.consecutive_faults >= p.consecutive_faults:

@@ -148,6 +148,22 @@ class FailureTable:
         failover, counts = _POLICY[klass]
         return Verdict(klass, failover, counts)
 
+    def classify_dial(self, dialstatus: str, cause: int | None) -> Verdict:
+        """The verdict on an Asterisk Dial(): its DIALSTATUS, and its HANGUPCAUSE.
+
+        As with a Reason header, a Q.850 cause the table knows wins over the
+        status (CONGESTION with cause 17 is a busy line, not a trunk fault), but
+        for ANSWER and CANCEL, whose cause is the call's clearing, not the trunk's.
+        """
+        verdict = self.classify_dialstatus(dialstatus)
+        if verdict.klass in (OutcomeClass.SUCCESS, OutcomeClass.NEUTRAL) or cause is None:
+            return verdict
+        klass = self._q850.get(cause)
+        if klass is None:
+            return verdict
+        failover, counts = _POLICY[klass]
+        return Verdict(klass, failover, counts)
+
     @staticmethod
     def local_failure(kind: str) -> Verdict:
         """A timeout or an unreachable port: always a trunk fault."""
