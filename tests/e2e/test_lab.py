@@ -25,7 +25,9 @@ async def test_short_scenario(name: str, tmp_path: Path) -> None:
         f"detection {m['detection_s']} s ({m['detection_reason']})"
     )
     assert result.passed, result.checks
-    assert m["attempted"] == 100 and m["failed"] == 0 and m["hung"] == 0
+    # 10 s at 10 calls/s: the pacer starts what the loop lets it in the time (a loaded
+    # machine fitted 99), and every call it started must complete.
+    assert 90 <= m["attempted"] <= 100 and m["failed"] == 0 and m["hung"] == 0
     assert m["detection_s"] is not None and m["detection_s"] < 1.0
     assert {c["answered_by"] for c in result.calls if c["t"] < 4.0} == {"a"}
     assert {c["answered_by"] for c in result.calls if c["t"] > 5.0} == {"b"}
