@@ -445,6 +445,40 @@ async def test_sighup_reload_puts_new_hooks_in_force_and_a_refused_one_keeps_the
     assert out.read_text().splitlines() == ["state a FORCED_DOWN"]
 
 
+async def test_a_reload_stops_the_old_hooks_together_not_one_after_the_other(
+    tmp_path: Path, receiver: tuple[Receiver, str]
+) -> None:
+    """Six webhooks that hang: the reload that replaces them waits one stop_timeout for all
+    of them (a POST /api/reload answers then), not one per hook."""
+    rec, url = receiver
+    rec.mode = "hang"
+    config = parse_config(CONFIG)
+    config._base = tmp_path
+    runtime = Runtime(config)
+    loop = asyncio.get_running_loop()
+    runtime.start(loop.time())
+    hooks = tuple(
+        HookSettings(name=f"w{i}", type="webhook", url=url, timeout=60, retries=0)
+        for i in range(6)
+    )
+    service = AlertService(runtime, AlertSettings(hooks=hooks))
+    service.start()
+    try:
+        runtime.force_down("a", 60, loop.time(), "drill")
+        assert await wait_for(lambda: len(rec.requests) == len(hooks))  # each one is stuck
+        assert all(h.pending for h in service.hooks)
+        started = time.monotonic()
+        await service.reload(AlertSettings(stop_timeout=1.0))
+        took = time.monotonic() - started
+        assert service.hooks == []
+    finally:
+        await service.stop()
+        runtime.close()
+    # One after the other would be 6 s at least.
+    assert took < 4.0, f"the reload took {took:.1f}s"
+    assert runtime.proxy.counters["alerts_sent"] == 0
+
+
 async def test_overload_alerts_and_each_hooks_events_filter(
     tmp_path: Path, receiver: tuple[Receiver, str]
 ) -> None:

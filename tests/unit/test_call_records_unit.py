@@ -5,7 +5,10 @@ of ``trunkguard calls`` and its output, the ``records:`` config."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -408,6 +411,24 @@ def test_calls_table(filled: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "5550000" not in out
     assert main(["calls", "-c", str(filled), "--number", "999"]) == 0
     assert "no calls" in capsys.readouterr().out
+
+
+def test_calls_into_a_closed_pipe_ends_without_a_traceback(filled: Path) -> None:
+    """``trunkguard calls --json | head -1``: the reader goes away, the command just stops."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "trunkguard", "calls", "-c", str(filled), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
 
 
 def test_calls_without_a_records_file_says_so(

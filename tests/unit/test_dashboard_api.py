@@ -173,6 +173,49 @@ async def test_failed_logins_are_throttled_per_address_and_logged_once(
     await login(client)
 
 
+async def test_logins_whose_bodies_arrive_together_are_throttled_too(
+    client: Client, runtime: Runtime
+) -> None:
+    """Guesses sent at once, each holding back its body until all are in: the throttle
+    still lets only its free tries through (the wait is looked at once the form is read)."""
+    guesses = 30
+    body = b"token=nope-nope"
+    head = (
+        "POST /login HTTP/1.1\r\nHost: {host}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: {n}\r\nConnection: close\r\n\r\n"
+    ).format(host=f"{client.host}:{client.port}", n=len(body))
+    go = asyncio.Event()
+    waiting = 0
+
+    async def guess() -> int:
+        nonlocal waiting
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(head.encode())
+            await writer.drain()
+            waiting += 1
+            await go.wait()
+            writer.write(body)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+            return int(status_line.split()[1])
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(guess()) for _ in range(guesses)]
+    deadline = time.monotonic() + 10
+    while waiting < guesses and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # every handler is now waiting for its body
+    go.set()
+    statuses = await asyncio.gather(*tasks)
+    dashboard = client.app[DASHBOARD_KEY]
+    assert statuses.count(401) == dashboard.throttle.free, statuses
+    assert statuses.count(429) == guesses - dashboard.throttle.free, statuses
+    assert counters(runtime)["admin_logins_failed"] == dashboard.throttle.free
+
+
 async def test_a_cross_origin_login_is_refused(client: Client) -> None:
     headers = {"Origin": "http://evil.example"}
     async with client.post("/login", data={"token": TOKEN}, headers=headers) as resp:

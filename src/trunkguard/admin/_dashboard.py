@@ -290,6 +290,9 @@ class Dashboard:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         address = request.remote or "unknown"
+        # The form first: with an await between the throttle's look and the failure it
+        # counts, guesses sent together (each holding back its body) would all be tried.
+        form = await request.post()
         now = self._now()
         wait = self.throttle.wait(address, now)
         if wait > 0:
@@ -300,7 +303,6 @@ class Dashboard:
                 429,
                 {"Retry-After": str(seconds)},
             )
-        form = await request.post()
         token, once = form.get("token"), form.get("once")
         ok, what = False, "token refused"
         if isinstance(token, str) and token.strip():
