@@ -141,6 +141,7 @@ async def test_the_page_holds_the_csrf_token_and_never_the_admin_token(client: C
             assert resp.status == 200, path
             assert TOKEN not in await resp.text()
             assert all(TOKEN not in v for v in resp.headers.values())
+            assert resp.headers.get("X-Content-Type-Options") == "nosniff", path
     async with client.get("/", headers=cookie) as resp:
         assert csrf in await resp.text()
 

@@ -69,6 +69,10 @@ SESSION_KEY = web.RequestKey("dashboard_session", Session)
 DASHBOARD_KEY: web.AppKey[Dashboard] = web.AppKey("dashboard")
 
 
+async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def _json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -137,6 +141,7 @@ class Dashboard:
         app.router.add_get("/api/failovers", self.failover_list)
         app.router.add_post("/api/login-links", self.login_link)
         app.router.add_static("/static", STATIC, append_version=False)
+        app.on_response_prepare.append(_nosniff)  # the static files too, not only the pages
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
