@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .alerts import describe_hooks
 from .config import ConfigError, RouterConfig, load_config
+from .dialer import describe as describe_dialer
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
 from .logs import CallLog, LogPipe
@@ -39,6 +40,7 @@ from .store import EventStore
 
 if TYPE_CHECKING:
     from .alerts._service import AlertService
+    from .dialer._service import DialerService
 
 UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
 log = logging.getLogger("trunkguard")
@@ -104,6 +106,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         registrations = config.register_settings()
         records = _records_where(config)
         alert_settings = config.alert_settings()
+        dialer_settings = config.dialer_settings()
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -130,6 +133,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  call records: {records}")
     if alert_settings.hooks:
         print(f"  alerts: {describe_hooks(alert_settings)}")
+    if dialer_settings.campaigns:
+        print(f"  dialer feedback: {describe_dialer(dialer_settings)}")
     return 0
 
 
@@ -151,6 +156,7 @@ async def _reload(
     router: Router | None,
     trigger: str = "SIGHUP",
     alerts: AlertService | None = None,
+    dialer: DialerService | None = None,
 ) -> ReloadOutcome:
     """Read the config and decks again; refuse them, keeping the old, if invalid.
 
@@ -181,6 +187,7 @@ async def _reload(
         return _reload_refused(runtime, ConfigError([_unexpected(exc, source)]), source)
     try:
         alert_settings = await loop.run_in_executor(None, config.alert_settings)  # reads secrets
+        dialer_settings = await loop.run_in_executor(None, config.dialer_settings)  # and these
     except ConfigError as exc:
         return _reload_refused(runtime, exc, source)
     changed = config_changes(runtime.config, config)
@@ -198,6 +205,8 @@ async def _reload(
     if alerts is not None:
         await alerts.reload(alert_settings)
         alerts.resync()
+    if dialer is not None:
+        await dialer.reload(dialer_settings)
     runtime.proxy.counters["reloads"] += 1
     what = f"; changed: {'; '.join(changed)}" if changed else "; no setting changed"
     log.info("reloaded %s: %d carriers%s", source, len(config.carriers), what)
@@ -284,6 +293,11 @@ async def _run(
 
     alerts = AlertService(runtime, config.alert_settings())
     alerts.start()
+    # Feedback to the dialer: a campaign's level follows its carriers' healthy capacity.
+    from .dialer._service import DialerService
+
+    dialer = DialerService(runtime, config.dialer_settings())
+    dialer.start()
     drains: set[asyncio.Task[None]] = set()
     # systemd (Type=notify): READY once listening, STATUS, RELOADING, STOPPING, watchdog.
     notifier = Notifier()
@@ -314,7 +328,7 @@ async def _run(
         notifier.reloading()
         try:
             return await _reload(
-                runtime, source, routers[0] if routers else None, trigger, alerts
+                runtime, source, routers[0] if routers else None, trigger, alerts, dialer
             )
         finally:
             if not proxy.draining:
@@ -343,6 +357,7 @@ async def _run(
             reloads.add(task)
             task.add_done_callback(reloads.discard)
             alerts.resync()
+            dialer.resync()
         router.flush()
 
     async def ready(router: Router) -> None:
@@ -404,6 +419,7 @@ async def _run(
         except OSError as exc:
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
             await alerts.stop()
+            await dialer.stop()
             runtime.close()
             return 1
     listeners = [(lst.transport, lst.host, lst.port) for lst in config.listeners()]
@@ -412,6 +428,7 @@ async def _run(
     except (OSError, ssl.SSLError) as exc:
         log.error("cannot load the tls: certificate: %s", exc)
         await alerts.stop()
+        await dialer.stop()
         runtime.close()
         return 1
     from .records._setup import FLUSH_WAIT, start_recorder
@@ -431,6 +448,7 @@ async def _run(
         if recorder is not None:
             await recorder.stop(FLUSH_WAIT)
         await alerts.stop()  # what is queued gets alerts.stop_timeout, then the hooks stop
+        await dialer.stop()
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -461,6 +479,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config.register_settings()
         _records_where(config)
         config.alert_settings()
+        config.dialer_settings()
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)
