@@ -1059,7 +1059,7 @@ class DialerConfig(Strict):
     vicidial: VicidialConfig | None = None
     webhook: DialWebhookConfig | None = None
     dry_run: bool = False  # only log what would be sent
-    degraded: float = Field(default=0.5, ge=0, le=1)  # a SUSPECT or PROBING carrier counts so
+    degraded: float = Field(default=0.5, ge=0, le=1)  # what a SUSPECT carrier counts for
     retry_after: float = Field(default=30.0, gt=0, le=3600)
     router: str = Field(default="", max_length=64, pattern=r"^[\x20-\x7e]*$")
 

@@ -211,7 +211,7 @@ async def test_the_service_lowers_step_by_step_and_restores(
         assert await wait_for(lambda: standin.levels("TESTOUT") == ["2.0", "1.0", "0.0"])
         for name in ("a", "b", "c"):
             runtime.restore(name, loop.time())
-        # restored targets go through PROBING (degraded) before UP, or straight UP
+        # restored targets come back UP (or through PROBING, which counts for nothing)
         assert await wait_for(lambda: standin.levels("TESTOUT")[-1:] == ["3.0"])
     finally:
         await service.stop()

@@ -44,10 +44,13 @@ def test_capacity_weights_and_states() -> None:
     got = capacity(carriers, {"a": State.DOWN, "b": State.UP, "c": State.UP}, 0.5)
     assert got.share == pytest.approx(0.75)
     assert got.detail == "a DOWN, b UP, c UP"
-    # every route degraded: SUSPECT and PROBING count for `degraded`
-    got = capacity(carriers, {"a": State.SUSPECT, "b": State.PROBING, "c": State.SUSPECT}, 0.5)
+    # every route degraded: SUSPECT counts for `degraded`
+    got = capacity(carriers, {"a": State.SUSPECT, "b": State.SUSPECT, "c": State.SUSPECT}, 0.5)
     assert got.share == pytest.approx(0.5)
-    for out in (State.DOWN, State.DRAINED, State.FORCED_DOWN):
+    got = capacity(carriers, {"a": State.SUSPECT, "b": State.UP, "c": State.SUSPECT}, 0.25)
+    assert got.share == pytest.approx((0.25 + 1 + 2 * 0.25) / 4)
+    # PROBING has not proven itself yet: a dead carrier passes through it at each hold-down
+    for out in (State.DOWN, State.PROBING, State.DRAINED, State.FORCED_DOWN):
         assert capacity([("a", 1.0)], {"a": out}, 0.5).share == 0.0
     assert capacity([("a", 1.0)], {}, 0.5).share == 0.0  # unknown: out
     assert capacity([("a", 1.0)], {}, 0.5).detail == "a unknown"

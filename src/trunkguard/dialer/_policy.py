@@ -2,8 +2,10 @@
 
 Invariants, in plain words:
 - A campaign's capacity is the share of its carriers' weight that is healthy: an UP
-  carrier counts fully, a SUSPECT or PROBING one for ``degraded`` (every route degraded
-  is a fall too), one DOWN, DRAINED or FORCED_DOWN not at all.
+  carrier counts fully, a SUSPECT one for ``degraded`` (every route degraded is a fall
+  too), one DOWN, PROBING, DRAINED or FORCED_DOWN not at all. PROBING is a carrier whose
+  hold-down is over but that has not proven itself yet: one still dead passes through it
+  at each hold-down, and must not raise the level.
 - The level for a share is the level of the lowest step whose ``below`` the share is
   under, else the normal level. Going down happens as soon as the share falls under a
   bound; going back up needs the share ``hysteresis`` above it, so a share hovering at a
@@ -25,8 +27,7 @@ from dataclasses import dataclass
 from ..health import State
 from ._settings import CampaignSettings, Step
 
-_OUT = frozenset({State.DOWN, State.DRAINED, State.FORCED_DOWN})
-_DEGRADED = frozenset({State.SUSPECT, State.PROBING})
+_DEGRADED = frozenset({State.SUSPECT})
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from ._settings import CampaignSettings, DialerSettings, describe
 from ._sinks import DeliveryFailed, Sink, Vicidial, Webhook
 
 log = logging.getLogger("trunkguard.dialer")
-_RANK = {State.UP: 2, State.SUSPECT: 1, State.PROBING: 1}  # the rest: 0 (out)
+_RANK = {State.UP: 3, State.SUSPECT: 2, State.PROBING: 1}  # a carrier: its best target
 
 
 class DialerService:

@@ -57,7 +57,7 @@ class DialerSettings:
     campaigns: tuple[CampaignSettings, ...] = ()
     vicidial: VicidialSettings | None = None
     webhook: WebhookSettings | None = None
-    degraded: float = 0.5  # what a SUSPECT or PROBING carrier counts for (UP: 1, out: 0)
+    degraded: float = 0.5  # what a SUSPECT carrier counts for (UP: 1; DOWN, PROBING...: 0)
     retry_after: float = 30.0  # seconds before a change that did not reach the dialer is sent again
     router: str = ""  # the router's name in webhooks; "" for the host name
 
