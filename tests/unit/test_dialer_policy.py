@@ -26,7 +26,7 @@ CAMP = CampaignSettings("SALES", normal=3.0, steps=STEPS, hysteresis=0.1, min_in
 
 
 def cap(share: float) -> dict[str, Capacity]:
-    return {"SALES": Capacity(share, "a UP, b DOWN", 2)}
+    return {"SALES": Capacity(share, (("a", State.UP), ("b", State.DOWN)))}
 
 
 def controller(**kw: object) -> DialController:
@@ -54,7 +54,8 @@ def test_capacity_weights_and_states() -> None:
         assert capacity([("a", 1.0)], {"a": out}, 0.5).share == 0.0
     assert capacity([("a", 1.0)], {}, 0.5).share == 0.0  # unknown: out
     assert capacity([("a", 1.0)], {}, 0.5).detail == "a unknown"
-    assert capacity([], {}, 0.5) == Capacity(0.0, "no carrier", 0)
+    assert capacity([], {}, 0.5) == Capacity(0.0)
+    assert capacity([], {}, 0.5).detail == "no carrier"
 
 
 def test_level_for_every_band_and_bound() -> None:
@@ -194,14 +195,14 @@ def test_failed_for_unknown_campaign_is_ignored() -> None:
 def test_missing_capacity_leaves_a_campaign_alone() -> None:
     c = controller()
     assert c.evaluate({}, 0.0) == []
-    assert c.evaluate({"OTHER": Capacity(0.0, "", 0)}, 0.0) == []
+    assert c.evaluate({"OTHER": Capacity(0.0)}, 0.0) == []
 
 
 def test_campaigns_are_independent() -> None:
     other = CampaignSettings("OTHER", normal=2.0, steps=(Step(0.5, 1.0),), min_interval=0.0)
     c = DialController([CAMP, other])
     ch = c.evaluate(
-        {"SALES": Capacity(0.7, "", 1), "OTHER": Capacity(0.4, "", 1)}, 0.0
+        {"SALES": Capacity(0.7), "OTHER": Capacity(0.4)}, 0.0
     )
     assert sorted((x.campaign, x.new) for x in ch) == [("OTHER", 1.0), ("SALES", 2.0)]
 

@@ -33,31 +33,36 @@ _DEGRADED = frozenset({State.SUSPECT})
 @dataclass(frozen=True, slots=True)
 class Capacity:
     share: float  # 0..1
-    detail: str  # "a DOWN, b UP, c UP"
-    carriers: int
+    states: tuple[tuple[str, State | None], ...] = ()  # each carrier's, for the reason
 
     @property
     def shown(self) -> str:
         return f"{self.share:.0%}"
+
+    @property
+    def detail(self) -> str:
+        """``a DOWN, b UP, c UP``: worked out only for a change's reason."""
+        if not self.states:
+            return "no carrier"
+        return ", ".join(f"{n} {s.value if s is not None else 'unknown'}" for n, s in self.states)
 
 
 def capacity(
     carriers: Sequence[tuple[str, float]], states: Mapping[str, State], degraded: float
 ) -> Capacity:
     """The healthy share of ``carriers`` (name, weight); a carrier with no state is out."""
-    total = sum(w for _, w in carriers)
-    if not carriers or total <= 0:
-        return Capacity(0.0, "no carrier", 0)
+    total = 0.0
     healthy = 0.0
-    parts = []
     for name, weight in carriers:
+        total += weight
         state = states.get(name)
         if state is State.UP:
             healthy += weight
         elif state in _DEGRADED:
             healthy += weight * degraded
-        parts.append(f"{name} {state.value if state is not None else 'unknown'}")
-    return Capacity(healthy / total, ", ".join(parts), len(carriers))
+    if total <= 0:
+        return Capacity(0.0)
+    return Capacity(healthy / total, tuple((n, states.get(n)) for n, _ in carriers))
 
 
 def level_for(share: float, campaign: CampaignSettings) -> tuple[float, Step | None]:

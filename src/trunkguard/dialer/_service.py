@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Sequence
 
 from ..health import State, StateChange
 from ..proxy import CoreEvent
@@ -43,6 +44,8 @@ class DialerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing: dict[str, int] = {}  # sink -> failures in the current burst
         self._members: dict[str, list[tuple[str, float]]] = {}  # campaign -> carriers
+        self._carrier_of: dict[str, str] = {}  # target -> its carrier
+        self._by_carrier: dict[str, list[str]] = {}  # carrier -> the campaigns it serves
         self.busy = False
 
     @property
@@ -102,8 +105,12 @@ class DialerService:
 
     # -- the listener: quick, never raises ----------------------------------------------------
     def feed(self, event: CoreEvent) -> None:
-        if isinstance(event, StateChange) and self.controller.campaigns:
-            self._evaluate(event.at)
+        if not isinstance(event, StateChange) or not self.controller.campaigns:
+            return
+        carrier = self._carrier_of.get(event.target)
+        only = self._by_carrier.get(carrier, ()) if carrier is not None else ()
+        if only:  # only the campaigns this carrier counts for
+            self._evaluate(event.at, only)
 
     def resync(self) -> None:
         """After start, a reload or a DNS change: the carriers of each campaign again."""
@@ -113,9 +120,15 @@ class DialerService:
             self.counters["dialer_errors"] += 1
             log.exception("dialer: could not work out the campaigns' carriers")
             return
+        self._carrier_of = {
+            t.name: t.carrier for t in self.runtime.proxy.targets if t.kind == CARRIER
+        }
+        self._by_carrier = {}
         for cid, members in self._members.items():
             if not members:
                 log.warning("dialer campaign %s: no carrier serves it", cid)
+            for name, _ in members:
+                self._by_carrier.setdefault(name, []).append(cid)
         if self._loop is not None:
             self._evaluate(self._loop.time())
 
@@ -136,24 +149,24 @@ class DialerService:
     def _carrier_targets(self) -> list[Target]:
         return [t for t in self.runtime.proxy.targets if t.kind == CARRIER]
 
-    def capacities(self) -> dict[str, Capacity]:
+    def capacities(self, only: Sequence[str] | None = None) -> dict[str, Capacity]:
+        """Each campaign's capacity now (or those in ``only``)."""
         targets = self.runtime.health.targets
         best: dict[str, State] = {}
-        for t in self.runtime.proxy.targets:
-            if t.kind != CARRIER or t.name not in targets:
+        for name, carrier in self._carrier_of.items():
+            h = targets.get(name)
+            if h is None:
                 continue
-            state = targets[t.name].state
-            held = best.get(t.carrier)
-            if held is None or _RANK.get(state, 0) > _RANK.get(held, 0):
-                best[t.carrier] = state
-        return {
-            cid: capacity(members, best, self.settings.degraded)
-            for cid, members in self._members.items()
-        }
+            held = best.get(carrier)
+            if held is None or _RANK.get(h.state, 0) > _RANK.get(held, 0):
+                best[carrier] = h.state
+        degraded = self.settings.degraded
+        ids = self._members if only is None else only
+        return {cid: capacity(self._members.get(cid, []), best, degraded) for cid in ids}
 
-    def _evaluate(self, now: float) -> None:
+    def _evaluate(self, now: float, only: Sequence[str] | None = None) -> None:
         try:
-            for change in self.controller.evaluate(self.capacities(), now):
+            for change in self.controller.evaluate(self.capacities(only), now):
                 self._publish(change)
         except Exception:
             self.counters["dialer_errors"] += 1
