@@ -553,7 +553,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
         lines.append((r.at, f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}"))
     for n in notices:
         when = datetime.fromtimestamp(n.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        label = "registration" if n.kind == "registration" else "ALARM"
+        label = n.kind if n.kind in ("registration", "dialer") else "ALARM"
         lines.append((n.at, f"{when}  {n.target:<12} {label:>11}    {n.state:<11} {n.detail}"))
     for _, line in sorted(lines, key=lambda item: item[0]):
         print(line)

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from vicidial import VicidialStandIn
 
+from trunkguard.cli import main
 from trunkguard.config import ConfigError, parse_config
 from trunkguard.dialer import (
     CampaignSettings,
@@ -194,7 +195,10 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
 
 
 async def test_the_service_lowers_step_by_step_and_restores(
-    runtime: Runtime, standin: VicidialStandIn, caplog: pytest.LogCaptureFixture
+    runtime: Runtime,
+    standin: VicidialStandIn,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = DialerSettings(campaigns=(CAMPAIGN,), vicidial=vici(standin.url))
@@ -223,6 +227,11 @@ async def test_the_service_lowers_step_by_step_and_restores(
     assert notices[-1].state == "restored"
     assert "capacity 67% (a FORCED_DOWN, b UP, c UP), below 80%" in notices[0].detail
     assert PASSWORD not in caplog.text
+    capsys.readouterr()
+    assert main(["events", "--db", str(runtime.store.path)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if " dialer " in x]
+    assert len(lines) == len(notices)
+    assert "TESTOUT" in lines[0] and "lowered" in lines[0] and "3.0 -> 2.0" in lines[0]
 
 
 async def test_a_failing_dialer_is_logged_once_per_burst_and_caught_up(
@@ -340,3 +349,24 @@ dialer:
     with pytest.raises(ConfigError) as got:
         config.dialer_settings()
     assert "dialer vicidial password" in str(got.value.problems)
+
+
+async def test_a_reload_keeps_the_level_and_uses_the_new_table(
+    runtime: Runtime, standin: VicidialStandIn
+) -> None:
+    settings = DialerSettings(campaigns=(CAMPAIGN,), vicidial=vici(standin.url))
+    service = DialerService(runtime, settings)
+    service.start()
+    loop = asyncio.get_running_loop()
+    try:
+        runtime.force_down("a", 600, loop.time(), "test")
+        assert await wait_for(lambda: standin.levels("TESTOUT") == ["2.0"])
+        # a new table: 2 of 3 carriers is now below 70 % -> 1.5; the level in force is kept
+        steps = (Step(0.7, 1.5), Step(0.2, 0.0))
+        new = CampaignSettings("TESTOUT", 2.5, steps, min_interval=0.0)
+        await service.reload(DialerSettings(campaigns=(new,), vicidial=vici(standin.url)))
+        assert await wait_for(lambda: standin.levels("TESTOUT") == ["2.0", "1.5"])
+        runtime.restore("a", loop.time())
+        assert await wait_for(lambda: standin.levels("TESTOUT") == ["2.0", "1.5", "2.5"])
+    finally:
+        await service.stop()
