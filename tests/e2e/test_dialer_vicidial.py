@@ -370,3 +370,33 @@ async def test_a_reload_keeps_the_level_and_uses_the_new_table(
         assert await wait_for(lambda: standin.levels("TESTOUT") == ["2.0", "1.5", "2.5"])
     finally:
         await service.stop()
+
+
+async def test_prefixes_take_the_carriers_routing_would_use(tmp_path: Path) -> None:
+    text = CONFIG + """
+routes:
+  - {prefix: "44", pin: [b, c]}
+  - {prefix: "1212", exclude: [a]}
+"""
+    config = parse_config(text.replace("  - {name: c,", "  - {max_calls: 30, name: c,"))
+    config._base = tmp_path
+    rt = Runtime(config)
+    rt.start(asyncio.get_running_loop().time())
+    uk = CampaignSettings("UK", 3.0, CAMPAIGN.steps, prefixes=("44",))
+    nyc = CampaignSettings("NYC", 3.0, CAMPAIGN.steps, prefixes=("1212",))
+    rest = CampaignSettings("US", 3.0, CAMPAIGN.steps, prefixes=("1",))
+    named = CampaignSettings("NAMED", 3.0, CAMPAIGN.steps, carriers=("a",))
+    service = DialerService(rt, DialerSettings(campaigns=(uk, nyc, rest, named)))
+    try:
+        assert service.members(uk) == [("b", 1.0), ("c", 30.0)]
+        assert service.members(nyc) == [("b", 1.0), ("c", 30.0)]
+        assert service.members(rest) == [("a", 1.0), ("b", 1.0), ("c", 30.0)]
+        assert service.members(named) == [("a", 1.0)]
+        service.start()
+        rt.force_down("b", 600, asyncio.get_running_loop().time(), "test")
+        caps = service.capacities()
+        assert caps["UK"].share == pytest.approx(30 / 31)  # weighed by max_calls
+        assert caps["NAMED"].share == 1.0
+    finally:
+        await service.stop()
+        rt.close()

@@ -149,3 +149,16 @@ def test_check_prints_the_section(
     out = capsys.readouterr().out
     assert "  dialer feedback: 2 campaign(s) to VICIdial at http://vici.example" in out
     assert "pw-123" not in out
+
+
+def test_the_docs_example_is_valid_and_its_table_holds() -> None:
+    from trunkguard.dialer import level_for
+
+    doc = (Path(__file__).parents[2] / "docs" / "dialer-feedback.md").read_text()
+    block = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(BASE + block)
+    camp = config.dialer.campaigns[0].settings(dry_run=False)
+    assert config.dialer.vicidial is not None and config.dialer.webhook is not None
+    # the doc's table: three equal carriers, 3, 2, 1, 0 of them UP
+    for up, level in ((3, 3.0), (2, 2.0), (1, 1.0), (0, 0.0)):
+        assert level_for(up / 3, camp)[0] == level
