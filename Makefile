@@ -133,6 +133,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/dashboard_cost.py
 	$(BIN)/python bench/alerts.py
 	$(BIN)/python bench/agi.py
+	$(BIN)/python bench/dialer.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

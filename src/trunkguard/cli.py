@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .alerts import describe_hooks
 from .config import ConfigError, RouterConfig, load_config
+from .dialer import describe as describe_dialer
 from .dns import DnsWatcher, Resolution
 from .health import HealthEngine, State, transition_table
 from .logs import CallLog, LogPipe
@@ -40,6 +41,7 @@ from .store import EventStore
 
 if TYPE_CHECKING:
     from .alerts._service import AlertService
+    from .dialer._service import DialerService
 
 UNREGISTER_WAIT = 2.0  # seconds a clean shutdown waits for the REGISTER (Expires: 0) answers
 log = logging.getLogger("trunkguard")
@@ -105,6 +107,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         registrations = config.register_settings()
         records = _records_where(config)
         alert_settings = config.alert_settings()
+        dialer_settings = config.dialer_settings()
     except ConfigError as exc:
         return _config_problems(exc)
     print(f"{source}: OK")
@@ -137,6 +140,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"  FastAGI route advisor on {config.agi.listen}: dial strings for "
             f"{', '.join(dials) or 'no carrier (route will give none)'}"
         )
+    if dialer_settings.campaigns:
+        print(f"  dialer feedback: {describe_dialer(dialer_settings)}")
     return 0
 
 
@@ -158,6 +163,7 @@ async def _reload(
     router: Router | None,
     trigger: str = "SIGHUP",
     alerts: AlertService | None = None,
+    dialer: DialerService | None = None,
 ) -> ReloadOutcome:
     """Read the config and decks again; refuse them, keeping the old, if invalid.
 
@@ -188,6 +194,7 @@ async def _reload(
         return _reload_refused(runtime, ConfigError([_unexpected(exc, source)]), source)
     try:
         alert_settings = await loop.run_in_executor(None, config.alert_settings)  # reads secrets
+        dialer_settings = await loop.run_in_executor(None, config.dialer_settings)  # and these
     except ConfigError as exc:
         return _reload_refused(runtime, exc, source)
     changed = config_changes(runtime.config, config)
@@ -208,6 +215,8 @@ async def _reload(
     if alerts is not None:
         await alerts.reload(alert_settings)
         alerts.resync()
+    if dialer is not None:
+        await dialer.reload(dialer_settings)
     runtime.proxy.counters["reloads"] += 1
     what = f"; changed: {'; '.join(changed)}" if changed else "; no setting changed"
     log.info("reloaded %s: %d carriers%s", source, len(config.carriers), what)
@@ -294,6 +303,11 @@ async def _run(
 
     alerts = AlertService(runtime, config.alert_settings())
     alerts.start()
+    # Feedback to the dialer: a campaign's level follows its carriers' healthy capacity.
+    from .dialer._service import DialerService
+
+    dialer = DialerService(runtime, config.dialer_settings())
+    dialer.start()
     drains: set[asyncio.Task[None]] = set()
     # systemd (Type=notify): READY once listening, STATUS, RELOADING, STOPPING, watchdog.
     notifier = Notifier()
@@ -324,7 +338,7 @@ async def _run(
         notifier.reloading()
         try:
             return await _reload(
-                runtime, source, routers[0] if routers else None, trigger, alerts
+                runtime, source, routers[0] if routers else None, trigger, alerts, dialer
             )
         finally:
             if not proxy.draining:
@@ -353,6 +367,7 @@ async def _run(
             reloads.add(task)
             task.add_done_callback(reloads.discard)
             alerts.resync()
+            dialer.resync()
         router.flush()
 
     async def ready(router: Router) -> None:
@@ -417,6 +432,7 @@ async def _run(
         except OSError as exc:
             log.error("cannot start the admin API on %s: %s", config.admin.listen, exc)
             await alerts.stop()
+            await dialer.stop()
             runtime.close()
             return 1
     agi_server = None
@@ -444,6 +460,7 @@ async def _run(
     except (OSError, ssl.SSLError) as exc:
         log.error("cannot load the tls: certificate: %s", exc)
         await alerts.stop()
+        await dialer.stop()
         runtime.close()
         return 1
     from .records._setup import FLUSH_WAIT, start_recorder
@@ -465,6 +482,7 @@ async def _run(
         if recorder is not None:
             await recorder.stop(FLUSH_WAIT)
         await alerts.stop()  # what is queued gets alerts.stop_timeout, then the hooks stop
+        await dialer.stop()
         runtime.close()
     counters = {k: v for k, v in sorted(proxy.counters.items()) if v}
     open_work = proxy.open_work()
@@ -495,6 +513,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config.register_settings()
         _records_where(config)
         config.alert_settings()
+        config.dialer_settings()
         routing = config.routing()
     except ConfigError as exc:
         return _config_problems(exc)
@@ -568,7 +587,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
         lines.append((r.at, f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}"))
     for n in notices:
         when = datetime.fromtimestamp(n.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        label = "registration" if n.kind == "registration" else "ALARM"
+        label = n.kind if n.kind in ("registration", "dialer") else "ALARM"
         lines.append((n.at, f"{when}  {n.target:<12} {label:>11}    {n.state:<11} {n.detail}"))
     for _, line in sorted(lines, key=lambda item: item[0]):
         print(line)

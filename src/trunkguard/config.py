@@ -32,6 +32,7 @@ from pydantic import (
 
 from .agi import AgiSettings, check_dial
 from .alerts import AlertSettings, DampingSettings, HookSettings
+from .dialer import CampaignSettings, DialerSettings, Step, VicidialSettings, WebhookSettings
 from .dns import Destination, DnsSettings, Query
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
@@ -925,6 +926,203 @@ class AgiConfig(Strict):
         )
 
 
+# -- dialer feedback (docs/dialer-feedback.md) -------------------------------------------------
+DialLevel = Annotated[float, Field(ge=0, le=18, multiple_of=0.01)]  # VICIdial: 0 to 18
+
+
+def _read_secret(where: str, base: Path, file: str | None, env: str | None) -> str | None:
+    """A secret from a file (relative to the config) or the environment; ConfigError if not."""
+    secret = None
+    if file is not None:
+        path = base / file
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError([f"{where}: {path}: cannot read it ({why})"]) from None
+        if not secret:
+            raise ConfigError([f"{where}: {path}: it is empty"])
+    elif env is not None:
+        secret = os.environ.get(env)
+        if not secret:
+            raise ConfigError([f"{where}: environment variable {env}: not set"])
+    if secret is not None and not re.fullmatch(r"[\x20-\x7e]+", secret):
+        raise ConfigError([f"{where}: the secret is not one line of printable text"])
+    return secret
+
+
+def _http_url(value: str) -> str:
+    # Never quoted: a URL may hold a token.
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL (the URL is not shown)")
+    if not host or any(c in value for c in " \t\r\n\x00"):
+        raise ValueError("not a valid URL: no host, or spaces in it (the URL is not shown)")
+    return value
+
+
+class DialStepConfig(Strict):
+    below: float = Field(gt=0, le=1)  # a share of the campaign's healthy capacity
+    level: DialLevel
+
+
+class DialCampaignConfig(Strict):
+    """A VICIdial campaign (or another dialer's), the numbers it dials, its level table."""
+
+    id: str = Field(min_length=2, max_length=8, pattern=r"^[A-Za-z0-9_\-]+$")
+    prefixes: list[str] = Field(default_factory=list, max_length=1000)
+    carriers: list[str] = Field(default_factory=list, max_length=1000)
+    normal: DialLevel
+    levels: list[DialStepConfig] = Field(min_length=1, max_length=20)
+    hysteresis: float = Field(default=0.1, ge=0, lt=1)
+    min_interval: float = Field(default=60.0, ge=0, le=86_400)
+    dry_run: bool | None = None  # None: the section's dry_run
+
+    @field_validator("prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not re.fullmatch(_DIGITS, prefix):
+                raise ValueError(f"{prefix[:40]!r}: a prefix is digits")
+        return value
+
+    @model_validator(mode="after")
+    def _table(self) -> DialCampaignConfig:
+        if self.prefixes and self.carriers:
+            raise ValueError("give prefixes or carriers, not both")
+        steps = sorted(self.levels, key=lambda s: -s.below)
+        if len({s.below for s in steps}) != len(steps):
+            raise ValueError("two levels have the same 'below'")
+        last = self.normal
+        for step in steps:
+            if step.level > last:
+                raise ValueError(
+                    f"below {step.below:g}: level {step.level:g} is above the level for more "
+                    f"capacity ({last:g}); less capacity must not dial faster"
+                )
+            last = step.level
+        if steps[0].level >= self.normal:
+            raise ValueError(f"below {steps[0].below:g}: the level is not below normal")
+        return self
+
+    def settings(self, dry_run: bool) -> CampaignSettings:
+        return CampaignSettings(
+            id=self.id,
+            normal=self.normal,
+            steps=tuple(
+                Step(s.below, s.level) for s in sorted(self.levels, key=lambda s: -s.below)
+            ),
+            prefixes=tuple(self.prefixes),
+            carriers=tuple(self.carriers),
+            hysteresis=self.hysteresis,
+            min_interval=self.min_interval,
+            dry_run=dry_run if self.dry_run is None else self.dry_run,
+        )
+
+
+class VicidialConfig(Strict):
+    """VICIdial's non_agent_api.php; the password from a file or the environment."""
+
+    url: str = Field(max_length=2048)
+    user: str = Field(min_length=1, max_length=20, pattern=r"^[\x21-\x7e]+$")
+    pass_file: str | None = Field(default=None, min_length=1, repr=False)
+    pass_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
+    source: str = Field(default="trunkguard", min_length=1, max_length=20, pattern=r"^\w+$")
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff: float = Field(default=1.0, ge=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _password(self) -> VicidialConfig:
+        if (self.pass_file is None) == (self.pass_env is None):
+            raise ValueError("give the API user's password as pass_file or pass_env (one)")
+        return self
+
+    def settings(self, base: Path) -> VicidialSettings:
+        password = _read_secret("dialer vicidial password", base, self.pass_file, self.pass_env)
+        assert password is not None
+        return VicidialSettings(
+            url=self.url,
+            user=self.user,
+            password=password,
+            source=self.source,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+        )
+
+
+class DialWebhookConfig(Strict):
+    """A POST of a JSON body per change, for dialers other than VICIdial."""
+
+    url: str = Field(max_length=2048)
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff: float = Field(default=1.0, ge=0, le=60)
+    secret_file: str | None = Field(default=None, min_length=1, repr=False)
+    secret_env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
+    secret_header: str | None = Field(default=None, pattern=_HEADER_NAME.pattern)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _secret(self) -> DialWebhookConfig:
+        if self.secret_file is not None and self.secret_env is not None:
+            raise ValueError("give secret_file or secret_env, not both")
+        if (self.secret_file or self.secret_env) and self.secret_header is None:
+            raise ValueError("a webhook's secret needs secret_header, the header to send it in")
+        return self
+
+    def settings(self, base: Path, router: str) -> WebhookSettings:
+        del router
+        return WebhookSettings(
+            url=self.url,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            secret=_read_secret("dialer webhook secret", base, self.secret_file, self.secret_env),
+            secret_header=self.secret_header,
+        )
+
+
+class DialerConfig(Strict):
+    """Feedback to the dialer: slow a campaign down when its carriers' capacity falls."""
+
+    campaigns: list[DialCampaignConfig] = Field(default_factory=list, max_length=500)
+    vicidial: VicidialConfig | None = None
+    webhook: DialWebhookConfig | None = None
+    dry_run: bool = False  # only log what would be sent
+    degraded: float = Field(default=0.5, ge=0, le=1)  # what a SUSPECT carrier counts for
+    retry_after: float = Field(default=30.0, gt=0, le=3600)
+    router: str = Field(default="", max_length=64, pattern=r"^[\x20-\x7e]*$")
+
+    @model_validator(mode="after")
+    def _campaigns(self) -> DialerConfig:
+        ids = [c.id for c in self.campaigns]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two campaigns have the same id")
+        return self
+
+    def settings(self, base: Path) -> DialerSettings:
+        return DialerSettings(
+            campaigns=tuple(c.settings(self.dry_run) for c in self.campaigns),
+            vicidial=None if self.vicidial is None else self.vicidial.settings(base),
+            webhook=None if self.webhook is None else self.webhook.settings(base, self.router),
+            degraded=self.degraded,
+            retry_after=self.retry_after,
+            router=self.router,
+        )
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"  # json: one object per line (ts, level, ...)
@@ -952,6 +1150,7 @@ class RouterConfig(Strict):
     log: LogConfig = LogConfig()
     alerts: AlertsConfig = AlertsConfig()
     agi: AgiConfig = AgiConfig()
+    dialer: DialerConfig = DialerConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
     blocked: list[str] = Field(default_factory=list)
@@ -1135,6 +1334,10 @@ class RouterConfig(Strict):
         """The credentials that answer ``carrier``'s challenges (``auth``, else ``register``)."""
         auth = carrier.auth or carrier.registration
         return None if auth is None else auth.credentials(self._base)
+
+    def dialer_settings(self) -> DialerSettings:
+        """The dialer section with its secrets read (files, environment); ConfigError if not."""
+        return self.dialer.settings(self._base)
 
     def alert_settings(self) -> AlertSettings:
         """The alerts section with its secrets read (files, environment); ConfigError if not."""
@@ -1486,7 +1689,21 @@ def cross_problems(data: Any) -> list[tuple[Loc, str]]:
         + _bad_blocked(data)
         + _two_keys(data)
         + _tls_listener(data)
+        + _dialer_carriers(data)
     )
+
+
+def _dialer_carriers(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    carriers = {name for loc, name in _target_names(data) if loc[0] == "carriers"}
+    dialer = data.get("dialer")
+    found: list[tuple[Loc, str]] = []
+    for i, campaign in _items(dialer if isinstance(dialer, dict) else {}, "campaigns"):
+        names = campaign.get("carriers")
+        unknown = [n for n in names if n not in carriers] if isinstance(names, list) else []
+        if unknown:
+            listed = ", ".join(map(str, unknown))
+            found.append((("dialer", "campaigns", i, "carriers"), f"no carrier named {listed}"))
+    return found
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[tuple[Loc, str]]:
