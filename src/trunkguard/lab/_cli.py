@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ._dashboard import LabDashboard
 from ._live import LiveView
+from ._quality import describe_quality
 from ._registration import describe
 from ._report import write_html, write_json
 from ._run import LabResult, run_scenario
@@ -62,7 +63,7 @@ def _print_result(result: LabResult, console: Console) -> None:
             f"  [yellow]the router's event loop stalled {m['router_loop_stalls']} times: the "
             "machine was too busy, and these figures are partly the machine's[/yellow]"
         )
-    for line in describe(m):
+    for line in [*describe(m), *describe_quality(m)]:
         console.print(f"  {line}")
     for name, ok, detail in result.checks:
         mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
