@@ -35,6 +35,11 @@ with enough samples on both sides, one of these holds (``r`` = ``well_below``):
 - or an absolute bound is crossed (``min_asr``, ``max_short_share``, ``min_acd``,
   ``max_pdd``; off unless set), which needs no peers.
 
+A demoted carrier is restored once it is halfway back: with ``r`` = (1 +
+``well_below``) / 2 in the tests above (0.75 by default), so a figure that
+hovers at the threshold does not flip the plans call after call. Without enough
+samples (aged out of the window) it is restored, to be judged afresh.
+
 A group's verdicts are worked out again on every call record of that group. A
 demoted carrier still gets the calls the others fail over; when its samples
 age out of the window it is judged on what is left, so it is re-tested after
@@ -302,10 +307,10 @@ class QualityTracker:
         for carrier, x in carriers.items():
             mine = self._figures(carrier, group, x)
             peers = self._peers(total, x, n_all - len(x.seizures), ended_all - len(x.calls))
-            reasons = self._reasons(mine, peers)
+            before = self._verdicts.get((carrier, group))
+            reasons = self._reasons(mine, peers, before is not None and before[0])
             down = bool(reasons)
             text = "; ".join(reasons) if down else mine.summary(s)
-            before = self._verdicts.get((carrier, group))
             self._verdicts[(carrier, group)] = (down, text)
             if (before is not None and before[0]) != down:
                 changes.append(QualityChange(carrier, group, down, text, now))
@@ -330,9 +335,12 @@ class QualityTracker:
             short_share=short / ended if ended >= s.min_acd_samples else None,
         )
 
-    def _reasons(self, mine: QualityFigures, peers: QualityFigures) -> list[str]:
+    def _reasons(self, mine: QualityFigures, peers: QualityFigures, demoted: bool) -> list[str]:
+        """Why ``mine`` is well below its peers, if it is. A carrier demoted already must
+        come halfway back to its peers to be restored (``r`` is then (1 + well_below) / 2),
+        so a figure that hovers at the threshold does not flip the plans with every call."""
         s = self.settings
-        r = s.well_below
+        r = (1 + s.well_below) / 2 if demoted else s.well_below
         out: list[str] = []
         calls = f"over {mine.seizures} calls"
         if mine.asr is not None:

@@ -238,6 +238,19 @@ def test_a_carrier_that_improves_is_restored() -> None:
     assert [c.demoted for c in changes] == [False]
 
 
+def test_a_figure_at_the_threshold_does_not_flip_the_verdict() -> None:
+    q = QualityTracker(QualitySettings(window=1e6))
+    fill(q, "b", 100, 0.0)  # peers: 100 %
+    assert [c.demoted for c in fill(q, "a", 60, 0.0, busy_every=3)] == [True]  # 33 %
+    # Back over the threshold (60 of 100, 60 %) but not halfway to the peers: still demoted.
+    assert fill(q, "a", 40, 10.0) == []
+    assert q.judge("a", ALL, 20.0)[0] is True
+    assert q.judge("a", ALL, 20.0)[1] == "ASR 60 % over 100 calls (peers 100 %)"
+    changes = fill(q, "a", 80, 20.0)  # 140 of 180: 78 %
+    assert [c.demoted for c in changes] == [False]
+    assert q.judge("a", ALL, 40.0) == (False, "ASR 78 % over 180 calls")
+
+
 def test_forget_drops_a_carrier() -> None:
     q = QualityTracker()
     fill(q, "b", 40, 0.0)
