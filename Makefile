@@ -132,6 +132,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/records.py
 	$(BIN)/python bench/dashboard_cost.py
 	$(BIN)/python bench/alerts.py
+	$(BIN)/python bench/quality.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

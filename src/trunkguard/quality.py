@@ -40,7 +40,9 @@ A demoted carrier is restored once it is halfway back: with ``r`` = (1 +
 hovers at the threshold does not flip the plans call after call. Without enough
 samples (aged out of the window) it is restored, to be judged afresh.
 
-A group's verdicts are worked out again on every call record of that group. A
+A group's verdicts are worked out again on a call record of that group, at most
+once per ``evaluate_every`` second (the samples go in with every record): at a
+high call rate, the figures and their text are not made again for each call. A
 demoted carrier still gets the calls the others fail over; when its samples
 age out of the window it is judged on what is left, so it is re-tested after
 at most a window.
@@ -75,6 +77,7 @@ class QualitySettings:
     groups: tuple[str, ...] = ()  # destination prefix groups (digits)
     group_digits: int = 0  # else the number's first digits; 0: one group, "*"
     cap: int = 5_000  # samples kept per (carrier, group) and kind
+    evaluate_every: float = 1.0  # seconds: a group's verdicts are worked out at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,7 @@ class QualityTracker:
         self._longest = max((len(g) for g in self._groups), default=0)
         self._series: dict[str, dict[str, _Series]] = {}  # group -> carrier -> samples
         self._verdicts: dict[tuple[str, str], tuple[bool, str]] = {}
+        self._evaluated: dict[str, float] = {}  # group -> when its verdicts were worked out
         self.dropped = 0  # samples of (carrier, group) pairs past MAX_KEYS
         self._keys = 0
 
@@ -223,7 +227,12 @@ class QualityTracker:
                 seconds = max(record.ended - record.answered, 0.0)
                 series.add_call(record.ended, seconds, s.short_call, s.cap)
                 touched = True
-        return self.evaluate(group, record.ended) if touched else []
+        if not touched:
+            return []
+        last = self._evaluated.get(group)
+        if last is not None and 0 <= record.ended - last < s.evaluate_every:
+            return []  # the samples are in; the verdicts wait for the next record after that
+        return self.evaluate(group, record.ended)
 
     def _of(self, carrier: str, group: str) -> _Series | None:
         carriers = self._series.setdefault(group, {})
@@ -291,6 +300,7 @@ class QualityTracker:
         carriers = self._series.get(group)
         if not carriers:
             return []
+        self._evaluated[group] = now
         start = now - s.window
         for series in carriers.values():
             series.trim(start, s.short_call)

@@ -24,6 +24,11 @@ from trunkguard.routing import CarrierRoute, DeckColumns, RoutingTable, build_pl
 from trunkguard.sip import parse_uri
 
 TABLE = FailureTable()
+
+
+def S(**kw: object) -> QualitySettings:
+    """Settings that work the verdicts out on every record, so counts in reasons are exact."""
+    return QualitySettings(evaluate_every=0.0, **kw)  # type: ignore[arg-type]
 US = "15551234567"
 UK = "447700900123"
 
@@ -100,12 +105,12 @@ def fill(
 
 
 def test_groups_longest_prefix_then_digits_then_all() -> None:
-    q = QualityTracker(QualitySettings(groups=("44", "447", "1")))
+    q = QualityTracker(S(groups=("44", "447", "1")))
     assert q.group_of(UK) == "447"
     assert q.group_of("442079460000") == "44"
     assert q.group_of(US) == "1"
     assert q.group_of("33123456789") == ALL
-    digits = QualityTracker(QualitySettings(groups=("447",), group_digits=2))
+    digits = QualityTracker(S(groups=("447",), group_digits=2))
     assert digits.group_of(UK) == "447"
     assert digits.group_of("33123456789") == "33"
     assert digits.group_of("9") == ALL  # shorter than the digits asked for
@@ -116,7 +121,7 @@ def test_groups_longest_prefix_then_digits_then_all() -> None:
 
 
 def test_figures_need_their_minimum_samples() -> None:
-    q = QualityTracker(QualitySettings(min_asr_samples=30, min_pdd_samples=30, min_acd_samples=10))
+    q = QualityTracker(S(min_asr_samples=30, min_pdd_samples=30, min_acd_samples=10))
     fill(q, "a", 9, 0.0, seconds=30.0)
     f = q.figures("a", ALL, 100.0)
     assert (f.seizures, f.answered, f.ended) == (9, 9, 9)
@@ -131,7 +136,7 @@ def test_figures_need_their_minimum_samples() -> None:
 
 
 def test_only_attempts_health_does_not_count_as_faults_feed_quality() -> None:
-    q = QualityTracker(QualitySettings(min_asr_samples=1))
+    q = QualityTracker(S(min_asr_samples=1))
     faults = (
         attempt("a", 503, 1.0),
         attempt("a", 403, 2.0),
@@ -149,7 +154,7 @@ def test_only_attempts_health_does_not_count_as_faults_feed_quality() -> None:
 
 
 def test_the_window_slides_and_the_cap_bounds_memory() -> None:
-    q = QualityTracker(QualitySettings(window=60.0, min_asr_samples=1, cap=50))
+    q = QualityTracker(S(window=60.0, min_asr_samples=1, cap=50))
     fill(q, "a", 100, 0.0, every=0.1, status=486)
     f = q.figures("a", ALL, 20.0)
     assert f.seizures == 50  # capped
@@ -160,7 +165,7 @@ def test_the_window_slides_and_the_cap_bounds_memory() -> None:
 
 
 def test_feed_ignores_other_events() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     assert q.feed(attempt("a", 200, 1.0)) == [] and q.feed("x") == []
 
 
@@ -168,7 +173,7 @@ def test_feed_ignores_other_events() -> None:
 
 
 def test_a_fake_busy_carrier_is_demoted_for_its_group_only() -> None:
-    q = QualityTracker(QualitySettings(groups=("1", "44")))
+    q = QualityTracker(S(groups=("1", "44")))
     fill(q, "b", 40, 0.0)  # b answers everything to 1...
     changes = fill(q, "a", 40, 0.0, busy_every=5)  # ...a answers 1 in 5
     assert [(c.carrier, c.group, c.demoted) for c in changes] == [("a", "1", True)]
@@ -183,23 +188,23 @@ def test_a_fake_busy_carrier_is_demoted_for_its_group_only() -> None:
 
 
 def test_no_peers_no_demotion_unless_an_absolute_floor_is_set() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     assert fill(q, "a", 40, 0.0, busy_every=5) == []
-    floored = QualityTracker(QualitySettings(min_asr=0.3))
+    floored = QualityTracker(S(min_asr=0.3))
     changes = fill(floored, "a", 40, 0.0, busy_every=5)
     assert [c.demoted for c in changes] == [True]
     assert "ASR 20 % over 30 calls (floor 30 %)" in changes[0].reason
 
 
 def test_peers_below_their_minimum_do_not_count() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     fill(q, "b", 29, 0.0)
     assert fill(q, "a", 40, 0.0, busy_every=5) == []
     assert [c.demoted for c in fill(q, "b", 1, 10.0)] == [True]  # b reaches 30: a is judged
 
 
 def test_false_answers_are_caught_by_the_short_calls_and_acd() -> None:
-    q = QualityTracker(QualitySettings(short_call=6.0))
+    q = QualityTracker(S(short_call=6.0))
     fill(q, "b", 40, 0.0, seconds=60.0)
     changes = fill(q, "a", 40, 0.0, seconds=2.0)
     assert [c.demoted for c in changes] == [True]
@@ -210,17 +215,17 @@ def test_false_answers_are_caught_by_the_short_calls_and_acd() -> None:
 
 
 def test_a_long_pdd_demotes_only_past_the_margin() -> None:
-    q = QualityTracker(QualitySettings(pdd_margin=1.0))
+    q = QualityTracker(S(pdd_margin=1.0))
     fill(q, "b", 40, 0.0, pdd=0.1)
     assert fill(q, "a", 40, 0.0, pdd=0.6) == []  # six times longer, but 0.5 s: noise
-    q2 = QualityTracker(QualitySettings(pdd_margin=1.0))
+    q2 = QualityTracker(S(pdd_margin=1.0))
     fill(q2, "b", 40, 0.0, pdd=0.5)
     changes = fill(q2, "a", 40, 0.0, pdd=3.0)
     assert changes and "PDD 3.00 s over 30 calls (peers 0.50 s)" in changes[0].reason
 
 
 def test_a_demoted_carrier_comes_back_when_its_samples_age_out() -> None:
-    q = QualityTracker(QualitySettings(window=60.0))
+    q = QualityTracker(S(window=60.0))
     fill(q, "b", 40, 0.0, seconds=5.0)
     assert [c.demoted for c in fill(q, "a", 40, 0.0, busy_every=5, seconds=5.0)] == [True]
     # Only b's calls from now on (a is demoted): a's samples leave the window.
@@ -230,7 +235,7 @@ def test_a_demoted_carrier_comes_back_when_its_samples_age_out() -> None:
 
 
 def test_a_carrier_that_improves_is_restored() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     fill(q, "b", 40, 0.0)
     fill(q, "a", 30, 0.0, busy_every=5)
     assert q.judge("a", ALL, 4.0)[0] is True
@@ -239,7 +244,7 @@ def test_a_carrier_that_improves_is_restored() -> None:
 
 
 def test_a_figure_at_the_threshold_does_not_flip_the_verdict() -> None:
-    q = QualityTracker(QualitySettings(window=1e6))
+    q = QualityTracker(S(window=1e6))
     fill(q, "b", 100, 0.0)  # peers: 100 %
     assert [c.demoted for c in fill(q, "a", 60, 0.0, busy_every=3)] == [True]  # 33 %
     # Back over the threshold (60 of 100, 60 %) but not halfway to the peers: still demoted.
@@ -252,7 +257,7 @@ def test_a_figure_at_the_threshold_does_not_flip_the_verdict() -> None:
 
 
 def test_forget_drops_a_carrier() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     fill(q, "b", 40, 0.0)
     fill(q, "a", 40, 0.0, busy_every=5)
     q.forget("a")
@@ -261,9 +266,9 @@ def test_forget_drops_a_carrier() -> None:
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
-        QualityTracker(QualitySettings(well_below=1.0))
+        QualityTracker(S(well_below=1.0))
     with pytest.raises(ValueError):
-        QualityTracker(QualitySettings(window=0))
+        QualityTracker(S(window=0))
 
 
 # -- the plan: cost, quality and health in one ranking -----------------------------------------
@@ -287,7 +292,7 @@ def routing(tmp_path: Path) -> RoutingTable:
 
 
 def demoted_a() -> QualityTracker:
-    q = QualityTracker(QualitySettings(groups=("1", "44")))
+    q = QualityTracker(S(groups=("1", "44")))
     fill(q, "b", 200, 0.0)
     fill(q, "c", 40, 0.0)
     fill(q, "a", 240, 0.0, busy_every=8)
@@ -327,7 +332,7 @@ def test_health_still_takes_out_and_quality_never_brings_back(routing: RoutingTa
 
 
 def test_every_carrier_demoted_keeps_cost_order(routing: RoutingTable) -> None:
-    q = QualityTracker(QualitySettings(min_asr=0.9))
+    q = QualityTracker(S(min_asr=0.9))
     for name in ("c", "b", "a"):
         fill(q, name, 40, 0.0, busy_every=2)
     plan = build_plan(US, TARGETS, 10.0, routing=routing, quality=q)
@@ -335,7 +340,7 @@ def test_every_carrier_demoted_keeps_cost_order(routing: RoutingTable) -> None:
 
 
 def test_config_order_without_routing_is_reordered_too() -> None:
-    q = QualityTracker()
+    q = QualityTracker(S())
     fill(q, "b", 40, 0.0)
     fill(q, "a", 40, 0.0, busy_every=5)
     plan = build_plan("15551234567", TARGETS, 10.0, quality=q)
@@ -344,7 +349,7 @@ def test_config_order_without_routing_is_reordered_too() -> None:
 
 
 def test_recorded_quality_reads_the_logged_demotions() -> None:
-    tracker = QualityTracker(QualitySettings(groups=("1",)))
+    tracker = QualityTracker(S(groups=("1",)))
     view = RecordedQuality(
         tracker,
         [
@@ -361,3 +366,14 @@ def test_recorded_quality_reads_the_logged_demotions() -> None:
     )
     assert view.judge("b", "1", 0.0) == (False, None)
     assert view.judge("c", "1", 0.0) == (False, None)
+
+
+def test_verdicts_are_worked_out_at_most_once_per_evaluate_every() -> None:
+    q = QualityTracker(QualitySettings(evaluate_every=1.0))
+    fill(q, "b", 40, 0.0, every=0.1, seconds=1.0)
+    # 40 busies in 0.4 s: judged on the first (too few samples then), not on the others.
+    assert fill(q, "a", 40, 7.0, every=0.01, status=486) == []
+    assert q.figures("a", ALL, 8.0).seizures == 40 and q.judge("a", ALL, 8.0)[0] is False
+    later = q.feed(record("a", 486, 10.0))
+    assert [c.demoted for c in later] == [True]
+    assert later[0].reason.startswith("ASR 0 % over 41 calls (peers 100 %)")
