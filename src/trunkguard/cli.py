@@ -30,7 +30,7 @@ from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
 from .proxy._tls import server_context
-from .quality import QualityTracker, RecordedQuality
+from .quality import KnownQuality, QualityTracker, RecordedQuality
 from .register import RegisterSettings
 from .reloading import ReloadOutcome, Serialized, config_changes
 from .routing import NumberRules, QualityView, RoutingTable, build_plan
@@ -577,10 +577,16 @@ def _cmd_route(args: argparse.Namespace) -> int:
     if routing is not None:
         for pool in routing.pools:  # the tiers as the live states put them
             pool.update(health.admits, 0.0)
+    where = ""
+    live_quality, said = _live_quality(config, plan.number or args.number)
+    if live_quality is not None:
+        quality, where = live_quality, f" and the quality figures of the router at {said}"
+    elif said:
+        print(said)
     live = build_plan(
         args.number, targets, 0.0, routing=routing, numbers=numbers, health=health, quality=quality
     )
-    print(f"with the live states in {path}:")
+    print(f"with the live states in {path}{where}:")
     _print_plan(live)
     return 0 if live.rejected is None else 1
 
@@ -596,6 +602,32 @@ def _recorded_quality(config: RouterConfig, store: EventStore, wall: float) -> Q
         if n.kind == "quality"
     ]
     return RecordedQuality(QualityTracker(settings), rows)
+
+
+def _live_quality(config: RouterConfig, number: str) -> tuple[QualityView | None, str]:
+    """The running router's verdicts for ``number``'s group, from its admin API (GET
+    /api/quality), and its URL; or None and why not (empty: no admin API, no quality)."""
+    settings = config.quality_settings()
+    if settings is None or not config.admin.token:
+        return None, ""
+    from urllib.parse import quote
+
+    from .admin._status import _get, _NoStatus
+
+    url = config.admin.url()
+    try:
+        view = _get(url, f"/api/quality?number={quote(number)}", config.admin.token)
+        group = str(view["group"])
+        carriers = view["groups"].get(group, {})
+        verdicts = {
+            (str(name), group): (bool(v["demoted"]), str(v["why"] or ""))
+            for name, v in carriers.items()
+        }
+    except _NoStatus as exc:
+        return None, f"no live quality figures ({exc}): the demotions the event log recorded"
+    except (KeyError, TypeError, AttributeError):
+        return None, f"{url} did not answer like a trunkguard admin API: the event log's demotions"
+    return KnownQuality(QualityTracker(settings), verdicts), url
 
 
 def _print_plan(plan: Plan) -> None:

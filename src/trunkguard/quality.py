@@ -289,6 +289,30 @@ class QualityTracker:
             return False, None
         return found
 
+    def snapshot(self, group: str | None, now: float) -> dict[str, dict[str, object]]:
+        """Group -> carrier -> figures and verdict, JSON-able (``group``: that one only)."""
+        out: dict[str, dict[str, object]] = {}
+        for g, carriers in self._series.items():
+            if group is not None and g != group:
+                continue
+            view: dict[str, object] = {}
+            for carrier in carriers:
+                f = self.figures(carrier, g, now)
+                down, text = self.judge(carrier, g, now)
+                view[carrier] = {
+                    "demoted": down,
+                    "why": text,
+                    "seizures": f.seizures,
+                    "answered": f.answered,
+                    "asr": f.asr,
+                    "pdd_s": f.pdd,
+                    "ended": f.ended,
+                    "acd_s": f.acd,
+                    "short_share": f.short_share,
+                }
+            out[g] = view
+        return out
+
     def demoted(self) -> list[tuple[str, str, str]]:
         """Every (carrier, group, why) demoted now."""
         return [(c, g, why) for (c, g), (down, why) in self._verdicts.items() if down]
@@ -384,6 +408,23 @@ class QualityTracker:
             elif s.max_pdd is not None and mine.pdd > s.max_pdd:
                 out.append(f"{pdd} (ceiling {s.max_pdd:g} s)")
         return out
+
+
+class KnownQuality:
+    """Verdicts read from elsewhere (the live router's API), for ``trunkguard route``."""
+
+    def __init__(
+        self, tracker: QualityTracker, verdicts: dict[tuple[str, str], tuple[bool, str]]
+    ) -> None:
+        self._tracker = tracker
+        self._verdicts = verdicts
+
+    def group_of(self, number: str) -> str:
+        return self._tracker.group_of(number)
+
+    def judge(self, carrier: str, group: str, now: float) -> tuple[bool, str | None]:
+        del now
+        return self._verdicts.get((carrier, group), (False, None))
 
 
 class RecordedQuality:

@@ -7,10 +7,15 @@ log and explains the plan with it.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from trunkguard.admin import AdminSettings, start_admin
 from trunkguard.cli import main
 from trunkguard.config import ConfigError, load_config, parse_config
 from trunkguard.health import FailureTable, State
@@ -21,7 +26,9 @@ NUMBER = "15551234567"
 TABLE = FailureTable()
 
 
-def write_config(tmp_path: Path, quality: str = "{enabled: true, groups: ['1']}") -> Path:
+def write_config(
+    tmp_path: Path, quality: str = "{enabled: true, groups: ['1']}", extra: str = ""
+) -> Path:
     for name, rate in (("a", "0.002"), ("b", "0.004"), ("c", "0.006")):
         (tmp_path / f"{name}.csv").write_text(f"prefix,rate\n1,{rate}\n44,{rate}\n")
     carriers = "\n".join(
@@ -38,7 +45,7 @@ carriers:
 probe: {{enabled: false}}
 store: {{path: "{tmp_path / 'events.db'}"}}
 quality: {quality}
-"""
+{extra}"""
     )
     return path
 
@@ -140,3 +147,66 @@ quality: {enabled: true, groups: ["44"], group_digits: 2}
         with pytest.raises(ConfigError) as exc:
             parse_config(text.replace(text.splitlines()[-1], f"quality: {bad}"))
         assert field in str(exc.value), str(exc.value)
+
+
+TOKEN = "quality-token-5b7e1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(url: str, token: str | None = TOKEN) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_live_figures_from_the_admin_api_in_route(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    path = write_config(tmp_path, extra=f'admin: {{listen: "127.0.0.1:{port}", token: {TOKEN}}}\n')
+    config, _ = load_config(path)
+    rt = Runtime(config)
+    rt.start(asyncio.get_running_loop().time())
+    admin = await start_admin(rt, AdminSettings(port=port, token=TOKEN))
+    try:
+        t0 = asyncio.get_running_loop().time() - 60.0  # on the router's clock: in its window
+        for i in range(60):
+            rt.proxy.events.append(call("b", 200, t0 + i * 0.5))
+            rt.proxy.events.append(call("a", 200 if i % 8 == 0 else 486, t0 + i * 0.5))
+            rt.proxy.events.append(call("c", 200, t0 + i * 0.5))
+        rt.pump()
+        base = f"http://127.0.0.1:{port}/api/quality"
+        status, view = await asyncio.to_thread(get, f"{base}?number=%2B{NUMBER}")
+        assert status == 200 and view["enabled"] is True and view["group"] == "1"
+        groups = view["groups"]
+        assert isinstance(groups, dict)
+        a = groups["1"]["a"]
+        assert a["demoted"] is True and a["seizures"] == 60 and a["asr"] == pytest.approx(8 / 60)
+        assert groups["1"]["b"]["demoted"] is False and groups["1"]["b"]["asr"] == 1.0
+        assert view["demoted"] == [{"carrier": "a", "group": "1", "why": a["why"]}]
+        assert (await asyncio.to_thread(get, f"{base}?number=12ab"))[0] == 400
+        assert (await asyncio.to_thread(get, base, None))[0] == 401
+        assert await asyncio.to_thread(main, ["route", NUMBER, "-c", str(path)]) == 0
+        out = capsys.readouterr().out
+        live = out.split("with the live states in", 1)[1]
+        assert f"and the quality figures of the router at http://127.0.0.1:{port}:" in live
+        assert "try in order: b, c, a" in live
+        lines = {x.strip()[:1]: x.strip() for x in live.splitlines() if x.strip()[1:3] == ": "}
+        assert lines["a"].endswith("ASR 13 % over 60 calls (peers 100 %) \u2192 demoted for 1")
+        assert lines["b"].endswith("; cost rank), ASR 100 % over 60 calls")  # live, not logged
+    finally:
+        await admin.close()
+        rt.close()
+    # The router gone: route says so and explains from the event log.
+    assert await asyncio.to_thread(main, ["route", NUMBER, "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "no live quality figures" in out and "try in order: b, c, a" in out
