@@ -90,7 +90,9 @@ def summary_table(results: list[LabResult]) -> Table:
             r.scenario,
             str(m["attempted"]),
             str(m["failed"]),
-            str(m["detection_s"]),
+            str(m["detection_s"])
+            if "quality_demoted_s" not in m
+            else f"health {m['detection_s']}, quality {m['quality_demoted_s']}",
             str(m["last_invite_to_faulted_s"]),
             str(m["pdd_during"]["p95_ms"]),
             f"{m['route_flips']}" + (f" (bound {m['flip_bound']})" if "flip_bound" in m else ""),
