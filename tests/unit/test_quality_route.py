@@ -210,3 +210,23 @@ async def test_live_figures_from_the_admin_api_in_route(
     assert await asyncio.to_thread(main, ["route", NUMBER, "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "no live quality figures" in out and "try in order: b, c, a" in out
+
+
+def test_a_reload_keeps_the_figures_unless_quality_changes(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config, _ = load_config(path)
+    rt = Runtime(config)
+    try:
+        tracker = rt.quality
+        assert tracker is not None
+        rt.reload(config, config.routing(), 1.0)
+        assert rt.quality is tracker and rt.proxy.quality is tracker  # same settings: kept
+        changed, _ = load_config(write_config(tmp_path, "{enabled: true, window: 120}"))
+        rt.reload(changed, changed.routing(), 2.0)
+        assert rt.quality is not tracker and rt.quality is not None
+        assert rt.quality.settings.window == 120.0 and rt.proxy.quality is rt.quality
+        off, _ = load_config(write_config(tmp_path, "{enabled: false}"))
+        rt.reload(off, off.routing(), 3.0)
+        assert rt.quality is None and rt.proxy.quality is None
+    finally:
+        rt.close()
