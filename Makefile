@@ -134,6 +134,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/alerts.py
 	$(BIN)/python bench/agi.py
 	$(BIN)/python bench/dialer.py
+	$(BIN)/python bench/quality.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

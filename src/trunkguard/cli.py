@@ -32,9 +32,10 @@ from .proxy import AttemptRecord, Plan, Proxy, Target
 from .proxy._call import Branch, Call
 from .proxy._server import Router, serve
 from .proxy._tls import server_context
+from .quality import KnownQuality, QualityTracker, RecordedQuality
 from .register import RegisterSettings
 from .reloading import ReloadOutcome, Serialized, config_changes
-from .routing import NumberRules, RoutingTable, build_plan
+from .routing import NumberRules, QualityView, RoutingTable, build_plan
 from .runtime import Runtime
 from .service import Heartbeat, Notifier, router_status
 from .store import EventStore
@@ -587,7 +588,7 @@ def _cmd_events(args: argparse.Namespace) -> int:
         lines.append((r.at, f"{when}  {r.target:<12} {r.old:>11} -> {r.new:<11} {r.reason}{hold}"))
     for n in notices:
         when = datetime.fromtimestamp(n.at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-        label = n.kind if n.kind in ("registration", "dialer") else "ALARM"
+        label = n.kind if n.kind in ("registration", "dialer", "quality") else "ALARM"
         lines.append((n.at, f"{when}  {n.target:<12} {label:>11}    {n.state:<11} {n.detail}"))
     for _, line in sorted(lines, key=lambda item: item[0]):
         print(line)
@@ -615,11 +616,12 @@ def _cmd_route(args: argparse.Namespace) -> int:
         [t.name for t in targets], config.health_policy(), probes_enabled=config.probe.enabled
     )
     store = EventStore(path)
+    wall = time.time()
     try:
         last = store.last_states()
+        quality = _recorded_quality(config, store, wall)
     finally:
         store.close()
-    wall = time.time()
     for name, row in last.items():
         if name in health.targets:
             health.load_state(name, State(row.new), 0.0, reason=row.reason)
@@ -628,10 +630,57 @@ def _cmd_route(args: argparse.Namespace) -> int:
     if routing is not None:
         for pool in routing.pools:  # the tiers as the live states put them
             pool.update(health.admits, 0.0)
-    live = build_plan(args.number, targets, 0.0, routing=routing, numbers=numbers, health=health)
-    print(f"with the live states in {path}:")
+    where = ""
+    live_quality, said = _live_quality(config, plan.number or args.number)
+    if live_quality is not None:
+        quality, where = live_quality, f" and the quality figures of the router at {said}"
+    elif said:
+        print(said)
+    live = build_plan(
+        args.number, targets, 0.0, routing=routing, numbers=numbers, health=health, quality=quality
+    )
+    print(f"with the live states in {path}{where}:")
     _print_plan(live)
     return 0 if live.rejected is None else 1
+
+
+def _recorded_quality(config: RouterConfig, store: EventStore, wall: float) -> QualityView | None:
+    """The demotions the router last logged (within a quality window), with their figures."""
+    settings = config.quality_settings()
+    if settings is None:
+        return None
+    rows = [
+        (n.target, n.state, n.detail, datetime.fromtimestamp(n.at).strftime("%H:%M:%S"))
+        for n in store.notices(since=wall - settings.window, limit=100_000)
+        if n.kind == "quality"
+    ]
+    return RecordedQuality(QualityTracker(settings), rows)
+
+
+def _live_quality(config: RouterConfig, number: str) -> tuple[QualityView | None, str]:
+    """The running router's verdicts for ``number``'s group, from its admin API (GET
+    /api/quality), and its URL; or None and why not (empty: no admin API, no quality)."""
+    settings = config.quality_settings()
+    if settings is None or not config.admin.token:
+        return None, ""
+    from urllib.parse import quote
+
+    from .admin._status import _get, _NoStatus
+
+    url = config.admin.url()
+    try:
+        view = _get(url, f"/api/quality?number={quote(number)}", config.admin.token)
+        group = str(view["group"])
+        carriers = view["groups"].get(group, {})
+        verdicts = {
+            (str(name), group): (bool(v["demoted"]), str(v["why"] or ""))
+            for name, v in carriers.items()
+        }
+    except _NoStatus as exc:
+        return None, f"no live quality figures ({exc}): the demotions the event log recorded"
+    except (KeyError, TypeError, AttributeError):
+        return None, f"{url} did not answer like a trunkguard admin API: the event log's demotions"
+    return KnownQuality(QualityTracker(settings), verdicts), url
 
 
 def _print_plan(plan: Plan) -> None:

@@ -39,6 +39,7 @@ from .prober import ProbeSettings
 from .proxy import ProxySettings
 from .proxy._overload import OverloadSettings
 from .proxy._sources import Limit, SourceSettings
+from .quality import QualitySettings
 from .register import RegisterSettings
 from .routing import (
     POOL_MEMBER,
@@ -191,6 +192,43 @@ class RouteConfig(Strict):
     prefix: str = Field(pattern=_DIGITS)
     pin: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+
+
+class QualityConfig(Strict):
+    """Quality in route choice: carriers well below their peers for a destination go last."""
+
+    enabled: bool = False
+    window: Seconds = 600.0
+    min_samples_asr: int = Field(default=30, ge=1, le=100_000)
+    min_samples_pdd: int = Field(default=30, ge=1, le=100_000)
+    min_samples_acd: int = Field(default=10, ge=1, le=100_000)
+    short_call: float = Field(default=6.0, gt=0, le=3_600)
+    well_below: float = Field(default=0.5, gt=0, lt=1)
+    pdd_margin: float = Field(default=1.0, ge=0, le=60)
+    min_asr: float | None = Field(default=None, ge=0, le=1)
+    max_short_share: float | None = Field(default=None, ge=0, le=1)
+    min_acd: float | None = Field(default=None, ge=0, le=86_400)
+    max_pdd: float | None = Field(default=None, gt=0, le=600)
+    groups: list[Annotated[str, Field(pattern=_DIGITS)]] = Field(default_factory=list)
+    group_digits: int = Field(default=0, ge=0, le=8)
+
+    def settings(self, route_prefixes: Sequence[str] = ()) -> QualitySettings:
+        """The tracker's settings; the prefixes of ``routes:`` are groups too."""
+        return QualitySettings(
+            window=self.window,
+            min_asr_samples=self.min_samples_asr,
+            min_pdd_samples=self.min_samples_pdd,
+            min_acd_samples=self.min_samples_acd,
+            short_call=self.short_call,
+            well_below=self.well_below,
+            pdd_margin=self.pdd_margin,
+            min_asr=self.min_asr,
+            max_short_share=self.max_short_share,
+            min_acd=self.min_acd,
+            max_pdd=self.max_pdd,
+            groups=tuple(dict.fromkeys([*self.groups, *route_prefixes])),
+            group_digits=self.group_digits,
+        )
 
 
 class PoolMemberConfig(Strict):
@@ -1153,6 +1191,7 @@ class RouterConfig(Strict):
     dialer: DialerConfig = DialerConfig()
     numbers: NumbersConfig | None = None
     routes: list[RouteConfig] = Field(default_factory=list)
+    quality: QualityConfig = QualityConfig()
     blocked: list[str] = Field(default_factory=list)
     typical_call_seconds: Seconds = 90.0
     pools: list[PoolConfig] = Field(default_factory=list)
@@ -1277,6 +1316,12 @@ class RouterConfig(Strict):
         )
         numbers = (self.numbers or NumbersConfig()).rules()
         return table, numbers
+
+    def quality_settings(self) -> QualitySettings | None:
+        """The quality tracker's settings, or None when ``quality.enabled`` is off."""
+        if not self.quality.enabled:
+            return None
+        return self.quality.settings([r.prefix for r in self.routes])
 
     # -- what the proxy needs ------------------------------------------------------------
     def listeners(self) -> list[Listen]:

@@ -23,6 +23,7 @@ from .prober import Prober
 from .proxy import Alarm, AttemptRecord, CoreEvent, Flow, Proxy, RegistrationEvent, Target
 from .proxy._overload import OverloadEvent
 from .proxy._sources import BanEvent
+from .quality import QualityTracker
 from .register import FAILED, RegisterSettings, Registrations
 from .routing import NumberRules, RoutingTable
 from .stats import TargetStats
@@ -91,6 +92,9 @@ class Runtime:
         self.listeners: list[Callable[[CoreEvent], None]] = []
         self.stats = TargetStats()  # calls/s, ASR, ACD, PDD per target, over 5 minutes
         self.listeners.append(self.stats.feed)
+        self.quality: QualityTracker | None = None  # quality.enabled: demotions per group
+        self._set_quality(config)
+        self.listeners.append(self._quality_feed)
         self.store = store if store is not None else EventStore(config.store_path())
         self.prober = (
             Prober(self.proxy, self.health, config.probe_settings())
@@ -120,6 +124,33 @@ class Runtime:
         for pool in config.pools:
             for member in pool.members:
                 self.health.set_capacity(member.name, member.max_calls, None)
+
+    def _set_quality(self, config: RouterConfig) -> None:
+        """Start, keep or stop the quality tracker as ``quality:`` says (samples survive a
+        reload that leaves the settings alone)."""
+        settings = config.quality_settings()
+        if settings is None:
+            self.quality = None
+        elif self.quality is None or self.quality.settings != settings:
+            self.quality = QualityTracker(settings)
+        self.proxy.quality = self.quality
+
+    def _quality_feed(self, event: CoreEvent) -> None:
+        """A listener: the call records feed the tracker; each demotion is logged and kept."""
+        if self.quality is None:
+            return
+        for change in self.quality.feed(event):
+            state = "demoted" if change.demoted else "restored"
+            log.warning(
+                "carrier %s %s for %s: %s", change.carrier, state, change.group, change.reason
+            )
+            self.store.record_notice(
+                change.carrier,
+                "quality",
+                state,
+                f"for {change.group}: {change.reason}",
+                self._wall(change.at),
+            )
 
     def _wall(self, mono: float) -> float:
         return mono + self._offset
@@ -299,6 +330,8 @@ class Runtime:
         if all(t.name != name for t in self.proxy.targets):
             self.health.remove_target(name)
             self.stats.forget(name)
+            if self.quality is not None:
+                self.quality.forget(name)
 
     def _before_operator(self, name: str) -> State:
         """The health state the operator's drain or force-down interrupted, from the log.
@@ -362,6 +395,7 @@ class Runtime:
             notes.append("secret/secret_file changes take effect at the next restart")
         self.proxy.reconfigure(config.proxy_settings(), targets)
         self.proxy.routing, self.proxy.numbers = routing
+        self._set_quality(config)
         self.health.set_policy(config.health_policy())
         for target in targets:
             if target.name not in self.health.targets:

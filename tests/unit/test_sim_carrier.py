@@ -441,6 +441,8 @@ def test_snapshot_describes_the_mode() -> None:
         "ring_ms": 0,
         "delay_ms": 0,
         "period_s": 20.0,
+        "hangup_ms": 2000,
+        "busy_pct": 80,
     }
 
 
@@ -510,3 +512,54 @@ def test_requests_keep_their_own_request_type() -> None:
     message = parse_message(invite())
     assert isinstance(message, Request)
     message.check()
+
+
+# -- quality faults: health sees nothing wrong -------------------------------------------------
+
+
+def test_fake_busy_answers_486_to_its_share_evenly() -> None:
+    clock = Clock(Mode("fake-busy", busy_pct=80))
+    finals = []
+    for i in range(10):
+        out = clock.send(invite(call_id=f"c{i}", branch=f"z9hG4bKfb{i}"))
+        finals.append(codes(out)[-1])
+        assert codes(out)[0] == 100
+    assert finals.count(486) == 8 and finals.count(200) == 2
+    assert finals[:5].count(486) == 4  # spread: 4 in every 5, not 8 then 2
+    assert codes(Clock(Mode("fake-busy", busy_pct=0)).send(invite())) == [100, 180, 200]
+    assert codes(Clock(Mode("fake-busy", busy_pct=100)).send(invite())) == [100, 486]
+
+
+def test_false_answer_hangs_up_along_the_dialog_after_hangup_ms() -> None:
+    clock = Clock(Mode("false-answer", hangup_ms=2000))
+    contact = ("Contact: <sip:caller@127.0.0.1:5999>",)
+    rr = ("Record-Route: <sip:127.0.0.1:5060;lr>",)
+    assert codes(clock.send(request("INVITE", extra=(*rr, *contact)))) == [100, 180, 200]
+    clock.send(request("ACK", cseq_method="ACK", to_tag="x"), at=START + 0.1)
+    assert clock.run_until(START + 1.9) == []
+    out = clock.run_until(START + 2.1)
+    assert len(out) == 1 and out[0].addr == ("127.0.0.1", 5060)  # to the record-router
+    bye = parse_message(out[0].data)
+    assert isinstance(bye, Request) and bye.method == "BYE"
+    assert bye.uri == "sip:caller@127.0.0.1:5999"  # loose routing: the caller's Contact
+    assert bye.get_all("route") == ["<sip:127.0.0.1:5060;lr>"]
+    assert bye.from_.tag and bye.to.tag == "caller1" and bye.call_id == "call-1"
+    assert clock.core.counters.byes_sent == 1
+    ok = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: {bye.get('via')}\r\nFrom: {bye.get('from')}\r\nTo: {bye.get('to')}\r\n"
+        "Call-ID: call-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    clock.core.receive(ok, ("127.0.0.1", 5060), clock.now)
+    assert clock.core.counters.bye_answers == 1 and clock.core.counters.stray_responses == 0
+    # The caller's own BYE after that finds no call.
+    assert codes(clock.send(request("BYE", branch="z9hG4bKbye", cseq=2, to_tag="x"))) == [481]
+
+
+def test_false_answer_does_not_hang_up_a_call_already_over() -> None:
+    clock = Clock(Mode("false-answer", hangup_ms=2000))
+    clock.send(invite())
+    clock.send(request("BYE", branch="z9hG4bKbye", cseq=2, to_tag="x"), at=START + 1.0)
+    out = clock.run_until(START + 3.0)
+    assert all(isinstance(parse_message(d.data), Response) for d in out)
+    assert clock.core.counters.byes_sent == 0

@@ -31,6 +31,7 @@ from . import _calls, _input
 from ._dashboard import Dashboard
 from ._input import BadInput
 from ._metrics import Metrics
+from ._quality import BadQuery, quality_view
 from ._views import change_view, event_view, iso, registration_views, target_view
 
 log = logging.getLogger("trunkguard.admin")
@@ -211,6 +212,13 @@ class _Api:
         limit = _calls.calls_limit(request.query)
         return web.json_response(_calls.calls_view(self.runtime, limit, self._now()))
 
+    async def quality(self, request: web.Request) -> web.Response:
+        try:
+            view = quality_view(self.runtime, request.query, self._now())
+        except BadQuery as exc:
+            raise _Refused(400, str(exc)) from None
+        return web.json_response(view)
+
     async def counters(self, request: web.Request) -> web.Response:
         proxy = self.runtime.proxy
         return web.json_response(
@@ -268,6 +276,7 @@ def build_app(
     app.router.add_post("/api/targets/{name}/restore", api.restore)
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/counters", api.counters)
+    app.router.add_get("/api/quality", api.quality)
     app.router.add_post("/api/reload", api.reload)
     # Prometheus, behind the same token (its scrape config's authorization: credentials_file).
     metrics = app[METRICS] = Metrics(runtime)

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--period", type=float, default=20.0, help="flap: seconds healthy, then as many dead"
     )
+    parser.add_argument(
+        "--hangup-ms", type=int, default=2000, help="false-answer: the BYE this long after 200"
+    )
+    parser.add_argument(
+        "--busy-pct", type=int, default=80, help="fake-busy: share of INVITEs answered 486"
+    )
     parser.add_argument("--control", help="HTTP control interface on HOST:PORT (loopback)")
     reg = parser.add_argument_group("registrar (REGISTER with digest authentication)")
     reg.add_argument("--register-user", help="the account REGISTER must authenticate as")
@@ -167,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ring_ms=args.ring_ms,
             delay_ms=args.delay_ms,
             period_s=args.period,
+            hangup_ms=args.hangup_ms,
+            busy_pct=args.busy_pct,
         )
         host, port = _address(args.listen, "--listen")
         control = _address(args.control, "--control") if args.control else None

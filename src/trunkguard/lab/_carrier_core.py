@@ -19,6 +19,11 @@ killed         as blackhole, and every call and transaction is forgotten (the
                adapter closes the socket: the kernel answers, not us).
 registrar-     REGISTER is received and counted but never answered; every
 silent         other request as healthy.
+false-answer   as healthy, then ``hangup_ms`` after its 200 the carrier sends a
+               BYE along the dialog (the INVITE's Record-Route set, to its
+               Contact): an answer that is no conversation.
+fake-busy      INVITE: 100 then 486 for ``busy_pct`` % of calls, spread evenly
+               (a running count, not chance); the others as healthy.
 =============  ==============================================================
 
 With a registrar (:class:`RegistrarConfig`), REGISTER is answered by it
@@ -59,10 +64,11 @@ from ..sip import (
     new_tag,
     parse_message,
 )
-from ._carrier_counters import Counters
+from ._caller_dialog import Dialog
+from ._carrier_counters import Counters, remember
 from ._carrier_mode import REGISTRAR_SILENT, SILENT, Mode, behaviour, phase_end
 from ._carrier_registrar import Registrar, RegistrarConfig
-from ._carrier_wire import ALLOW, build_response, sdp_answer
+from ._carrier_wire import ALLOW, HEADER, build_response, sdp_answer
 
 Addr = tuple[str, int]
 TxnKey = tuple[str, str, str]  # branch, sent-by, method (an ACK belongs to its INVITE)
@@ -134,6 +140,8 @@ class CarrierCore:
         self._wakeups: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._out: list[Datagram] = []
+        self._busy_seen = 0  # fake-busy: INVITEs so far, for an even 486 share
+        self._hung_up: dict[str, None] = {}  # false-answer: Call-IDs we sent a BYE for
         self.registrar = Registrar(registrar) if registrar is not None else None
         #: (time, what) for every new REGISTER: "received", then "unanswered" or the
         #: registrar's outcome ("challenged", "accepted", ...). Oldest dropped first.
@@ -166,7 +174,11 @@ class CarrierCore:
             self._malformed(exc, exc.partial, addr)
             return self._flush()
         if isinstance(message, Response):
-            self.counters.stray_responses += 1
+            cseq = message.get("cseq") or ""
+            if cseq.rstrip().endswith("BYE") and message.get("call-id") in self._hung_up:
+                self.counters.bye_answers += 1
+            else:
+                self.counters.stray_responses += 1
             return self._flush()
         try:
             message.check()
@@ -312,12 +324,53 @@ class CarrierCore:
                 self._respond(call, 100)
             self._respond(call, mode.code, retry_after=mode.retry_after)
             return
+        if acting == "fake-busy":
+            self._busy_seen += 1
+            seen, pct = self._busy_seen, mode.busy_pct
+            if seen * pct // 100 != (seen - 1) * pct // 100:
+                self._respond(call, 100)
+                self._respond(call, 486)
+                return
         self._respond(call, 100)
         self._respond(call, 180)
         if mode.ring_ms <= 0:
-            self._respond(call, 200)
+            self._answered(call, acting)
         else:
-            self._at(self._now + mode.ring_ms / 1000, lambda: self._respond(call, 200))
+            self._at(self._now + mode.ring_ms / 1000, lambda: self._answered(call, acting))
+
+    def _answered(self, call: _Call, acting: str) -> None:
+        self._respond(call, 200)
+        if acting == "false-answer" and call.final == 200:
+            self._at(self._now + self.mode.hangup_ms / 1000, lambda: self._hang_up(call))
+
+    def _hang_up(self, call: _Call) -> None:
+        """false-answer: our BYE, as the callee side of the dialog (RFC 3261 §12.1.1)."""
+        if call.ended or self._calls.get(call.call_id) is not call:
+            return
+        invite = call.invite
+        try:
+            contacts = invite.contacts
+            dialog = Dialog(
+                call_id=call.call_id,
+                local=f"{invite.get('to')};tag={call.tag}",
+                remote=invite.get("from") or "",
+                remote_tag=invite.from_.tag,
+                remote_target=str(contacts[0].uri) if contacts else str(invite.uri),
+                route_set=tuple(invite.values("record-route")),  # in order, for the callee
+            )
+            hop = dialog.next_hop()
+        except ParseError:
+            self.counters.unparsable += 1
+            return
+        host, port = self.local
+        via = f"SIP/2.0/UDP {host}:{port};branch={MAGIC_COOKIE}{new_tag()};rport"
+        data = dialog.request("BYE", 1, via=via, extra=[(HEADER, self.name)])
+        call.ended = True
+        del self._calls[call.call_id]
+        remember(self._hung_up, call.call_id, MAX_CALLS)
+        self.counters.byes_sent += 1
+        if self.behaviour(self._now) not in SILENT:
+            self._out.append(Datagram(data, hop))
 
     def _cancel(self, req: Request, addr: Addr, key: TxnKey) -> None:
         invite = self._txns.get((key[0], key[1], "INVITE"))

@@ -42,6 +42,8 @@ class Counters:
     ack_timeouts: int = 0  # finals never acknowledged (Timer H, or the 2xx given up)
     send_errors: int = 0  # the socket refused a datagram
     invites: int = 0  # distinct Call-IDs among the INVITEs
+    byes_sent: int = 0  # false-answer: the carrier hung up
+    bye_answers: int = 0  # responses to those BYEs (counted apart from stray responses)
     _transactions: dict[tuple[str, ...], None] = field(default_factory=dict)
     _call_ids: dict[str, None] = field(default_factory=dict)
 
@@ -74,4 +76,6 @@ class Counters:
             "stray_responses": self.stray_responses,
             "ack_timeouts": self.ack_timeouts,
             "send_errors": self.send_errors,
+            "byes_sent": self.byes_sent,
+            "bye_answers": self.bye_answers,
         }

@@ -2,7 +2,11 @@
 
 A mode is data; what a carrier does at an instant is its *behaviour*, one of
 ``healthy``, ``reject``, ``options-only``, ``slow``, ``blackhole``, ``killed`` or
-``registrar-silent`` (REGISTER goes unanswered, everything else as healthy).
+``registrar-silent`` (REGISTER goes unanswered, everything else as healthy),
+``false-answer`` (answers as healthy, then hangs up with a BYE ``hangup_ms`` after
+the 200) or ``fake-busy`` (486 to ``busy_pct`` % of INVITEs, evenly spread; the
+rest answered as healthy). The last two look fine to health: they are quality
+faults, not trunk faults.
 Every mode but ``flap`` behaves as itself; ``flap`` behaves as ``healthy`` for
 ``period_s`` seconds from the moment it was set, then as ``blackhole`` for
 ``period_s``, and so on.
@@ -22,6 +26,8 @@ MODE_NAMES = (
     "flap",
     "killed",
     "registrar-silent",
+    "false-answer",
+    "fake-busy",
 )
 # The name for the options-only carrier, accepted where users type a mode.
 ALIASES = {"options-only-alive": "options-only"}
@@ -29,7 +35,16 @@ ALIASES = {"options-only-alive": "options-only"}
 SILENT = frozenset({"blackhole", "killed"})
 # Behaviours under which REGISTER alone is not answered.
 REGISTRAR_SILENT = frozenset({"registrar-silent"})
-_FIELDS = ("name", "code", "retry_after", "ring_ms", "delay_ms", "period_s")
+_FIELDS = (
+    "name",
+    "code",
+    "retry_after",
+    "ring_ms",
+    "delay_ms",
+    "period_s",
+    "hangup_ms",
+    "busy_pct",
+)
 
 
 class ModeError(ValueError):
@@ -55,6 +70,8 @@ class Mode:
     ring_ms: int = 0  # healthy, slow, flap: 180 to 200
     delay_ms: int = 0  # slow: before any answer
     period_s: float = 20.0  # flap: length of each healthy and each dead phase
+    hangup_ms: int = 2000  # false-answer: the carrier's BYE this long after its 200
+    busy_pct: int = 80  # fake-busy: the share of INVITEs answered 486
 
     def __post_init__(self) -> None:
         if self.name not in MODE_NAMES:
@@ -64,6 +81,8 @@ class Mode:
             _int_field("retry_after", self.retry_after, 0)
         _int_field("ring_ms", self.ring_ms, 0)
         _int_field("delay_ms", self.delay_ms, 0)
+        _int_field("hangup_ms", self.hangup_ms, 0)
+        _int_field("busy_pct", self.busy_pct, 0, 100)
         period = self.period_s
         if isinstance(period, bool) or not isinstance(period, int | float):
             raise ModeError(f"period_s must be a number of seconds, not {period!r}")
@@ -79,6 +98,10 @@ class Mode:
         ring = f", ring {self.ring_ms} ms" if self.ring_ms else ""
         if name == "slow":
             return f"slow {self.delay_ms} ms{ring}"
+        if name == "false-answer":
+            return f"false-answer: BYE {self.hangup_ms} ms after the 200{ring}"
+        if name == "fake-busy":
+            return f"fake-busy: 486 to {self.busy_pct} % of calls{ring}"
         if name == "flap":
             return f"flap {self.period_s:g} s healthy / {self.period_s:g} s dead{ring}"
         return f"{name}{ring}"

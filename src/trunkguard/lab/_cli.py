@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ._dashboard import LabDashboard
 from ._live import LiveView
+from ._quality import describe_quality
 from ._registration import describe
 from ._report import write_html, write_json
 from ._run import LabResult, run_scenario
@@ -62,7 +63,7 @@ def _print_result(result: LabResult, console: Console) -> None:
             f"  [yellow]the router's event loop stalled {m['router_loop_stalls']} times: the "
             "machine was too busy, and these figures are partly the machine's[/yellow]"
         )
-    for line in describe(m):
+    for line in [*describe(m), *describe_quality(m)]:
         console.print(f"  {line}")
     for name, ok, detail in result.checks:
         mark = "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
@@ -89,7 +90,9 @@ def summary_table(results: list[LabResult]) -> Table:
             r.scenario,
             str(m["attempted"]),
             str(m["failed"]),
-            str(m["detection_s"]),
+            str(m["detection_s"])
+            if "quality_demoted_s" not in m
+            else f"health {m['detection_s']}, quality {m['quality_demoted_s']}",
             str(m["last_invite_to_faulted_s"]),
             str(m["pdd_during"]["p95_ms"]),
             f"{m['route_flips']}" + (f" (bound {m['flip_bound']})" if "flip_bound" in m else ""),

@@ -29,6 +29,7 @@ from typing import Any
 from ._caller import CallGenerator, CallRecord, GeneratorSettings
 from ._carrier import Mode, SimCarrier
 from ._carrier_registrar import RegistrarConfig
+from ._quality import measure_quality, quality_config
 from ._registration import measure_registration
 from ._router import LabRouter
 from ._scenarios import Scenario
@@ -192,6 +193,8 @@ async def run_scenario(
     for sim in sims.values():
         await sim.start()
     config = lab_config({n: s.port for n, s in sims.items()}, accounts)
+    if scenario.quality:
+        config = quality_config(config, workdir.resolve())
     if admin is not None:
         config["admin"] = admin
     router = LabRouter(workdir, config)
@@ -287,6 +290,7 @@ def _call(r: CallRecord, t0: float) -> dict[str, Any]:
         # still lose its BYE (nobody can save that leg); it is counted apart, as cut.
         "ok": r.answered,
         "cut": r.answered and not r.ok,
+        "ended_by": r.ended_by,
     }
 
 
@@ -382,7 +386,11 @@ def measure(result: LabResult, scenario: Scenario) -> None:
         ]
         m["traffic_returns_s"] = round(back[0]["t"] - scenario.recover_at, 3) if back else None
     checks = result.checks
-    if scenario.expect_failed:
+    if scenario.quality:
+        measure_quality(result, scenario)
+    if scenario.name == "fake-busy":
+        pass  # its 486s reach the caller, as a real busy does: no zero-failure check
+    elif scenario.expect_failed:
         checks.append(("no hung calls", m["hung"] == 0, f"{m['hung']} hung"))
         clean = all(c["final"] is not None and c["final"] >= 200 for c in calls)
         checks.append(("every call got a final response", clean, f"finals {finals}"))

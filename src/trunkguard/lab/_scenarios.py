@@ -5,7 +5,8 @@ in front of simulated carriers a, b, c (a the cheapest, tried first; some
 scenarios use a and b only); the fault is injected into a (or all of them) at
 ``fault_at`` and, for some, taken back at ``recover_at``. The router registers
 to the carriers named in ``registers``: those are registrars too, and refuse
-INVITEs with 403 while the router is not registered.
+INVITEs with 403 while the router is not registered. The ``quality`` ones
+(``_quality``) tie a and b on cost, so they share the calls, and turn quality on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Scenario:
     expect_failed: bool = False  # all-down: calls must fail, cleanly
     carriers: tuple[str, ...] = ("a", "b", "c")
     registers: tuple[str, ...] = ()  # carriers the router registers to
+    quality: bool = False  # rate decks with a and b tied, quality on: a quality fault
     notes: list[str] = field(default_factory=list)
 
 
@@ -98,6 +100,24 @@ SCENARIOS: dict[str, Scenario] = {
             recover_at=21.0,
             carriers=("a", "b"),
             registers=("a",),
+        ),
+        Scenario(
+            # Calls are held 8 s, so a 2 s call is a short one (under quality.short_call, 6 s).
+            "false-answer",
+            "carrier a answers 200 and hangs up 2 s later; a and b share the traffic",
+            Mode("false-answer", hangup_ms=2000),
+            fault_at=4.0,
+            duration=30.0,
+            hold=8.0,
+            quality=True,
+        ),
+        Scenario(
+            "fake-busy",
+            "carrier a answers 486 to 80 % of calls; a and b share the traffic",
+            Mode("fake-busy", busy_pct=80),
+            fault_at=4.0,
+            duration=30.0,
+            quality=True,
         ),
     )
 }

@@ -26,7 +26,14 @@ from functools import partial
 from typing import NamedTuple
 
 from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
-from ..routing import CARRIER, NumberRules, RoutingTable, TlsClient, build_plan
+from ..routing import (
+    CARRIER,
+    NumberRules,
+    QualityView,
+    RoutingTable,
+    TlsClient,
+    build_plan,
+)
 from ..sip import (
     ClientInvite,
     ClientNonInvite,
@@ -159,6 +166,7 @@ class Proxy:
         self.health: HealthEngine | None = None
         self.routing: RoutingTable | None = None
         self.numbers: NumberRules | None = None
+        self.quality: QualityView | None = None  # demotions per destination group, read-only
         self._health_timer: TimerHandle | None = None
         self._pool_timer: TimerHandle | None = None
         # Until then our own event loop was (just) stalled: answers may have waited in our
@@ -816,6 +824,7 @@ class Proxy:
             health=self.health,
             counters=self.counters,
             inbound_from=peer if peer is not None and peer.kind == CARRIER else None,
+            quality=self.quality,
         )
 
     def admits(self, target: Target, now: float) -> bool:

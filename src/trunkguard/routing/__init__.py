@@ -3,7 +3,7 @@
 from ._deck import DeckColumns, DeckError, Rate, RateDeck, load_deck
 from ._number import NumberError, NumberRules, normalize
 from ._plan import CarrierRoute, Choice, RouteRule, RoutingTable
-from ._planner import HealthView, build_plan
+from ._planner import HealthView, QualityView, build_plan
 from ._pool import PoolMember, ServerPool
 from ._target import CARRIER, POOL_MEMBER, Addr, Flow, Plan, Target, TlsClient
 
@@ -21,6 +21,7 @@ __all__ = [
     "NumberRules",
     "Plan",
     "PoolMember",
+    "QualityView",
     "Rate",
     "RateDeck",
     "RouteRule",
