@@ -230,3 +230,37 @@ def test_a_reload_keeps_the_figures_unless_quality_changes(tmp_path: Path) -> No
         assert rt.quality is None and rt.proxy.quality is None
     finally:
         rt.close()
+
+
+def test_the_fastagi_advisor_ranks_with_quality_as_the_proxy_does(tmp_path: Path) -> None:
+    """A dialplan that dials the carriers itself gets the same ranking as a proxied call:
+    a carrier demoted for the number's group comes after its peers in TG_ROUTE_1..N."""
+    from trunkguard.agi import AgiSettings
+    from trunkguard.agi._advisor import advise
+    from trunkguard.agi._server import AgiServer
+
+    path = write_config(tmp_path)
+    text = path.read_text()
+    for n in "abc":
+        text = text.replace(f"{n}.csv}}}}", f'{n}.csv}}, dial: "PJSIP/${{NUMBER}}@{n}"}}')
+    path.write_text(text)
+    config, _ = load_config(path)
+    rt = Runtime(config)
+    try:
+        server = AgiServer(rt, AgiSettings())
+        before = advise(NUMBER, lambda u: server._plan(u, 30.0), server.templates(), 10)
+        assert [r.carrier for r in before.routes] == ["a", "b", "c"]  # cost alone
+        for i in range(60):
+            rt.proxy.events.append(call("b", 200, i * 0.5))
+            rt.proxy.events.append(call("a", 200 if i % 8 == 0 else 486, i * 0.5))
+        rt.pump()
+        assert rt.quality is not None and rt.quality.demoted()
+        advice = advise(NUMBER, lambda u: server._plan(u, 30.0), server.templates(), 10)
+        assert [r.dial for r in advice.routes] == ["PJSIP/15551234567@b", "PJSIP/15551234567@c",
+                                                   "PJSIP/15551234567@a"]
+        assert any(x.endswith("\u2192 demoted for 1") for x in advice.explain)
+        # Another group: a keeps its cost rank there too.
+        uk = advise("447700900123", lambda u: server._plan(u, 30.0), server.templates(), 10)
+        assert [r.carrier for r in uk.routes] == ["a", "b", "c"]
+    finally:
+        rt.close()

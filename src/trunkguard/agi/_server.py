@@ -217,7 +217,7 @@ class AgiServer:
                 return  # the caller is gone: the rest would be for nobody
 
     def _plan(self, user: str, now: float) -> Plan:
-        """The proxy's own plan for ``user``: the same health, capacity and cost."""
+        """The proxy's own plan for ``user``: the same health, capacity, cost and quality."""
         proxy = self.runtime.proxy
         return build_plan(
             user,
@@ -226,6 +226,7 @@ class AgiServer:
             routing=proxy.routing,
             numbers=proxy.numbers,
             health=proxy.health,
+            quality=proxy.quality,
             # Counters of its own: the panic and overflow counts stay the calls'.
             counters=self._plan_counters,
         )
