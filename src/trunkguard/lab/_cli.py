@@ -45,11 +45,16 @@ async def _one(
 
 def _print_result(result: LabResult, console: Console) -> None:
     m = result.metrics
+    if m["detection_s"] is None:
+        detection = "not detected by health"
+        if m.get("quality_demoted_s") is not None:
+            detection += f"; demoted by quality after {m['quality_demoted_s']} s"
+    else:
+        detection = f"detection {m['detection_s']} s ({m['detection_reason']})"
     console.print(
         f"  calls {m['attempted']}, failed {m['failed']}, hung {m['hung']}, answered then cut "
-        f"with the dead carrier {m['cut_after_answer']}; detection "
-        f"{m['detection_s']} s ({m['detection_reason']}); last new INVITE to the faulted "
-        f"carrier {m['last_invite_to_faulted_s']} s after the fault; route flips "
+        f"with the dead carrier {m['cut_after_answer']}; {detection}; last new INVITE to the "
+        f"faulted carrier {m['last_invite_to_faulted_s']} s after the fault; route flips "
         f"{m['route_flips']}"
     )
     for phase in ("before", "during", "after"):
