@@ -620,6 +620,27 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")  # an environment variable's name
 
 
+def _read_secret(where: str, base: Path, file: str | None, env: str | None) -> str | None:
+    """A secret from a file (relative to the config) or the environment; ConfigError if not."""
+    secret = None
+    if file is not None:
+        path = base / file
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError([f"{where}: {path}: cannot read it ({why})"]) from None
+        if not secret:
+            raise ConfigError([f"{where}: {path}: it is empty"])
+    elif env is not None:
+        secret = os.environ.get(env)
+        if not secret:
+            raise ConfigError([f"{where}: environment variable {env}: not set"])
+    if secret is not None and not re.fullmatch(r"[\x20-\x7e]+", secret):
+        raise ConfigError([f"{where}: the secret is not one line of printable text"])
+    return secret
+
+
 class RecordsConfig(Strict):
     """Call records (docs/call-records.md): SQLite beside the event log unless told otherwise."""
 
@@ -682,37 +703,19 @@ class RecordsConfig(Strict):
     def postgres_dsn(self, base: Path) -> tuple[str, str | None]:
         """The DSN and the password apart (None: in the DSN or none), read now; ConfigError."""
 
-        def from_file(field: str, name: str) -> str:
-            path = base / name
-            try:
-                text = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise ConfigError([f"records.{field} {path}: cannot read it ({why})"]) from None
-            if not text:
-                raise ConfigError([f"records.{field} {path}: it is empty"])
-            return text
-
-        def from_env(field: str, name: str) -> str:
-            text = os.environ.get(name, "").strip()
-            if not text:
-                raise ConfigError([f"records.{field} {name}: not set in the environment"])
-            return text
-
-        if self.dsn_file is not None:
-            dsn = from_file("dsn_file", self.dsn_file)
-        elif self.dsn_env is not None:
-            dsn = from_env("dsn_env", self.dsn_env)
-        else:
-            assert self.dsn is not None
-            dsn = self.dsn
+        dsn = _read_secret(
+            f"records.{'dsn_file' if self.dsn_file else 'dsn_env'}", base, self.dsn_file,
+            self.dsn_env,
+        ) or self.dsn
+        assert dsn is not None
         if not dsn.startswith(("postgresql://", "postgres://")):
             raise ConfigError(["records.dsn: expected postgresql://user@host:port/database"])
-        password = None
-        if self.password_file is not None:
-            password = from_file("password_file", self.password_file)
-        elif self.password_env is not None:
-            password = from_env("password_env", self.password_env)
+        password = _read_secret(
+            f"records.{'password_file' if self.password_file else 'password_env'}",
+            base,
+            self.password_file,
+            self.password_env,
+        )
         return dsn, password
 
 
@@ -877,23 +880,10 @@ class AlertHookConfig(Strict):
     def settings(self, index: int, base: Path) -> HookSettings:
         """The hook, with its secret read now; ConfigError if it cannot be."""
         name = self.name or f"{self.type}-{index + 1}"
-        secret = None
-        if self.secret_file is not None:
-            path = base / self.secret_file
-            try:
-                secret = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                where = f"alerts hook {name}: secret_file {path}"
-                raise ConfigError([f"{where}: cannot read it ({why})"]) from None
-            if not secret:
-                raise ConfigError([f"alerts hook {name}: secret_file {path}: it is empty"])
-        elif self.secret_env is not None:
-            secret = os.environ.get(self.secret_env)
-            if not secret:
-                raise ConfigError([f"alerts hook {name}: secret_env {self.secret_env}: not set"])
-        if secret is not None and not re.fullmatch(r"[\x20-\x7e]+", secret):
-            raise ConfigError([f"alerts hook {name}: the secret is not one line of printable text"])
+        kind = "secret_file" if self.secret_file is not None else "secret_env"
+        secret = _read_secret(
+            f"alerts hook {name}: {kind}", base, self.secret_file, self.secret_env
+        )
         return HookSettings(
             name=name,
             type=self.type,
@@ -966,27 +956,6 @@ class AgiConfig(Strict):
 
 # -- dialer feedback (docs/dialer-feedback.md) -------------------------------------------------
 DialLevel = Annotated[float, Field(ge=0, le=18, multiple_of=0.01)]  # VICIdial: 0 to 18
-
-
-def _read_secret(where: str, base: Path, file: str | None, env: str | None) -> str | None:
-    """A secret from a file (relative to the config) or the environment; ConfigError if not."""
-    secret = None
-    if file is not None:
-        path = base / file
-        try:
-            secret = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError([f"{where}: {path}: cannot read it ({why})"]) from None
-        if not secret:
-            raise ConfigError([f"{where}: {path}: it is empty"])
-    elif env is not None:
-        secret = os.environ.get(env)
-        if not secret:
-            raise ConfigError([f"{where}: environment variable {env}: not set"])
-    if secret is not None and not re.fullmatch(r"[\x20-\x7e]+", secret):
-        raise ConfigError([f"{where}: the secret is not one line of printable text"])
-    return secret
 
 
 def _http_url(value: str) -> str:

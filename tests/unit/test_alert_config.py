@@ -123,11 +123,11 @@ def test_secret_files_and_variables_are_checked_when_read(
     hook = "alerts: {hooks: [{type: webhook, url: 'http://h/', secret_header: X-Key, %s}]}"
     config = parse_config(BASE + hook % "secret_file: missing.key")
     config._base = tmp_path
-    with pytest.raises(ConfigError, match=r"secret_file .*missing\.key: cannot read it"):
+    with pytest.raises(ConfigError, match=r"secret_file: .*missing\.key: cannot read it"):
         config.alert_settings()
     monkeypatch.delenv("HOOK_KEY", raising=False)
     config = parse_config(BASE + hook % "secret_env: HOOK_KEY")
-    with pytest.raises(ConfigError, match="secret_env HOOK_KEY: not set"):
+    with pytest.raises(ConfigError, match="secret_env: environment variable HOOK_KEY: not set"):
         config.alert_settings()
     monkeypatch.setenv("HOOK_KEY", "k-123")
     (only,) = config.alert_settings().hooks
