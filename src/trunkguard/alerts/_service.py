@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 
+from .._deadline import Deadline
 from ..health import State, StateChange
 from ..proxy import CoreEvent
 from ..proxy._overload import OverloadEvent
@@ -36,8 +37,7 @@ class AlertService:
         self.policy = AlertPolicy(settings.damping, self.counters)
         self.host = socket.gethostname()
         self.hooks: list[Hook] = []
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed: float | None = None
+        self._deadline = Deadline(self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -76,9 +76,7 @@ class AlertService:
         """Unsubscribe, then give each hook up to the stop timeout for what it still has."""
         if self.feed in self.runtime.listeners:
             self.runtime.listeners.remove(self.feed)
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._deadline.cancel()
         await asyncio.gather(*(h.stop(self.settings.stop_timeout) for h in self.hooks))
 
     # -- the listener: quick, never raises ----------------------------------------------------
@@ -125,22 +123,10 @@ class AlertService:
                     hook.offer(body)
 
     def _arm(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        when = self.policy.next_deadline()
-        if when == self._armed:
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._armed = when
-        if when is not None:
-            self._handle = loop.call_at(when, self._tick)
+        if self._loop is not None:
+            self._deadline.arm(self._loop, self.policy.next_deadline())
 
     def _tick(self) -> None:
-        self._handle = None
-        self._armed = None
         assert self._loop is not None
         try:
             self._send(self.policy.on_timer(self._loop.time()))

@@ -17,6 +17,7 @@ import logging
 import socket
 from collections.abc import Sequence
 
+from .._deadline import Deadline
 from ..health import State, StateChange
 from ..proxy import CoreEvent
 from ..routing import CARRIER, Target
@@ -39,8 +40,7 @@ class DialerService:
         self.outbox: dict[str, LevelChange] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed: float | None = None
+        self._deadline = Deadline(self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing: dict[str, int] = {}  # sink -> failures in the current burst
         self._members: dict[str, list[tuple[str, float]]] = {}  # campaign -> carriers
@@ -85,9 +85,7 @@ class DialerService:
     async def stop(self, timeout: float = 3.0) -> None:
         if self.feed in self.runtime.listeners:
             self.runtime.listeners.remove(self.feed)
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._deadline.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (self.outbox or self.busy) and loop.time() < deadline:
@@ -201,22 +199,10 @@ class DialerService:
 
     # -- the timer -----------------------------------------------------------------------------
     def _arm(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        when = self.controller.next_deadline()
-        if when == self._armed:
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        self._armed = when
-        if when is not None:
-            self._handle = loop.call_at(when, self._tick)
+        if self._loop is not None:
+            self._deadline.arm(self._loop, self.controller.next_deadline())
 
     def _tick(self) -> None:
-        self._handle = None
-        self._armed = None
         assert self._loop is not None
         self._evaluate(self._loop.time())
 
