@@ -790,6 +790,17 @@ _ALERT_KINDS: tuple[AlertKind, ...] = ("state", "degraded", "overload")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 
 
+def _http_url(value: str) -> str:
+    # Never quoted: a URL may hold a token.
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL (the URL is not shown)")
+    if not host or any(c in value for c in " \t\r\n\x00"):
+        raise ValueError("not a valid URL: no host, or spaces in it (the URL is not shown)")
+    return value
+
+
 class AlertHookConfig(Strict):
     """A webhook (POST of a JSON body) or a command (argv, no shell) to tell of alerts."""
 
@@ -814,15 +825,7 @@ class AlertHookConfig(Strict):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         # Never quoted: a Slack webhook's URL is its secret.
-        if value is None:
-            return value
-        scheme, sep, rest = value.partition("://")
-        host = rest.split("/", 1)[0].rpartition("@")[2]
-        if not sep or scheme.lower() not in ("http", "https"):
-            raise ValueError("expected an http:// or https:// URL (the URL is not shown)")
-        if not host or any(c in value for c in " \t\r\n\x00"):
-            raise ValueError("not a valid URL: no host, or spaces in it (the URL is not shown)")
-        return value
+        return None if value is None else _http_url(value)
 
     @field_validator("argv")
     @classmethod
@@ -956,17 +959,6 @@ class AgiConfig(Strict):
 
 # -- dialer feedback (docs/dialer-feedback.md) -------------------------------------------------
 DialLevel = Annotated[float, Field(ge=0, le=18, multiple_of=0.01)]  # VICIdial: 0 to 18
-
-
-def _http_url(value: str) -> str:
-    # Never quoted: a URL may hold a token.
-    scheme, sep, rest = value.partition("://")
-    host = rest.split("/", 1)[0].rpartition("@")[2]
-    if not sep or scheme.lower() not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL (the URL is not shown)")
-    if not host or any(c in value for c in " \t\r\n\x00"):
-        raise ValueError("not a valid URL: no host, or spaces in it (the URL is not shown)")
-    return value
 
 
 class DialStepConfig(Strict):
