@@ -215,7 +215,7 @@ class Router:
         # A timer that fires late means the loop was busy (or the process paused): the
         # core must not take the backlog's late answers for silent carriers.
         now = self.loop.time()
-        lag = now - self._beat_at
+        lag = max(0.0, now - self._beat_at)  # never below 0: the loop fires on time or late
         try:
             if lag > STALL:
                 self.proxy.note_stall(lag, now)
