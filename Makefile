@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,16 @@ postgresql:
 	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 	@$(POSTGRES_FOUND) || { echo "PostgreSQL is still missing: install Debian's postgresql" >&2; exit 1; }
 
+# etcd (Debian's etcd-server) holds the HA tests' leadership and shared state; each test
+# runs its own members in a temporary directory. Only the program is needed: the packaged
+# service is not used (nor started where systemd is not PID 1).
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd (Debian package etcd-server)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
+	@command -v etcd >/dev/null 2>&1 || { echo "etcd is still missing: install Debian's etcd-server" >&2; exit 1; }
+
 # Headless Chromium checks that the lab's HTML report renders its charts, and drives the
 # dashboard (Playwright, on this chromium: no browser download).
 chromium:
@@ -110,10 +120,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
