@@ -18,6 +18,8 @@ client transaction that sent its request.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import logging
 import os
 from collections import Counter
@@ -144,6 +146,8 @@ _CALL_END = {
 CoreEvent = (
     AttemptRecord | CallRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
 )
+ORPHAN_MAC_HEX = 12  # hex digits of the MAC in a signed branch (48 bits)
+ORPHAN_MEMORY = 10_000  # late 2xx of other nodes' INVITEs remembered, so one BYE each
 SOURCE_SWEEP = 5.0  # seconds between sweeps of the per-source table (quiet bans lifted)
 # In-dialog requests of a caller that the router answers a carrier's challenge for.
 AUTHENTICATED_IN_DIALOG = frozenset({"BYE", "INVITE", "UPDATE", "INFO", "PRACK"})
@@ -190,6 +194,8 @@ class Proxy:
         self.sources = SourceLimits(settings.sources, self.counters)
         self._quick_admitted = False  # the INVITE being handled passed the overload check
         self._secret = settings.secret or os.urandom(32)
+        # Late 2xx already hung up (Call-ID, To tag), oldest first: retransmissions get an ACK.
+        self._orphans: dict[tuple[str, str], float] = {}
         self.set_advertise(settings.advertise)
         self.timers.schedule(0.0, self._sweep_dialogs)
         self.timers.schedule(SOURCE_SWEEP, self._sweep_sources)
@@ -256,6 +262,22 @@ class Proxy:
 
     def new_branch(self) -> str:
         return BRANCH_PREFIX + os.urandom(8).hex()
+
+    def signed_branch(self) -> str:
+        """A branch for an INVITE to a carrier that any node with our secret knows as ours:
+        its late 2xx, after a restart or a takeover, is ACKed and BYEd (:meth:`_orphan_2xx`)."""
+        nonce = os.urandom(8).hex()
+        return BRANCH_PREFIX + nonce + self._branch_mac(nonce)
+
+    def _branch_mac(self, nonce: str) -> str:
+        text = b"branch:" + nonce.encode("ascii", "replace")
+        return hmac.new(self._secret, text, hashlib.sha256).hexdigest()[:ORPHAN_MAC_HEX]
+
+    def _is_signed_branch(self, branch: str) -> bool:
+        body = branch[len(BRANCH_PREFIX) :]
+        if not branch.startswith(BRANCH_PREFIX) or len(body) != 16 + ORPHAN_MAC_HEX:
+            return False
+        return hmac.compare_digest(self._branch_mac(body[:16]), body[16:])
 
     def warning(self, text: str) -> tuple[str, str]:
         """A Warning header (RFC 3261 §20.43) from this router, named by its address."""
@@ -869,7 +891,7 @@ class Proxy:
         to add: the same attempt goes on with CSeq + 1 (RFC 3261 §22.2).
         """
         request = call.request
-        branch_id = self.new_branch()
+        branch_id = self.signed_branch()
         flow = target.flow
         via = self.via(flow, branch_id)
         user = call.plan.number or request.request_uri.user
@@ -1070,6 +1092,54 @@ class Proxy:
             auth=branch.auth,
         )
         self.send(branch.flow, ack)
+
+    def _orphan_2xx(self, response: Response, source: Flow, now: float) -> bool:
+        """A 2xx to an INVITE that this process never sent, on a branch signed with our
+        secret, from a carrier's address: the INVITE of a node that died (or of this one
+        before a restart). Nobody will take the call: ACK it, each time it comes, and hang
+        it up with one BYE, as for a stray 2xx of our own (RFC 3261 §13.2.2.4)."""
+        if (
+            response.cseq.method != "INVITE"
+            or not 200 <= response.status < 300
+            or not self._is_signed_branch(response.top_via.branch or "")
+            or not any(t.flow.addr == source.addr for t in self.targets)
+        ):
+            return False
+        try:
+            from_ = response.get("from") or ""
+            call_id = response.call_id
+            to_tag = response.to.tag or ""
+        except ParseError:
+            return False
+        dialog = self.dialogs.table.get(call_id)
+        if dialog is not None and dialog.callee_tag == to_tag:
+            return False  # a call of ours, up: never hung up from here
+        self.counters["orphan_2xx"] += 1
+        leg = (call_id, to_tag)
+        via = self.via(source, derived_branch(f"{call_id}/{to_tag}/orphan-ack"))
+        uri = f"sip:{source.addr[0]}:{source.addr[1]}"
+        ack = stray_request(
+            "ACK", from_, call_id, response, branch_uri=uri, via=via,
+            agent=self.settings.server_header,
+        )
+        self.send(source, ack)
+        if leg in self._orphans:
+            return True
+        self._orphans[leg] = now
+        while len(self._orphans) > ORPHAN_MEMORY:
+            del self._orphans[next(iter(self._orphans))]
+        bye_branch = self.new_branch()
+        bye = stray_request(
+            "BYE", from_, call_id, response, branch_uri=uri, via=self.via(source, bye_branch),
+            agent=self.settings.server_header,
+        )
+        txn = ClientNonInvite(bye, reliable=source.transport != "udp", timers=self.settings.timers)
+        entry = ClientEntry(txn, source, None, bye_branch)
+        self.clients[bye_branch] = entry
+        self.counters["orphan_byes_sent"] += 1
+        log.info("late 2xx for an INVITE this node did not send (call %s): ACK and BYE", call_id)
+        self.drive(entry, txn.start(now), now)
+        return True
 
     def bye_stray(self, call: Call, branch: Branch, response: Response, now: float) -> None:
         """BYE a 2xx nobody wanted, so the carrier does not bill a call nobody hears."""
@@ -1508,6 +1578,8 @@ class Proxy:
             # Unknown, or from elsewhere: a source that is let in only as a registrar (see
             # receive) gets its own REGISTERs' responses taken, nothing else. Or its
             # branch with another method's CSeq: not the answer to what we sent (§17.1.3).
+            if found is None and self._orphan_2xx(response, source, now):
+                return
             self.counters["stray_responses"] += 1
             return
         if isinstance(found, ClientDone):
