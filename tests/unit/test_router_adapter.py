@@ -139,3 +139,47 @@ async def test_the_load_sample_sees_bytes_waiting_in_a_receive_queue() -> None:
         sender.close()
     finally:
         await router.stop()
+
+
+async def test_an_ha_node_sends_to_carriers_from_the_service_address_and_port() -> None:
+    """With freebind (an HA node with a service address), the socket toward a carrier
+    shares the listener's address and port: a late 2xx reaches whichever node holds the
+    address now. Answers still come back through the router to the caller."""
+    carrier = udp_peer()
+    c_flow = Flow("udp", carrier.getsockname())
+    proxy = Proxy(
+        ProxySettings(advertise=("127.0.0.1", 0), allow=(ipaddress.ip_network("127.0.0.0/8"),)),
+        [target("c", c_flow)],
+    )
+    router = Router(proxy)
+    router.freebind = True
+    await router.start([("udp", "127.0.0.1", 0)])
+    try:
+        listen_port = router.bound[0][2]
+        caller = udp_peer()
+        caller.sendto(invite("ha-src-1"), ("127.0.0.1", listen_port))
+        data, source = await recv(carrier)
+        forwarded = parse_message(data)
+        assert isinstance(forwarded, Request) and forwarded.method == "INVITE"
+        assert source == ("127.0.0.1", listen_port)  # the service address and port
+        ringing = (
+            "SIP/2.0 180 Ringing\r\n"
+            + "".join(f"Via: {v}\r\n" for v in forwarded.values("via"))
+            + f"From: {forwarded.get('from')}\r\nTo: {forwarded.get('to')};tag=c1\r\n"
+            f"Call-ID: {forwarded.call_id}\r\nCSeq: {forwarded.cseq}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        carrier.sendto(ringing, source)
+        for _ in range(5):  # the 100 Trying first, then the relayed 180
+            data, _ = await recv(caller)
+            answer = parse_message(data)
+            assert isinstance(answer, Response)
+            if answer.status == 180:
+                break
+        else:
+            raise AssertionError("no 180 relayed to the caller")
+        assert router.carriers[c_flow.addr].transport is not None
+        caller.close()
+    finally:
+        await router.stop()
+        carrier.close()

@@ -317,9 +317,25 @@ class Router:
     async def _connect_carrier(self, flow: Flow) -> None:
         host, port = flow.addr
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        _, proto = await self.loop.create_datagram_endpoint(
-            lambda: _CarrierSocket(self, flow), remote_addr=(host, port), family=family
-        )
+        local = self._service_local(family) if self.freebind else None
+        if local is not None:
+            # An HA node: carriers see the service address and port, not this node's own,
+            # so a 2xx late for a node that died reaches whichever node serves now. The
+            # connected socket shares the listener's address (SO_REUSEADDR on both); the
+            # kernel hands it what comes from the carrier.
+            sock = _freebind_socket(family, socket.SOCK_DGRAM, *local)
+            try:
+                sock.connect((host, port))
+            except OSError:
+                sock.close()
+                raise
+            _, proto = await self.loop.create_datagram_endpoint(
+                lambda: _CarrierSocket(self, flow), sock=sock
+            )
+        else:
+            _, proto = await self.loop.create_datagram_endpoint(
+                lambda: _CarrierSocket(self, flow), remote_addr=(host, port), family=family
+            )
         if proto.transport is not None:
             self._grow_buffers(proto.transport.get_extra_info("socket"))
         self.carriers[flow.addr] = proto
@@ -431,6 +447,13 @@ class Router:
                 )
             return False
         return True
+
+    def _service_local(self, family: int) -> tuple[str, int] | None:
+        """The first UDP listener of ``family`` on a named address (not a wildcard)."""
+        for local, listener in self.udp.items():
+            if listener.family == family and local[0] not in ("0.0.0.0", "::"):
+                return (str(local[0]), int(local[1]))
+        return None
 
     def _listener(self, flow: Flow) -> asyncio.DatagramTransport:
         """The listening socket to send ``flow`` from: the one it came in on, else one that
@@ -549,8 +572,8 @@ def _freebind_socket(family: int, kind: int, host: str, port: int) -> socket.soc
     """A socket bound to ``host:port`` even if the host does not hold the address yet."""
     sock = socket.socket(family, kind)
     try:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's own
+        # TCP: as asyncio's own. UDP: the sockets toward carriers share the listener's address.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         else:
