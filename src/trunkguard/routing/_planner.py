@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from functools import partial
 from typing import Protocol
 
+from ._explain import Explain
 from ._number import NumberError, NumberRules, normalize
 from ._plan import RoutingTable
 from ._target import POOL_MEMBER, Plan, Target
@@ -84,7 +86,7 @@ def _weighted(group: list[Target]) -> list[Target]:
 def _by_quality(
     ordered: list[Target],
     number: str,
-    explain: list[str],
+    explain: Explain,
     quality: QualityView,
     now: float,
     counters: Counter[str],
@@ -107,17 +109,17 @@ def _by_quality(
             notes[t.carrier] = f", {text} \u2192 demoted for {group}"
         elif text:
             notes[t.carrier] = f", {text}"
-    for i, line in enumerate(explain):
-        name, sep, _ = line.partition(": ")
-        carrier = name.split("/", 1)[0]
-        if sep and notes.get(carrier):
-            explain[i] = line + notes[carrier]
+    explain.annotate({name: note for name, note in notes.items() if note})
     if not demoted:
         return ordered
     counters["plans_quality_demoted"] += 1
     return [t for t in ordered if t.carrier not in demoted] + [
         t for t in ordered if t.carrier in demoted
     ]
+
+
+def _config_order(ordered: tuple[Target, ...]) -> list[str]:
+    return [f"{t.name}: config order" for t in ordered]
 
 
 def build_plan(
@@ -134,33 +136,37 @@ def build_plan(
 ) -> Plan:
     """The plan for dialled ``user``; ``inbound_from``: the carrier the call came from."""
     counters = counters if counters is not None else Counter()
-    explain: list[str] = []
+    explain: Explain
     number: str | None = None
-    ordered = targets
     if routing is not None:
         try:
             number = normalize(user, numbers or NumberRules())
         except NumberError as exc:
             counters["calls_undialable"] += 1
             return Plan([], rejected=(484, str(exc)))
-        blocked = routing.blocked(number)
+        node = routing.node(number)  # blocked, pool, rule and ranked carriers: one lookup
+        blocked = node.blocked
         if blocked is not None:
             counters["calls_blocked"] += 1
             why = f"{number} is in blocked prefix {blocked}"
             return Plan([], number=number, rejected=(403, why), explain=[why])
         by_name = group_by_carrier(targets)
-        ordered = []
-        pool = routing.pool_for(number)
+        pool = node.pool
         if pool is not None:
-            names, explain = pool.order(now)
+            names, lines = pool.order(now)
             ordered = [t for n in names for t in by_name.get(n, ())]
+            explain = Explain(lines=lines)
         else:
-            for choice in routing.rank(number):
-                explain.append(f"{choice.name}: {choice.why}")
-                if choice.used:
-                    ordered += by_name.get(choice.name, ())
-        if pool is None and quality is not None:
-            ordered = _by_quality(ordered, number, explain, quality, now, counters)
+            order = routing.order_of(node)
+            carriers = routing.carriers
+            ordered = []
+            for i in order:
+                found = by_name.get(carriers[i].name)
+                if found is not None:
+                    ordered += found
+            explain = Explain(partial(routing.explain_lines, number, node, order))
+            if quality is not None:
+                ordered = _by_quality(ordered, number, explain, quality, now, counters)
         if not ordered:
             counters["calls_unroutable"] += 1
             return Plan(
@@ -171,7 +177,7 @@ def build_plan(
             )
     else:
         ordered = [t for group in group_by_carrier(targets).values() for t in group]
-        explain = [f"{t.name}: config order" for t in ordered]
+        explain = Explain(partial(_config_order, tuple(ordered)))
         if quality is not None:
             ordered = _by_quality(ordered, user, explain, quality, now, counters)
     if inbound_from is not None and not inbound_from.transit:

@@ -6,7 +6,7 @@ follows them) and the adapters (which open sockets for targets).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..health import FailureTable
@@ -89,7 +89,8 @@ class Plan:
     overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
     number: str | None = None  # the E.164 number to dial, when routing normalised it
     rejected: tuple[int, str] | None = None  # (status, why): blocked or undialable
-    explain: list[str] = field(default_factory=list)  # one line per candidate target
+    # One line per candidate target; written out on first read (routing.Explain).
+    explain: Sequence[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Target]:
         return iter(self.targets)
