@@ -22,24 +22,11 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ._deck import RateDeck
 from ._pool import ServerPool
 
 if TYPE_CHECKING:
     from ._plan import CarrierRoute, RouteRule
-
-
-# A priced carrier's deck as the build reads it: prefix -> row, rate and fee units,
-# initial and step seconds, seconds billed per (initial, step), priority, carrier index.
-_Columns = tuple[
-    dict[str, int],
-    "array[int]",
-    "array[int]",
-    "array[int]",
-    "array[int]",
-    dict[tuple[int, int], int],
-    int,
-    int,
-]
 
 
 class Node:
@@ -116,11 +103,10 @@ class RouteIndex:
         pools: dict[str, ServerPool],
         seconds: float,
     ) -> None:
-        priced = [(i, c) for i, c in enumerate(carriers) if c.deck is not None]
+        priced = [(i, c.deck) for i, c in enumerate(carriers) if c.deck is not None]
         union: set[str] = set()
-        for _, c in priced:
-            assert c.deck is not None
-            union.update(c.deck._index)
+        for _, deck in priced:
+            union.update(deck._index)
         union.update(rules)
         union.update(blocked)
         union.update(pools)
@@ -130,69 +116,85 @@ class RouteIndex:
         self.shortest = min(map(len, union))
         keys = sorted(union)  # an ancestor sorts before every prefix under it
         del union
-        # Per priced carrier: its deck's columns and the seconds billed per increment pair.
-        decks: list[_Columns] = []
-        for i, c in priced:
-            deck = c.deck
-            assert deck is not None
-            decks.append(
-                (deck._index, deck._units, deck._fee, deck._initial, deck._step, {}, c.priority, i)
-            )
-        width = len(decks)
+        width = len(priced)
+        # Priorities as ranks 0..width-1: a row's sort key is cost * width + rank, so
+        # keys order as (cost, priority) do, and are equal exactly when both are.
+        ranks = {p: r for r, p in enumerate(sorted({carriers[i].priority for i, _ in priced}))}
+        columns = [
+            (deck._index, sort_keys(deck, seconds, width, ranks[carriers[i].priority]))
+            for i, deck in priced
+        ]
+        who = tuple(i for i, _ in priced)  # position in ``own`` -> carrier index
+        positions = range(width)
         interned: dict[object, Node] = {}
         unpriced = self.unpriced
         nodes = self.nodes
-        none: tuple[int | None, ...] = (None,) * width
-        # The chain of union prefixes above the current one: (prefix, costs, blocked, pool, rule).
+        none = (_NONE,) * width
+        extras = bool(rules or blocked or pools)
+        # The union prefixes above the current one: (prefix, keys, blocked, pool, rule).
         stack: list[
-            tuple[str, tuple[int | None, ...], str | None, ServerPool | None, RouteRule | None]
+            tuple[str, Sequence[int], str | None, ServerPool | None, RouteRule | None]
         ] = []
-        block: str | None
-        pool: ServerPool | None
-        rule: RouteRule | None
+        block: str | None = None
+        pool: ServerPool | None = None
+        rule: RouteRule | None = None
         for prefix in keys:
             while stack and not prefix.startswith(stack[-1][0]):
                 stack.pop()
-            if stack:
-                _, above, block, pool, rule = stack[-1]
-            else:
-                above, block, pool, rule = none, None, None, None
-            costs: list[int | None] = []
-            changed = False
-            for j, (index, units, fee, initial, step, billed, _, _) in enumerate(decks):
-                row = index.get(prefix)
-                if row is None:
-                    costs.append(above[j])
-                    continue
-                changed = True
-                pair = (initial[row], step[row])
-                secs = billed.get(pair)
-                if secs is None:
-                    secs = billed[pair] = billed_seconds(pair[0], pair[1], seconds)
-                costs.append(fee[row] * 60 + units[row] * secs)
-            own = tuple(costs) if changed else above
-            if prefix in blocked:
-                block = prefix
-            found_pool = pools.get(prefix)
-            if found_pool is not None:
-                pool = found_pool
-            found_rule = rules.get(prefix)
-            if found_rule is not None:
-                rule = found_rule
-            stack.append((prefix, own, block, pool, rule))
-            ranked = sorted(
-                (cost, decks[j][6], decks[j][7]) for j, cost in enumerate(own) if cost is not None
-            )
-            groups: list[tuple[int, ...]] = []
-            last: tuple[int, int] | None = None
-            for cost, prio, i in ranked:
-                if (cost, prio) == last:
-                    groups[-1] += (i,)
+            above = stack[-1][1] if stack else none
+            own = [
+                a if (row := index.get(prefix)) is None else sort_of[row]
+                for (index, sort_of), a in zip(columns, above, strict=True)
+            ]
+            if extras:
+                if stack:
+                    _, _, block, pool, rule = stack[-1]
                 else:
-                    groups.append((i,))
-                    last = (cost, prio)
-            shape = (block, id(pool), id(rule), tuple(groups))
-            node = interned.get(shape)
+                    block, pool, rule = None, None, None
+                if prefix in blocked:
+                    block = prefix
+                pool = pools.get(prefix, pool)
+                rule = rules.get(prefix, rule)
+            stack.append((prefix, own, block, pool, rule))
+            order = sorted(positions, key=own.__getitem__)
+            # The shape of the ranking: each place's carrier, negative when tied with
+            # the place before; the carriers without a rate left out.
+            shape: list[int] = []
+            last = -1
+            for at in order:
+                key = own[at]
+                if key == _NONE:
+                    break
+                shape.append(~at if key == last else at)
+                last = key
+            sig = (block, id(pool), id(rule), *shape) if extras else tuple(shape)
+            node = interned.get(sig)
             if node is None:
-                node = interned[shape] = Node(block, pool, rule, shape[3], unpriced)
+                groups: list[tuple[int, ...]] = []
+                for at in shape:
+                    if at < 0:
+                        groups[-1] += (who[~at],)
+                    else:
+                        groups.append((who[at],))
+                node = interned[sig] = Node(block, pool, rule, tuple(groups), unpriced)
             nodes[prefix] = node
+
+
+_NONE = 1 << 512  # the sort key of "no rate": after every real one (costs are < 2**62 * 3600)
+
+
+def sort_keys(deck: RateDeck, seconds: float, width: int, rank: int) -> Sequence[int]:
+    """Per row of ``deck``: its typical call's cost (x 60, in 1e-8 units) * width + rank."""
+    billed: dict[tuple[int, int], int] = {}
+    out: list[int] = []
+    for units, fee, initial, step in zip(
+        deck._units, deck._fee, deck._initial, deck._step, strict=True
+    ):
+        pair = (initial, step)
+        secs = billed.get(pair)
+        if secs is None:
+            secs = billed[pair] = billed_seconds(initial, step, seconds)
+        out.append((fee * 60 + units * secs) * width + rank)
+    if out and max(out) < 2**63:
+        return array("q", out)
+    return out

@@ -121,7 +121,15 @@ class RoutingTable:
 
     def node(self, number: str) -> Node:
         """What applies to ``number`` (blocked prefix, pool, rule, ranked carriers): one lookup."""
-        return self.index.node(number)
+        index = self._index
+        if index is None:
+            index = self.index
+        nodes = index.nodes
+        for end in range(min(len(number), index.longest), index.shortest - 1, -1):
+            found = nodes.get(number[:end])
+            if found is not None:
+                return found
+        return index.empty
 
     def order(self, number: str) -> tuple[Node, tuple[int, ...]]:
         """The index node of ``number`` and the carriers to try, in order (indices into

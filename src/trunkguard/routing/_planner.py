@@ -45,6 +45,7 @@ class QualityView(Protocol):
 
 
 _rng = random.Random()
+_NO_RULES = NumberRules()
 
 
 def group_by_carrier(targets: list[Target]) -> dict[str, list[Target]]:
@@ -63,6 +64,41 @@ def group_by_carrier(targets: list[Target]) -> dict[str, list[Target]]:
         if len(group) > 1 and any(t.weight for t in group):
             groups[name] = _weighted(group)
     return groups
+
+
+class _Grouped:
+    """The last targets list grouped by carrier, kept while the list stays the same.
+
+    A plan needs the targets of a carrier by name; grouping the list is most of a
+    plan's time once the ranking is one lookup. The list is compared (by its items'
+    identity, cheap) with a copy at each plan, so a list changed in place is grouped
+    again. Carriers of several weighted destinations get their draw at every plan.
+    """
+
+    __slots__ = ("drawn", "groups", "seen")
+
+    def __init__(self) -> None:
+        self.seen: list[Target] = []
+        self.groups: dict[str, list[Target]] = {}
+        self.drawn: list[str] = []  # carriers whose destinations are drawn by weight
+
+    def of(self, targets: list[Target]) -> dict[str, list[Target]]:
+        if targets != self.seen or not targets:
+            groups: dict[str, list[Target]] = {}
+            for t in targets:
+                if t.flow.addr[1]:
+                    groups.setdefault(t.carrier, []).append(t)
+            self.drawn = [n for n, g in groups.items() if len(g) > 1 and any(t.weight for t in g)]
+            self.groups, self.seen = groups, list(targets)
+        if not self.drawn:
+            return self.groups
+        groups = dict(self.groups)
+        for name in self.drawn:
+            groups[name] = _weighted(groups[name])
+        return groups
+
+
+_grouped = _Grouped()
 
 
 def _weighted(group: list[Target]) -> list[Target]:
@@ -140,7 +176,7 @@ def build_plan(
     number: str | None = None
     if routing is not None:
         try:
-            number = normalize(user, numbers or NumberRules())
+            number = normalize(user, numbers or _NO_RULES)
         except NumberError as exc:
             counters["calls_undialable"] += 1
             return Plan([], rejected=(484, str(exc)))
@@ -150,7 +186,7 @@ def build_plan(
             counters["calls_blocked"] += 1
             why = f"{number} is in blocked prefix {blocked}"
             return Plan([], number=number, rejected=(403, why), explain=[why])
-        by_name = group_by_carrier(targets)
+        by_name = _grouped.of(targets)
         pool = node.pool
         if pool is not None:
             names, lines = pool.order(now)
