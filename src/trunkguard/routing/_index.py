@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ._plan import CarrierRoute, RouteRule
 
 
+BLOCK = 4  # digits of a number that pick the prefix lengths worth trying
+
+
 class Node:
     """What applies to numbers under one prefix; shared between prefixes that agree."""
 
@@ -69,7 +72,7 @@ def billed_seconds(initial: int, increment: int, seconds: float) -> int:
 class RouteIndex:
     """Longest-prefix lookup over the union of the table's prefixes."""
 
-    __slots__ = ("empty", "longest", "nodes", "shortest", "unpriced")
+    __slots__ = ("block", "empty", "lengths", "longest", "nodes", "short", "shortest", "unpriced")
 
     def __init__(
         self,
@@ -84,16 +87,47 @@ class RouteIndex:
         self.nodes: dict[str, Node] = {}
         self.longest = 0
         self.shortest = 1
+        # A number's first BLOCK digits give the lengths of the union prefixes under
+        # them, longest first: a lookup tries only those (then the shorter prefixes).
+        self.block = BLOCK
+        self.lengths: dict[str, tuple[int, ...]] = {}
+        self.short: tuple[int, ...] = ()  # lengths under BLOCK digits in the union
         self._build(carriers, rules, blocked, pools, seconds)
+        self._lengths()
 
     def node(self, number: str) -> Node:
         """The node of ``number``'s longest prefix in the union (the empty node if none)."""
         nodes = self.nodes
-        for end in range(min(len(number), self.longest), self.shortest - 1, -1):
-            found = nodes.get(number[:end])
-            if found is not None:
-                return found
+        size = len(number)
+        for end in self.lengths.get(number[: self.block], ()):
+            if end <= size:
+                found = nodes.get(number[:end])
+                if found is not None:
+                    return found
+        for end in self.short:
+            if end <= size:
+                found = nodes.get(number[:end])
+                if found is not None:
+                    return found
         return self.empty
+
+    def _lengths(self) -> None:
+        under: dict[str, set[int]] = {}
+        short: set[int] = set()
+        block = self.block
+        for prefix in self.nodes:
+            if len(prefix) >= block:
+                found = under.get(prefix[:block])
+                if found is None:
+                    found = under[prefix[:block]] = set()
+                found.add(len(prefix))
+            else:
+                short.add(len(prefix))
+        same: dict[tuple[int, ...], tuple[int, ...]] = {}
+        for head, sizes in under.items():
+            ordered = tuple(sorted(sizes, reverse=True))
+            self.lengths[head] = same.setdefault(ordered, ordered)
+        self.short = tuple(sorted(short, reverse=True))
 
     def _build(
         self,

@@ -124,12 +124,7 @@ class RoutingTable:
         index = self._index
         if index is None:
             index = self.index
-        nodes = index.nodes
-        for end in range(min(len(number), index.longest), index.shortest - 1, -1):
-            found = nodes.get(number[:end])
-            if found is not None:
-                return found
-        return index.empty
+        return index.node(number)
 
     def order(self, number: str) -> tuple[Node, tuple[int, ...]]:
         """The index node of ``number`` and the carriers to try, in order (indices into

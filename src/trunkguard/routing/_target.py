@@ -80,9 +80,13 @@ class Target:
             object.__setattr__(self, "carrier", self.name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
-    """The targets a call will try, in order; ``panic`` when all were out of rotation."""
+    """The targets a call will try, in order; ``panic`` when all were out of rotation.
+
+    Made once per call and not changed after (not frozen: a frozen dataclass's
+    constructor costs a third of a whole plan).
+    """
 
     targets: list[Target]
     panic: bool = False
