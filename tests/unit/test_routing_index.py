@@ -8,6 +8,8 @@ the same order, with the same reasons, drawing the same random numbers for ties.
 
 from __future__ import annotations
 
+import copy
+import pickle
 import random
 from collections import Counter
 from decimal import Decimal
@@ -244,6 +246,15 @@ def test_reasons_are_written_only_when_read() -> None:
     assert plan.explain[0].startswith("a: 0.01/min, 60/60 via prefix 44 (0.0200 for a 90s call")
     assert plan.explain.built
     assert plan.explain == [plan.explain[0]] and len(plan.explain) == 1
+
+
+def test_copies_of_the_reasons_are_of_the_lines_not_of_the_table() -> None:
+    table = RoutingTable([CarrierRoute("a", deck("a", {"44": 1_000_000}))])
+    plan = build_plan("447700900123", [target("a", 5071)], 0.0, routing=table)
+    copied = copy.deepcopy(plan.explain)
+    assert isinstance(copied, Explain) and copied == plan.explain
+    assert pickle.loads(pickle.dumps(plan.explain)) == list(plan.explain)
+    assert copied._build is None  # nothing left that reads the table
 
 
 def test_a_change_of_typical_call_compiles_the_index_again() -> None:

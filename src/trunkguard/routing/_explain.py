@@ -91,6 +91,17 @@ class Explain(Sequence[str]):
     def __repr__(self) -> str:
         return repr(self._all())
 
+    # Copies and pickles are of the lines, never of the routing table that writes them
+    # (dataclasses.asdict of a call record deep-copies its fields).
+    def __copy__(self) -> Explain:
+        return Explain(lines=self._all())
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Explain:
+        return Explain(lines=self._all())
+
+    def __reduce__(self) -> tuple[type[Explain], tuple[None, list[str]]]:
+        return (Explain, (None, self._all()))
+
 
 def _annotate(lines: list[str], notes: dict[str, str]) -> None:
     for i, line in enumerate(lines):
