@@ -19,7 +19,7 @@ prefix, its keys the decks' own strings. Costs are compared as exact integers
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ._deck import RateDeck
@@ -138,18 +138,24 @@ class RouteIndex:
         seconds: float,
     ) -> None:
         priced = [(i, c.deck) for i, c in enumerate(carriers) if c.deck is not None]
-        union: set[str] = set()
-        for _, deck in priced:
-            union.update(deck._index)
-        union.update(rules)
-        union.update(blocked)
-        union.update(pools)
-        if not union:
+        # The union, sorted, in buckets by the first digits: no single call sorts or
+        # copies a million strings, so a build in a worker thread gives the event loop
+        # its turn every few milliseconds (a long C call would hold the GIL throughout).
+        buckets: dict[str, set[str]] = {}
+        sources: list[Iterable[str]] = [deck._index for _, deck in priced]
+        for source in (*sources, rules, blocked, pools):
+            for prefix in source:
+                bucket = buckets.get(prefix[:_HEAD])
+                if bucket is None:
+                    bucket = buckets[prefix[:_HEAD]] = set()
+                bucket.add(prefix)
+        if not buckets:
             return
-        self.longest = max(map(len, union))
-        self.shortest = min(map(len, union))
-        keys = sorted(union)  # an ancestor sorts before every prefix under it
-        del union
+        self.longest = max(len(p) for b in buckets.values() for p in b)
+        self.shortest = min(len(p) for b in buckets.values() for p in b)
+        # An ancestor sorts before every prefix under it; a bucket's name sorts before
+        # the names of the buckets of longer prefixes under it ("4" < "40" < "400").
+        keys = (p for head in sorted(buckets) for p in sorted(buckets.pop(head)))
         width = len(priced)
         # Priorities as ranks 0..width-1: a row's sort key is cost * width + rank, so
         # keys order as (cost, priority) do, and are equal exactly when both are.
@@ -214,6 +220,7 @@ class RouteIndex:
             nodes[prefix] = node
 
 
+_HEAD = 3  # digits a union bucket is named by
 _NONE = 1 << 512  # the sort key of "no rate": after every real one (costs are < 2**62 * 3600)
 
 
