@@ -297,8 +297,9 @@ def measure(paths: list[tuple[str, Path]], lookups: int, seed: int, budget: floa
         ("load", total < (AIM_LOAD_MANY_S if many else AIM_LOAD_S)),
         ("memory", rss_after < AIM_RSS_MB * 1024),
         ("plan p50", plan50 < (AIM_PLAN_MANY_US if many else AIM_PLAN_US)),
-        ("plan p99", many or plan99 < AIM_PLAN_P99_US),
     ]
+    if not many:  # the issue sets a p99 aim for the 3-deck case only
+        verdict.append(("plan p99", plan99 < AIM_PLAN_P99_US))
     print("  aims: " + ", ".join(f"{what} {'met' if ok else 'MISSED'}" for what, ok in verdict))
 
 
