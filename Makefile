@@ -146,6 +146,12 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/dialer.py
 	$(BIN)/python bench/quality.py
 
+# Rate decks at scale (docs/routing-index.md): 3 and 10 decks of 1,000,000 prefixes,
+# load time, memory and plan p50/p99; a few minutes each (decks kept in /tmp between runs).
+bench-decks: $(STAMP)
+	$(BIN)/python bench/deck_load.py --workdir /tmp/trunkguard-bench-decks
+	$(BIN)/python bench/deck_load.py --carriers 10 --budget 900 --workdir /tmp/trunkguard-bench-decks
+
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w dist .

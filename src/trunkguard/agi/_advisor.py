@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..health import FailureTable, Verdict
-from ..routing import Plan, Target
+from ..routing import Explain, Plan, Target
 from ._dial import NUMBER_RE, dial_string
 
 REPORT_DIALSTATUS = frozenset(
@@ -49,7 +50,7 @@ class Advice:
     routes: tuple[Route, ...]
     plan_id: str = ""
     error: str = ""
-    explain: tuple[str, ...] = ()
+    explain: Sequence[str] = ()  # the plan's reasons, written out when read
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ def advise(
     plan = plan_for(exten)
     if plan.rejected is not None:
         status, why = plan.rejected
-        return Advice((), error=f"refused ({status}): {why}", explain=tuple(plan.explain))
+        return Advice((), error=f"refused ({status}): {why}", explain=plan.explain)
     number = plan.number or exten
     routes: list[Route] = []
     seen: set[str] = set()
@@ -125,15 +126,20 @@ def advise(
             continue
         if len(routes) < max_routes:
             routes.append(Route(target.carrier, target, dial_string(template, number, exten)))
-    explain = list(plan.explain)
+    notes: list[str] = []
     if plan.panic:
-        explain.append("panic: every carrier is out of rotation; all given in order")
+        notes.append("panic: every carrier is out of rotation; all given in order")
     if skipped:
-        explain.append(f"no dial: in config for {', '.join(skipped)}: not given to Asterisk")
+        notes.append(f"no dial: in config for {', '.join(skipped)}: not given to Asterisk")
+    explain = Explain(partial(_lines, plan.explain, notes))
     if not routes:
         why = "no carrier of the plan has a dial: string" if plan.targets else "no route"
-        return Advice((), error=why, explain=tuple(explain))
-    return Advice(tuple(routes), explain=tuple(explain))
+        return Advice((), error=why, explain=explain)
+    return Advice(tuple(routes), explain=explain)
+
+
+def _lines(reasons: Sequence[str], notes: list[str]) -> list[str]:
+    return [*reasons, *notes]
 
 
 def check_report(args: tuple[str, ...], plans: PlanTable, now: float) -> Report:

@@ -792,7 +792,7 @@ class Proxy:
             number=plan.number or request.request_uri.user or "",
             source=call.source.addr[0],
             plan=tuple(t.name for t in plan.targets),
-            explain=tuple(plan.explain),
+            explain=plan.explain,  # written out only if read (routing.Explain)
             attempts=tuple(call.history),
             status=call.final,
             started=call.started,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..health import Verdict
@@ -85,7 +86,7 @@ class CallRecord:
     number: str  # the number dialed (as routing normalised it, when it did)
     source: str  # the caller's address
     plan: tuple[str, ...]  # the targets the plan offered, in order
-    explain: tuple[str, ...]  # the plan's reason for each candidate
+    explain: Sequence[str]  # the plan's reason for each candidate (built when read)
     attempts: tuple[AttemptRecord, ...]
     status: int  # the final status the caller got
     started: float

@@ -1,6 +1,8 @@
 """Least-cost routing: rate decks, number normalisation, ranked plans with reasons. Pure."""
 
 from ._deck import DeckColumns, DeckError, Rate, RateDeck, load_deck
+from ._explain import Explain
+from ._index import Node, RouteIndex
 from ._number import NumberError, NumberRules, normalize
 from ._plan import CarrierRoute, Choice, RouteRule, RoutingTable
 from ._planner import HealthView, QualityView, build_plan
@@ -15,8 +17,10 @@ __all__ = [
     "Choice",
     "DeckColumns",
     "DeckError",
+    "Explain",
     "Flow",
     "HealthView",
+    "Node",
     "NumberError",
     "NumberRules",
     "Plan",
@@ -24,6 +28,7 @@ __all__ = [
     "QualityView",
     "Rate",
     "RateDeck",
+    "RouteIndex",
     "RouteRule",
     "RoutingTable",
     "ServerPool",

@@ -26,10 +26,22 @@ class NumberError(ValueError):
 _KEEP = str.maketrans("", "", " -.()/")
 
 
+_LONGEST_FIRST: dict[tuple[str, ...], tuple[str, ...]] = {}  # tech prefixes, longest first
+
+
 def normalize(raw: str, rules: NumberRules) -> str:
     """E.164 digits for ``raw`` (the Request-URI user part), or :class:`NumberError`."""
-    number = raw.split(";", 1)[0].translate(_KEEP)
-    for tech in sorted(rules.tech_prefixes, key=len, reverse=True):
+    # Dialers mostly send plain digits: nothing to cut or strip then.
+    number = raw if raw.isdigit() else raw.split(";", 1)[0].translate(_KEEP)
+    techs = rules.tech_prefixes
+    if techs:
+        ordered = _LONGEST_FIRST.get(techs)
+        if ordered is None:
+            if len(_LONGEST_FIRST) > 64:
+                _LONGEST_FIRST.clear()
+            ordered = _LONGEST_FIRST[techs] = tuple(sorted(techs, key=len, reverse=True))
+        techs = ordered
+    for tech in techs:
         if tech and number.startswith(tech) and len(number) > len(tech):
             number = number[len(tech) :]
             break

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from functools import partial
 from typing import Protocol
 
+from ._explain import Explain
 from ._number import NumberError, NumberRules, normalize
 from ._plan import RoutingTable
 from ._target import POOL_MEMBER, Plan, Target
@@ -43,6 +45,7 @@ class QualityView(Protocol):
 
 
 _rng = random.Random()
+_NO_RULES = NumberRules()
 
 
 def group_by_carrier(targets: list[Target]) -> dict[str, list[Target]]:
@@ -61,6 +64,41 @@ def group_by_carrier(targets: list[Target]) -> dict[str, list[Target]]:
         if len(group) > 1 and any(t.weight for t in group):
             groups[name] = _weighted(group)
     return groups
+
+
+class _Grouped:
+    """The last targets list grouped by carrier, kept while the list stays the same.
+
+    A plan needs the targets of a carrier by name; grouping the list is most of a
+    plan's time once the ranking is one lookup. The list is compared (by its items'
+    identity, cheap) with a copy at each plan, so a list changed in place is grouped
+    again. Carriers of several weighted destinations get their draw at every plan.
+    """
+
+    __slots__ = ("drawn", "groups", "seen")
+
+    def __init__(self) -> None:
+        self.seen: list[Target] = []
+        self.groups: dict[str, list[Target]] = {}
+        self.drawn: list[str] = []  # carriers whose destinations are drawn by weight
+
+    def of(self, targets: list[Target]) -> dict[str, list[Target]]:
+        if targets != self.seen or not targets:
+            groups: dict[str, list[Target]] = {}
+            for t in targets:
+                if t.flow.addr[1]:
+                    groups.setdefault(t.carrier, []).append(t)
+            self.drawn = [n for n, g in groups.items() if len(g) > 1 and any(t.weight for t in g)]
+            self.groups, self.seen = groups, list(targets)
+        if not self.drawn:
+            return self.groups
+        groups = dict(self.groups)
+        for name in self.drawn:
+            groups[name] = _weighted(groups[name])
+        return groups
+
+
+_grouped = _Grouped()
 
 
 def _weighted(group: list[Target]) -> list[Target]:
@@ -84,7 +122,7 @@ def _weighted(group: list[Target]) -> list[Target]:
 def _by_quality(
     ordered: list[Target],
     number: str,
-    explain: list[str],
+    explain: Explain,
     quality: QualityView,
     now: float,
     counters: Counter[str],
@@ -107,17 +145,17 @@ def _by_quality(
             notes[t.carrier] = f", {text} \u2192 demoted for {group}"
         elif text:
             notes[t.carrier] = f", {text}"
-    for i, line in enumerate(explain):
-        name, sep, _ = line.partition(": ")
-        carrier = name.split("/", 1)[0]
-        if sep and notes.get(carrier):
-            explain[i] = line + notes[carrier]
+    explain.annotate({name: note for name, note in notes.items() if note})
     if not demoted:
         return ordered
     counters["plans_quality_demoted"] += 1
     return [t for t in ordered if t.carrier not in demoted] + [
         t for t in ordered if t.carrier in demoted
     ]
+
+
+def _config_order(ordered: tuple[Target, ...]) -> list[str]:
+    return [f"{t.name}: config order" for t in ordered]
 
 
 def build_plan(
@@ -134,33 +172,37 @@ def build_plan(
 ) -> Plan:
     """The plan for dialled ``user``; ``inbound_from``: the carrier the call came from."""
     counters = counters if counters is not None else Counter()
-    explain: list[str] = []
+    explain: Explain
     number: str | None = None
-    ordered = targets
     if routing is not None:
         try:
-            number = normalize(user, numbers or NumberRules())
+            number = normalize(user, numbers or _NO_RULES)
         except NumberError as exc:
             counters["calls_undialable"] += 1
             return Plan([], rejected=(484, str(exc)))
-        blocked = routing.blocked(number)
+        node = routing.node(number)  # blocked, pool, rule and ranked carriers: one lookup
+        blocked = node.blocked
         if blocked is not None:
             counters["calls_blocked"] += 1
             why = f"{number} is in blocked prefix {blocked}"
             return Plan([], number=number, rejected=(403, why), explain=[why])
-        by_name = group_by_carrier(targets)
-        ordered = []
-        pool = routing.pool_for(number)
+        by_name = _grouped.of(targets)
+        pool = node.pool
         if pool is not None:
-            names, explain = pool.order(now)
+            names, lines = pool.order(now)
             ordered = [t for n in names for t in by_name.get(n, ())]
+            explain = Explain(lines=lines)
         else:
-            for choice in routing.rank(number):
-                explain.append(f"{choice.name}: {choice.why}")
-                if choice.used:
-                    ordered += by_name.get(choice.name, ())
-        if pool is None and quality is not None:
-            ordered = _by_quality(ordered, number, explain, quality, now, counters)
+            order = routing.order_of(node)
+            carriers = routing.carriers
+            ordered = []
+            for i in order:
+                found = by_name.get(carriers[i].name)
+                if found is not None:
+                    ordered += found
+            explain = Explain(partial(routing.explain_lines, number, node, order))
+            if quality is not None:
+                ordered = _by_quality(ordered, number, explain, quality, now, counters)
         if not ordered:
             counters["calls_unroutable"] += 1
             return Plan(
@@ -171,7 +213,7 @@ def build_plan(
             )
     else:
         ordered = [t for group in group_by_carrier(targets).values() for t in group]
-        explain = [f"{t.name}: config order" for t in ordered]
+        explain = Explain(partial(_config_order, tuple(ordered)))
         if quality is not None:
             ordered = _by_quality(ordered, user, explain, quality, now, counters)
     if inbound_from is not None and not inbound_from.transit:

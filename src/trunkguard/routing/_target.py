@@ -6,7 +6,7 @@ follows them) and the adapters (which open sockets for targets).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..health import FailureTable
@@ -80,16 +80,21 @@ class Target:
             object.__setattr__(self, "carrier", self.name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
-    """The targets a call will try, in order; ``panic`` when all were out of rotation."""
+    """The targets a call will try, in order; ``panic`` when all were out of rotation.
+
+    Made once per call and not changed after (not frozen: a frozen dataclass's
+    constructor costs a third of a whole plan).
+    """
 
     targets: list[Target]
     panic: bool = False
     overflow: list[str] = field(default_factory=list)  # healthy targets skipped as full
     number: str | None = None  # the E.164 number to dial, when routing normalised it
     rejected: tuple[int, str] | None = None  # (status, why): blocked or undialable
-    explain: list[str] = field(default_factory=list)  # one line per candidate target
+    # One line per candidate target; written out on first read (routing.Explain).
+    explain: Sequence[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Target]:
         return iter(self.targets)
