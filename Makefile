@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench bench-compare fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -135,6 +135,11 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/agi.py
 	$(BIN)/python bench/dialer.py
 	$(BIN)/python bench/quality.py
+
+# The same SIPp load through Kamailio's dispatcher (bench/kamailio-dispatcher.cfg), then
+# through trunkguard, and the ratios (docs/bench-compare.md; about 15 minutes).
+bench-compare: $(STAMP) sipp kamailio
+	$(BIN)/python bench/compare.py
 
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)

@@ -550,39 +550,56 @@ class Result:
     runs: list[Run] = field(default_factory=list)
 
 
-def table(results: Sequence[Result], args: argparse.Namespace) -> list[str]:
+def table(
+    results: Sequence[Result], direct: dict[int, Run], args: argparse.Namespace
+) -> list[str]:
+    """The side-by-side rows, the ratios, and a note for each figure from a failing run."""
     kam = next((r for r in results if r.kind == "kamailio"), None)
     tg = next((r for r in results if r.kind == "trunkguard"), None)
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, int]] = []
 
-    def pick(get: Callable[[Result], float]) -> tuple[float, float]:
-        return (get(kam) if kam else math.nan, get(tg) if tg else math.nan)
+    def add(name: str, get: Callable[[Result], float], digits: int = 2) -> None:
+        rows.append(
+            (name, get(kam) if kam else math.nan, get(tg) if tg else math.nan, digits)
+        )
+
+    def pdd_run(r: Result, rate: int) -> Run | None:
+        return next((x for x in r.runs if x.phase == "pdd" and x.step.rate == rate), None)
 
     hold = f"{args.hold_seconds:g} s"
-    rows.append((f"highest rate held {hold}, < 0.1% failed (calls/s)",
-                 *pick(lambda r: float(r.held_rate))))
+    add(f"highest rate held {hold}, < 0.1% failed (calls/s)", lambda r: r.held_rate, 0)
     high = args.pdd_rates[-1]
     for rate in sorted(set(args.pdd_rates)):
-        rows.append((f"added PDD p50 at {rate} calls/s (ms)",
-                     *pick(lambda r, k=rate: r.added_pdd.get(k, (math.nan,) * 2)[0])))
-        rows.append((f"added PDD p99 at {rate} calls/s (ms)",
-                     *pick(lambda r, k=rate: r.added_pdd.get(k, (math.nan,) * 2)[1])))
-    rows.append((f"PDD p95 at {args.p95_rate} calls/s (ms)",
-                 *pick(lambda r: r.p95.pdd_p95_ms if r.p95 else math.nan)))
-    rows.append((f"  failed at {args.p95_rate} calls/s (%)",
-                 *pick(lambda r: r.p95.step.failed_pct if r.p95 else math.nan)))
-    rows.append((f"CPU s per 1,000 calls, held {hold}",
-                 *pick(lambda r: r.cpu_held)))
-    rows.append((f"CPU s per 1,000 calls at {high} calls/s",
-                 *pick(lambda r: r.cpu_at.get(high, math.nan))))
-    width = max(len(name) for name, _, _ in rows)
+        add(f"added PDD p50 at {rate} calls/s (ms)",
+            lambda r, k=rate: r.added_pdd.get(k, (math.nan, math.nan))[0])
+        add(f"added PDD p99 at {rate} calls/s (ms)",
+            lambda r, k=rate: r.added_pdd.get(k, (math.nan, math.nan))[1])
+    add(f"PDD p95 at {args.p95_rate} calls/s (ms)",
+        lambda r: r.p95.pdd_p95_ms if r.p95 else math.nan)
+    add(f"CPU s per 1,000 calls, held {hold}", lambda r: r.cpu_held)
+    add(f"CPU s per 1,000 calls at {high} calls/s", lambda r: r.cpu_at.get(high, math.nan))
+    width = max(len(row[0]) for row in rows)
     out = [f"  {'':<{width}} {'Kamailio':>9} {'trunkguard':>10} {'tg/Kamailio':>11}"]
-    for name, k, t in rows:
-        ratio = t / k if k and not math.isnan(k) and abs(k) >= 0.05 else math.nan
-        digits = 0 if "calls/s)" in name and "PDD" not in name else 2
+    for name, k, t, digits in rows:
+        # A ratio to next to nothing, or below it (an added PDD within the noise), says
+        # nothing.
+        ratio = t / k if k >= 0.05 and t >= 0 else math.nan
         out.append(
             f"  {name:<{width}} {fmt(k, digits):>9} {fmt(t, digits):>10} {fmt(ratio, 2):>11}"
         )
+    base = direct.get(args.p95_rate)
+    if base is not None:
+        out.append(f"  (caller -> carrier directly: PDD p95 {fmt(base.pdd_p95_ms)} ms at "
+                   f"{args.p95_rate} calls/s)")
+    for r in results:
+        for rate in sorted({*args.pdd_rates, args.p95_rate}):
+            run = pdd_run(r, rate)
+            if run is not None and not run.step.passed:
+                out.append(f"  note: {r.kind} at {rate} calls/s: {run.step.verdict()}; its "
+                           "figures there are those of the calls that got through")
+    for rate, run in sorted(direct.items()):
+        if not run.step.passed:
+            out.append(f"  note: directly at {rate} calls/s: {run.step.verdict()}")
     return out
 
 
@@ -734,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"\nSide by side ({cores} cores shared by SIPp and the SUT; "
           f"other load {others:.0f}% of a core at the start, {late:.0f}% at the end):")
-    for line in table(results, args):
+    for line in table(results, direct, args):
         print(line)
     for r in results:
         print(f"  {r.kind}: ramp best {r.ramp_best} calls/s ({args.step_seconds:g} s steps; "
@@ -747,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             background_load_end_pct=late,
             elapsed_s=elapsed,
             direct=[r.to_json() for r in direct_runs],
-            table=table(results, args),
+            table=table(results, direct, args),
             suts={
                 r.kind: {
                     "held_rate": r.held_rate,
