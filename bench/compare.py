@@ -14,7 +14,8 @@ trunkguard, with the same carriers and the same steps. For each SUT:
   machine's limit the figure is then SIPp's, and the report says so;
 * **added PDD** p50/p99 at 50 and 800 calls/s (``--pdd-rates``): per call, the time from the
   INVITE sent to the first 18x received at the caller (SIPp's ``-trace_shortmsg``), through the
-  SUT less the same figure caller -> carrier directly at the same rate; and **PDD p95** at
+  SUT less the same figure caller -> carrier directly at the same rate, measured just
+  before (other load on the machine drifts in minutes); and **PDD p95** at
   1,600 calls/s (``--p95-rate``), absolute. Each rate on a fresh instance, after a warm-up;
 * **CPU per 1,000 calls**: user + system seconds of every process of the SUT (Kamailio's
   workers too) from /proc, over the held run, and over the 800 calls/s PDD run (one rate for
@@ -29,7 +30,7 @@ script prints what it saw). Kamailio runs ``--kamailio-children`` UDP workers (p
 trunkguard is one process with one event loop.
 
 Run: ``.venv/bin/python bench/compare.py [--quick] [--json PATH]`` (``make bench-compare``
-runs it without options; it takes about 15 minutes).
+runs it; it takes about 17 minutes).
 """
 
 from __future__ import annotations
@@ -548,11 +549,11 @@ class Result:
     cpu_held: float = math.nan
     cpu_at: dict[int, float] = field(default_factory=dict)  # rate: CPU s per 1,000 calls
     runs: list[Run] = field(default_factory=list)
+    # The baseline, caller -> carrier, measured just before each PDD run of this SUT.
+    direct: dict[int, Run] = field(default_factory=dict)
 
 
-def table(
-    results: Sequence[Result], direct: dict[int, Run], args: argparse.Namespace
-) -> list[str]:
+def table(results: Sequence[Result], args: argparse.Namespace) -> list[str]:
     """The side-by-side rows, the ratios, and a note for each figure from a failing run."""
     kam = next((r for r in results if r.kind == "kamailio"), None)
     tg = next((r for r in results if r.kind == "trunkguard"), None)
@@ -587,19 +588,24 @@ def table(
         out.append(
             f"  {name:<{width}} {fmt(k, digits):>9} {fmt(t, digits):>10} {fmt(ratio, 2):>11}"
         )
-    base = direct.get(args.p95_rate)
-    if base is not None:
-        out.append(f"  (caller -> carrier directly: PDD p95 {fmt(base.pdd_p95_ms)} ms at "
-                   f"{args.p95_rate} calls/s)")
+    bases = [
+        f"{fmt(r.direct[args.p95_rate].pdd_p95_ms)} ms before {r.kind}"
+        for r in results
+        if args.p95_rate in r.direct
+    ]
+    if bases:
+        out.append(f"  (caller -> carrier directly, PDD p95 at {args.p95_rate} calls/s: "
+                   f"{', '.join(bases)})")
     for r in results:
         for rate in sorted({*args.pdd_rates, args.p95_rate}):
             run = pdd_run(r, rate)
             if run is not None and not run.step.passed:
                 out.append(f"  note: {r.kind} at {rate} calls/s: {run.step.verdict()}; its "
                            "figures there are those of the calls that got through")
-    for rate, run in sorted(direct.items()):
-        if not run.step.passed:
-            out.append(f"  note: directly at {rate} calls/s: {run.step.verdict()}")
+            base = r.direct.get(rate)
+            if base is not None and not base.step.passed:
+                out.append(f"  note: directly at {rate} calls/s, before {r.kind}: "
+                           f"{base.step.verdict()}")
     return out
 
 
@@ -642,7 +648,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.warmup_calls = 0
         args.rates = args.rates or [30]
         args.step_seconds = 1.0
-        args.hold_seconds = 1.5
+        args.hold_seconds = 1.0
         args.min_rate = 20
         args.budget = min(args.budget, 40.0)
     args.suts = args.sut or ["kamailio", "trunkguard"]
@@ -658,19 +664,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_sut(bench: CompareBench, kind: str, direct: dict[int, Run]) -> Result:
+def measure_sut(bench: CompareBench, kind: str) -> Result:
     args = bench.args
     result = Result(kind)
     bench.deadline = time.monotonic() + args.budget
-    show = result.runs.append
 
     def seen(run: Run) -> None:
-        show(run)
+        result.runs.append(run)
         show_run(run)
 
     for rate in sorted({*args.pdd_rates, args.p95_rate}):
+        # The baseline just before: other load on the machine drifts in minutes.
+        base = result.direct[rate] = bench.pdd(None, rate, show_run)
         run = bench.pdd(kind, rate, seen)
-        base = direct[rate]
         if rate in args.pdd_rates:
             result.added_pdd[rate] = (
                 run.step.pdd_p50_ms - base.step.pdd_p50_ms,
@@ -715,7 +721,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lower bound for the SUT alone.\nCPU% is of one core; SUT CPU = every process of the "
         f"SUT (Kamailio: {args.kamailio_children} UDP workers and its other processes)."
     )
-    others = background_load()
+    sample = 0.3 if args.quick else 1.0  # seconds of only sleeping, to see the others
+    others = background_load(sample)
     print(f"before the start, other processes kept {others:.0f}% of a core busy")
     print(f"traces and logs: {workdir}", flush=True)
     lifetime = 4 * 60 + len(args.suts) * (args.budget + 200)
@@ -731,27 +738,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in ("primary", "backup")
         ]
         bench = CompareBench(args, workdir, carriers)
-        bench.deadline = time.monotonic() + args.budget
         print("\nRuns (PDD in ms at the caller; carried = INVITEs that reached a carrier; "
               "SUT MB = proportional set size)")
         print(RUN_HEADER, flush=True)
-        direct: dict[int, Run] = {}
-        direct_runs: list[Run] = []
-
-        def seen_direct(run: Run) -> None:
-            direct_runs.append(run)
-            show_run(run)
-
-        for rate in sorted({*args.pdd_rates, args.p95_rate}):
-            direct[rate] = bench.pdd(None, rate, seen_direct)
         for kind in args.suts:
-            results.append(measure_sut(bench, kind, direct))
+            results.append(measure_sut(bench, kind))
     elapsed = time.monotonic() - started
-    late = background_load()
+    late = background_load(sample)
 
     print(f"\nSide by side ({cores} cores shared by SIPp and the SUT; "
           f"other load {others:.0f}% of a core at the start, {late:.0f}% at the end):")
-    for line in table(results, direct, args):
+    for line in table(results, args):
         print(line)
     for r in results:
         print(f"  {r.kind}: ramp best {r.ramp_best} calls/s ({args.step_seconds:g} s steps; "
@@ -763,8 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update(
             background_load_end_pct=late,
             elapsed_s=elapsed,
-            direct=[r.to_json() for r in direct_runs],
-            table=table(results, direct, args),
+            table=table(results, args),
             suts={
                 r.kind: {
                     "held_rate": r.held_rate,
@@ -777,6 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "cpu_s_per_1000_held": r.cpu_held,
                     "cpu_s_per_1000_at": {str(k): v for k, v in r.cpu_at.items()},
                     "runs": [run.to_json() for run in r.runs],
+                    "direct": [run.to_json() for run in r.direct.values()],
                 }
                 for r in results
             },
