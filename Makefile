@@ -137,7 +137,7 @@ bench: $(STAMP) sipp postgresql
 	$(BIN)/python bench/quality.py
 
 # The same SIPp load through Kamailio's dispatcher (bench/kamailio-dispatcher.cfg), then
-# through trunkguard, and the ratios (docs/bench-compare.md; about 17 minutes).
+# through trunkguard, and the ratios (docs/bench-compare.md; 10 to 20 minutes).
 # COMPARE_ARGS passes options, e.g. make bench-compare COMPARE_ARGS="--json compare.json".
 bench-compare: $(STAMP) sipp kamailio
 	$(BIN)/python bench/compare.py $(COMPARE_ARGS)
