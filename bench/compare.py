@@ -158,10 +158,11 @@ class TrunkguardSut:
 
     kind = "trunkguard"
 
-    def __init__(self, workdir: Path, carriers: Sequence[Uas]) -> None:
+    def __init__(self, workdir: Path, carriers: Sequence[Uas], overload_guard: bool) -> None:
         named = [("primary", carriers[0].port), ("backup", carriers[1].port)]
         extra = {
             **ROUTER_EXTRA,
+            **({} if overload_guard else {"overload": {"enabled": False}}),
             "carriers": [
                 {"name": name, "uri": f"sip:{HOST}:{port}", "priority": i}
                 for i, (name, port) in enumerate(named)
@@ -340,7 +341,7 @@ class CompareBench(Bench):
             return KamailioSut(
                 workdir, self.carriers, self.args.kamailio_children, free_udp_port()
             )
-        return TrunkguardSut(workdir, self.carriers)
+        return TrunkguardSut(workdir, self.carriers, not self.args.no_overload_guard)
 
     def exit_wait(self) -> float:
         return max(5.0, min(30.0, self.remaining()))
@@ -632,6 +633,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="calls before each PDD run, not measured")
     parser.add_argument("--kamailio-children", type=int, default=4,
                         help="Kamailio's UDP worker processes")
+    parser.add_argument("--no-overload-guard", action="store_true",
+                        help="trunkguard with overload.enabled: false (Kamailio's config has "
+                        "no such guard); by default it runs as shipped")
     parser.add_argument("--budget", type=float, default=540.0,
                         help="seconds for each SUT's ramp and holds")
     parser.add_argument("--workdir", type=Path, help="traces and logs (default: a new temp dir)")
@@ -720,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lower bound for the SUT alone.\nCPU% is of one core; SUT CPU = every process of the "
         f"SUT (Kamailio: {args.kamailio_children} UDP workers and its other processes)."
     )
+    if args.no_overload_guard:
+        print("trunkguard runs with its overload guard off (overload.enabled: false)")
     sample = 0.3 if args.quick else 1.0  # seconds of only sleeping, to see the others
     others = background_load(sample)
     print(f"before the start, other processes kept {others:.0f}% of a core busy")
