@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench bench-compare fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -139,6 +139,7 @@ bench: $(STAMP) sipp postgresql
 # The same SIPp load through Kamailio's dispatcher (bench/kamailio-dispatcher.cfg), then
 # through trunkguard, and the ratios (docs/bench-compare.md; 10 to 20 minutes).
 # COMPARE_ARGS passes options, e.g. make bench-compare COMPARE_ARGS="--json compare.json".
+.PHONY: bench-compare
 bench-compare: $(STAMP) sipp kamailio
 	$(BIN)/python bench/compare.py $(COMPARE_ARGS)
 
