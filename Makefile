@@ -152,6 +152,13 @@ bench-decks: $(STAMP)
 	$(BIN)/python bench/deck_load.py --workdir /tmp/trunkguard-bench-decks
 	$(BIN)/python bench/deck_load.py --carriers 10 --budget 900 --workdir /tmp/trunkguard-bench-decks
 
+# The same SIPp load through Kamailio's dispatcher (bench/kamailio-dispatcher.cfg), then
+# through trunkguard, and the ratios (docs/bench-compare.md; 10 to 20 minutes).
+# COMPARE_ARGS passes options, e.g. make bench-compare COMPARE_ARGS="--json compare.json".
+.PHONY: bench-compare
+bench-compare: $(STAMP) sipp kamailio
+	$(BIN)/python bench/compare.py $(COMPARE_ARGS)
+
 # The wheel to install on a server (docs/service.md), in dist/.
 wheel: $(STAMP)
 	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
