@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd wheel lab clean
+.PHONY: bench-decks demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
