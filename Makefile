@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql halab-tools wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,17 @@ systemd-analyze:
 	  apt-get update -qq && apt-get install -y -qq systemd >/dev/null; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { echo "systemd-analyze is still missing: install Debian's systemd" >&2; exit 1; }
 
+# The HA lab (network namespaces): a 3-member etcd cluster (Debian's etcd-server), tcpdump
+# on the lab's bridge, arping for the service address's gratuitous ARP. Installed only when
+# missing; etcd-server's own service is not used (each lab runs its members in namespaces).
+HALAB_FOUND = command -v etcd && command -v tcpdump && command -v arping
+halab-tools:
+	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { \
+	  echo "installing the HA lab's tools (Debian packages etcd-server, tcpdump, arping)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq etcd-server tcpdump arping >/dev/null; }
+	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { echo "the HA lab's tools are still missing: install Debian's etcd-server, tcpdump and arping" >&2; exit 1; }
+
 # stress-ng keeps a core busy for make test-stressed.
 stress-ng:
 	@command -v stress-ng >/dev/null 2>&1 || { \
@@ -110,10 +121,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql halab-tools
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql halab-tools lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
