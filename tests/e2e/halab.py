@@ -76,18 +76,19 @@ def _start_sipp(
     lifetime: float,
     tmp_root: Path,
     trace_messages: bool = False,
+    port: int = SIP_PORT,
 ) -> _P:
     source = sipp.scenario_path(scenario)
     workdir, owns = sipp._new_workdir(tmp_root, f"{host}-{cls.role}-{source.stem}")
     path = Path(shutil.copy(source, workdir / source.name))
     lifetime_s = max(1, math.ceil(lifetime))
     command = [sipp.sipp_binary(), "-sf", path.name]
-    command += sipp._common_args(SIP_PORT, lifetime_s, trace_messages, lab.address(host))
+    command += sipp._common_args(port, lifetime_s, trace_messages, lab.address(host))
     command += extra
     with (workdir / sipp._STDOUT).open("wb") as out, (workdir / sipp._STDERR).open("wb") as err:
         process = lab.popen(host, command, cwd=workdir, stdout=out, stderr=err)
     deadline = time.monotonic() + 15.0
-    while not _udp_bound_in(process.pid, SIP_PORT):
+    while not _udp_bound_in(process.pid, port):
         if process.poll() is not None and cls.role == "uas":
             raise sipp.SippError(f"SIPp {source.name} in {host} exited {process.returncode}: "
                                  f"{sipp._read(workdir / sipp._STDERR)[-500:]}")  # fmt: skip
@@ -98,7 +99,7 @@ def _start_sipp(
             process.wait()
             raise sipp.SippError(f"SIPp {source.name} did not bind in {host}")
         time.sleep(0.01)
-    return cls(path, SIP_PORT, workdir, owns, process, time.monotonic() + lifetime_s + 3.0)
+    return cls(path, port, workdir, owns, process, time.monotonic() + lifetime_s + 3.0)
 
 
 def lab_uas(
@@ -122,12 +123,13 @@ def lab_uac(
     pause_ms: int = 0,
     timeout: float = 30.0,
     service: str = "callee",
+    port: int = SIP_PORT,
     extra: Sequence[str] = (),
 ) -> sipp.Uac:
-    """A caller on ``host``:5060 toward ``target``; ``uac.wait()`` reads its results."""
+    """A caller on ``host``:``port`` toward ``target``; ``uac.wait()`` reads its results."""
     args = ["-m", str(calls), "-r", f"{rate:g}", "-l", str(limit if limit is not None else calls)]
     args += ["-d", str(pause_ms), "-s", service, *extra, f"{target[0]}:{target[1]}"]
-    return _start_sipp(sipp.Uac, lab, host, scenario, args, timeout, tmp_root)
+    return _start_sipp(sipp.Uac, lab, host, scenario, args, timeout, tmp_root, port=port)
 
 
 # ---------------------------------------------------------------------------- routers

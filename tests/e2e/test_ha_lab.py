@@ -1,0 +1,291 @@
+"""Issue 12's lab: an active/standby pair on a 3-member etcd cluster, in network namespaces.
+
+One lab for the whole file (module-scoped): a caller, routers r1 and r2 (both with the same
+Record-Route key, advertising the service address), carriers c1 and c2, etcd members e1-e3,
+the service address 10.77.0.100 moved by the routers' own hooks. The tests run in the
+order written, each starting from whatever node is active when it begins:
+
+* a carrier forced DOWN on the active is DOWN on the standby (measured);
+* one etcd member killed (the raft leader, the harder case): no role change, no call lost;
+* the active partitioned from etcd fences itself before the standby takes over, and the
+  bridge capture shows no moment with two MACs answering for the service address; healed,
+  the old active comes back as standby and does not answer;
+* kill -9 of the active under 50 calls/s: the time until the standby answers, as the
+  caller sees it on the wire; no call fails; long-hold calls set up before the takeover
+  are ended by their BYE through the new active.
+
+Each prints its figures. Deadlines are generous (a loaded CI machine); the figures are
+what the issue asks to see, the assertions are on counts and order.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sipp
+from etcd import EtcdCluster
+from halab import SIP_PORT, admin_get, admin_post, lab_etcd, lab_router, lab_uac, lab_uas, wait_for
+from netns import ROUTER_HOSTS, SERVICE_ADDRESS, Lab, overlaps, read_pcap, senders, sequence
+from router import RouterProcess
+
+pytest.importorskip("trunkguard.ha", reason="the HA module (issue 12) is not in this tree")
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "/trunkguard/lab"
+# A 1 s lease (etcd's minimum with a 500 ms election timeout is 0.75 s): the standby can
+# win 1 s after the active's last renewal; the active fences 0.6 s after it.
+HA_TIMING = {"lease_ttl": 1.0, "fence_after": 0.6, "renew_every": 0.15}
+SERVICE = (SERVICE_ADDRESS, SIP_PORT)
+
+
+@dataclass
+class Pair:
+    lab: Lab
+    etcd: EtcdCluster
+    routers: dict[str, RouterProcess]
+    carriers: list[sipp.Uas]
+    root: Path
+
+    def ha(self, node: str) -> dict[str, Any]:
+        view: dict[str, Any] = admin_get(self.lab, node, "/api/counters")["ha"]
+        return view
+
+    def roles(self) -> dict[str, str]:
+        out = {}
+        for node, router in self.routers.items():
+            if router._proc is not None and router._proc.poll() is None:
+                out[node] = str(self.ha(node)["role"])
+        return out
+
+    def active(self, timeout: float = 30.0) -> tuple[str, str]:
+        """(active, standby) once exactly one live node is active and serving."""
+
+        def one() -> tuple[str, str] | None:
+            views = {n: self.ha(n) for n in self.routers if self.routers[n]._proc is not None}
+            act = [n for n, v in views.items() if v["role"] == "active" and v["serving"]]
+            if len(act) != 1:
+                return None
+            other = next(n for n in ROUTER_HOSTS if n != act[0])
+            return act[0], other
+
+        found = wait_for(one, timeout, every=0.1)
+        assert found is not None, f"no single active node: {self.describe()}"
+        return found
+
+    def describe(self) -> str:
+        lines = []
+        for node, router in self.routers.items():
+            try:
+                lines.append(f"{node}: {self.ha(node)}")
+            except Exception as exc:  # a dead node: its log says why
+                lines.append(f"{node}: {exc!r}")
+            lines.append(router.log()[-1500:])
+        return "\n".join(lines)
+
+    def calls(self, port: int, **kw: Any) -> sipp.Uac:
+        return lab_uac(self.lab, "caller", SERVICE, self.root, port=port, **kw)
+
+
+def _router_config(pair_root: Path, node: str, key: Path) -> dict[str, object]:
+    return {
+        "secret_file": str(key),
+        "advertise": f"{SERVICE_ADDRESS}:{SIP_PORT}",
+        "ha": {
+            "node": node,
+            "etcd": [f"http://10.77.0.{31 + i}:2379" for i in range(3)],
+            "prefix": PREFIX,
+            "mode": "active-standby",
+            **HA_TIMING,
+            "service_address": f"{SERVICE_ADDRESS}/24",
+            "interface": "eth0",
+        },
+        "probe": {"interval": 2.0},
+    }
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("ha-lab")
+    key = root / "route.key"
+    key.write_text(secrets.token_hex(32) + "\n")
+    key.chmod(0o600)
+    started = time.monotonic()
+    with Lab(root / "lab") as lab, lab_etcd(lab) as etcd:
+        carriers = [lab_uas(lab, c, root, lifetime=600) for c in ("c1", "c2")]
+        routers = {
+            n: lab_router(lab, n, root / n, carriers=("c1", "c2"),
+                          extra=_router_config(root, n, key))
+            for n in ROUTER_HOSTS
+        }  # fmt: skip
+        pair = Pair(lab, etcd, routers, carriers, root)
+        try:
+            routers["r1"].start()
+            assert wait_for(lambda: pair.ha("r1")["role"] == "active", 30.0), pair.describe()
+            routers["r2"].start()
+            assert wait_for(lambda: pair.ha("r2")["role"] == "standby", 30.0), pair.describe()
+            print(f"\nHA lab up in {time.monotonic() - started:.1f} s: {pair.roles()}")
+            yield pair
+        finally:
+            for router in routers.values():
+                if router._proc is not None:
+                    router._proc.kill()
+                    router._proc.wait()
+                    router._proc = None
+            for carrier in carriers:
+                carrier.close()
+
+
+def test_a_carrier_down_on_one_node_is_down_on_the_other_within_1s(pair: Pair) -> None:
+    active, standby = pair.active()
+    assert admin_get(pair.lab, standby, "/api/targets/c2")["state"] == "UP"
+    t0 = time.monotonic()
+    admin_post(pair.lab, active, "/api/targets/c2/force-down", {"seconds": 30, "reason": "lab"})
+    local = time.monotonic() - t0
+    seen = wait_for(
+        lambda: admin_get(pair.lab, standby, "/api/targets/c2")["state"] == "DOWN", 10.0, 0.01
+    )
+    took = time.monotonic() - t0
+    assert seen, pair.describe()
+    view = admin_get(pair.lab, standby, "/api/targets/c2")
+    print(f"\nc2 forced DOWN on {active} (API answered in {local * 1000:.0f} ms): DOWN on "
+          f"{standby} {took * 1000:.0f} ms after the request; there: "
+          f"{view['reason']!r}")  # fmt: skip
+    # The aim is 1 s (printed above); a loaded CI machine gets more room before it fails.
+    assert took < 5.0, f"{took:.3f} s"
+    admin_post(pair.lab, active, "/api/targets/c2/restore", {})
+    assert wait_for(
+        lambda: admin_get(pair.lab, standby, "/api/targets/c2")["state"] == "UP", 10.0
+    ), pair.describe()
+
+
+def test_one_etcd_member_killed_nothing_changes(pair: Pair) -> None:
+    active, standby = pair.active()
+    before = {n: pair.ha(n) for n in ROUTER_HOSTS}
+    leader = pair.etcd.leader(timeout=2.0)
+    assert leader is not None
+    calls = pair.calls(5061, calls=100, rate=20, timeout=60)
+    try:
+        assert wait_for(lambda: calls.sent("INVITE") >= 20, 20.0)
+        pair.etcd.kill(leader)
+        killed = time.monotonic()
+        result = calls.wait()
+    finally:
+        calls.close()
+    after = {n: pair.ha(n) for n in ROUTER_HOSTS}
+    print(f"\netcd leader m{leader} killed under 20 calls/s: {result.successful} of 100 calls "
+          f"completed, {result.failed} failed; roles {before[active]['role']}/"
+          f"{before[standby]['role']} -> {after[active]['role']}/{after[standby]['role']}, "
+          f"epoch {before[active]['epoch']} -> {after[active]['epoch']}, takeovers "
+          f"{before[standby]['takeovers']} -> {after[standby]['takeovers']}, "
+          f"{time.monotonic() - killed:.1f} s observed")  # fmt: skip
+    assert result.successful == 100 and result.failed == 0, result.describe()
+    assert after[active]["role"] == "active" and after[standby]["role"] == "standby"
+    assert after[active]["epoch"] == before[active]["epoch"]
+    assert after[active]["fences"] == before[active]["fences"]
+    assert after[standby]["takeovers"] == before[standby]["takeovers"]
+    pair.etcd.start_member(leader)
+    pair.etcd.wait_healthy(members=[leader])
+
+
+def test_partitioned_active_fences_before_the_standby_takes_over(pair: Pair) -> None:
+    lab = pair.lab
+    active, standby = pair.active()
+    capture = lab.capture(pair.root / "partition.pcap")
+    calls = pair.calls(5062, calls=240, rate=20, timeout=90)
+    try:
+        assert wait_for(lambda: calls.sent("INVITE") >= 20, 20.0)
+        cut = time.time()
+        with lab.partition(active, ["e1", "e2", "e3"]):
+            fenced = wait_for(lambda: pair.ha(active)["role"] in ("fenced", "standby")
+                              and not pair.ha(active)["serving"], 20.0, 0.02)  # fmt: skip
+            t_fenced = time.time() - cut
+            took_over = wait_for(lambda: pair.ha(standby)["role"] == "active", 30.0, 0.02)
+            t_active = time.time() - cut
+            assert fenced and took_over, pair.describe()
+            old_view = pair.ha(active)
+        healed = time.time()
+        # Back in touch with etcd, the old active sees the new epoch and stays standby.
+        assert wait_for(lambda: pair.ha(active)["role"] == "standby", 30.0), pair.describe()
+        result = calls.wait()
+    finally:
+        calls.close()
+        capture.stop()
+    frames = read_pcap(capture.path)
+    spans = senders(frames, SERVICE_ADDRESS)
+    runs = sequence(frames, SERVICE_ADDRESS)
+    old_mac, new_mac = lab.mac(active), lab.mac(standby)
+    old = [s for s in spans if s.mac == old_mac]
+    new = [s for s in spans if s.mac == new_mac]
+    gap = (new[0].first - old[0].last) if old and new else float("nan")
+    print(f"\n{active} cut from etcd: it stopped serving {t_fenced:.2f} s later "
+          f"(role {old_view['role']}), {standby} active {t_active:.2f} s later; on the wire "
+          f"{active}'s last packet from {SERVICE_ADDRESS} {old[0].last - cut if old else 0:+.3f}"
+          f" s, {standby}'s first {new[0].first - cut if new else 0:+.3f} s (gap "
+          f"{gap * 1000:.0f} ms); runs of senders: "
+          f"{[lab.host_of_mac(r[0]) for r in runs]}; calls {result.successful} completed, "
+          f"{result.failed} failed of 240; healed, {active} is "
+          f"{pair.ha(active)['role']}")  # fmt: skip
+    assert old and new, spans
+    assert overlaps(spans) == [], spans
+    assert [lab.host_of_mac(r[0]) for r in runs] == [active, standby], runs
+    assert old[0].last < new[0].first
+    assert all(f.time < healed for f in frames if f.src_mac == old_mac and
+               f.src_ip == SERVICE_ADDRESS)  # fmt: skip
+
+
+def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
+    lab = pair.lab
+    active, standby = pair.active()
+    capture = lab.capture(pair.root / "kill.pcap")
+    # Long-hold calls set up before the kill; their BYE goes out after the takeover.
+    held = pair.calls(5063, calls=20, rate=20, pause_ms=8000, timeout=60)
+    load = None
+    try:
+        assert wait_for(lambda: held.responses_received(200) >= 20, 20.0), held.describe()
+        load = pair.calls(5064, calls=400, rate=50, timeout=90)
+        assert wait_for(lambda: load.sent("INVITE") >= 100, 20.0)
+        killed = time.time()
+        os.kill(pair.routers[active].pid, signal.SIGKILL)
+        pair.routers[active]._proc.wait()  # type: ignore[union-attr]
+        pair.routers[active]._proc = None
+        assert wait_for(lambda: pair.ha(standby)["role"] == "active", 30.0), pair.describe()
+        loaded = load.wait()
+        holding = held.wait()
+    finally:
+        held.close()
+        if load is not None:
+            load.close()
+        capture.stop()
+    frames = read_pcap(capture.path)
+    caller_mac = lab.mac("caller")
+    answered = sorted(f.time for f in frames if f.src_ip == SERVICE_ADDRESS
+                      and f.dst_mac == caller_mac and f.src_mac == lab.mac(standby)
+                      and f.time > killed)  # fmt: skip
+    last_old = max((f.time for f in frames if f.src_mac == lab.mac(active)
+                    and f.src_ip == SERVICE_ADDRESS), default=float("nan"))  # fmt: skip
+    # The killed process ran no release hook: its host still has the address, and its
+    # kernel may still answer ARP for it (counted, shown).
+    after_kill = sum(1 for f in frames if f.src_mac == lab.mac(active)
+                     and f.src_ip == SERVICE_ADDRESS and f.time > killed)  # fmt: skip
+    byes = [m.time for m in holding.messages if m.direction == "S" and m.method == "BYE"]
+    served = answered[0] - killed if answered else float("nan")
+    print(f"\nkill -9 {active} under 50 calls/s: {standby} answered the caller "
+          f"{served:.2f} s after the kill ({active}'s last packet "
+          f"{last_old - killed:+.3f} s, {after_kill} from its host after the kill); "
+          f"calls {loaded.successful} completed, {loaded.failed} failed of 400; long-hold "
+          f"calls {holding.successful} of 20 ended by a BYE sent "
+          f"{min(byes) - killed if byes else 0:+.2f}..{max(byes) - killed if byes else 0:+.2f}"
+          f" s after the kill")  # fmt: skip
+    assert answered, "the standby never answered the caller"
+    assert loaded.failed == 0 and loaded.successful == 400, loaded.describe()
+    assert holding.successful == 20 and holding.failed == 0, holding.describe()
+    assert byes and min(byes) > answered[0], "a BYE went out before the takeover"
