@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -130,6 +132,30 @@ def lab_uac(
     args = ["-m", str(calls), "-r", f"{rate:g}", "-l", str(limit if limit is not None else calls)]
     args += ["-d", str(pause_ms), "-s", service, *extra, f"{target[0]}:{target[1]}"]
     return _start_sipp(sipp.Uac, lab, host, scenario, args, timeout, tmp_root, port=port)
+
+
+def lab_sim_carrier(lab: Lab, host: str, workdir: Path) -> subprocess.Popen[bytes]:
+    """trunkguard's own carrier simulator on ``host``:5060, answering every call at once.
+
+    Unlike SIPp's UAS, which answers each request of a call to the address its INVITE came
+    from, it answers a request where that request came from (RFC 3581's rport, as the
+    router's Via asks): a BYE relayed by the new active after a takeover gets its 200 back
+    there, not at the dead node.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"sim-{host}.log"
+    with log.open("wb") as out:
+        proc = lab.popen(
+            host,
+            [sys.executable, "-m", "trunkguard", "sim-carrier", "--name", host,
+             "--listen", f"{lab.address(host)}:{SIP_PORT}", "--ring-ms", "0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    if not wait_for(lambda: b"listening on" in log.read_bytes() or proc.poll() is not None, 30):
+        raise LabError(f"sim-carrier in {host} did not start: {log.read_text()[-500:]}")
+    if proc.poll() is not None:
+        raise LabError(f"sim-carrier in {host} exited: {log.read_text()[-500:]}")
+    return proc
 
 
 # ---------------------------------------------------------------------------- routers
