@@ -5,6 +5,7 @@ for the service address when (and sees it when two do)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.error
@@ -28,7 +29,10 @@ from netns import (
     sweep,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab's network namespaces need root"),
+]
 
 
 @pytest.fixture(scope="module")
