@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql halab-tools wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql halab-tools ha-lab wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,11 @@ demo: $(STAMP)
 # The router alone, on its embedded default config.
 run: $(STAMP)
 	$(BIN)/trunkguard run
+
+# The HA lab (network namespaces, root): the harness, then issue 12's scenarios with 2,000
+# calls around the kill -9, each printing its figures (about 2 minutes).
+ha-lab: $(STAMP) sipp halab-tools
+	HALAB_CALLS=2000 $(BIN)/pytest -q -s tests/e2e/test_netns_lab.py tests/e2e/test_ha_lab.py
 
 # Every lab scenario and the summary table quoted in the README (under 10 minutes).
 lab: $(STAMP)

@@ -10,9 +10,10 @@ order written, each starting from whatever node is active when it begins:
 * the active partitioned from etcd fences itself before the standby takes over, and the
   bridge capture shows no moment with two MACs answering for the service address; healed,
   the old active comes back as standby and does not answer;
-* kill -9 of the active under 50 calls/s: the time until the standby answers, as the
-  caller sees it on the wire; no call fails; long-hold calls set up before the takeover
-  are ended by their BYE through the new active.
+* kill -9 of the active under 50 calls/s (HALAB_CALLS calls, 400 by default): the time
+  until the standby answers, as the caller sees it on the wire; the calls lost, each by its
+  cause; long-hold calls set up before the takeover are ended by their BYE through the new
+  active.
 
 Each prints its figures. Deadlines are generous (a loaded CI machine); the figures are
 what the issue asks to see, the assertions are on counts and order.
@@ -58,6 +59,9 @@ PREFIX = "/trunkguard/lab"
 # win 1 s after the active's last renewal; the active fences 0.6 s after it.
 HA_TIMING = {"lease_ttl": 1.0, "fence_after": 0.6, "renew_every": 0.15}
 SERVICE = (SERVICE_ADDRESS, SIP_PORT)
+# Calls at 50/s around the kill -9: 400 (8 s) in make test; make ha-lab runs 2,000, as in
+# the issue's Kamailio comparison.
+CALLS = int(os.environ.get("HALAB_CALLS", "400"))
 # The address and a gratuitous ARP that neighbours act on. Debian's arping (Habets', the
 # `arping` package) sends `-U` requests with the host's own address as the sender unless
 # -S names the service address, and waits a second for a reply that never comes (exit 1).
@@ -316,7 +320,7 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
         assert wait_for(lambda: held.responses_received(200) >= 20, 20.0), held.describe()
         # 8 s of calls; a call the dead node had answered 100 Trying for waits (the caller
         # no longer retransmits) until this run's end, hence the bound.
-        load = pair.calls(5064, calls=400, rate=50, timeout=25)
+        load = pair.calls(5064, calls=CALLS, rate=50, timeout=CALLS / 50 + 17)
         assert wait_for(lambda: load.sent("INVITE") >= 100, 20.0)
         killed = time.time()
         os.kill(pair.routers[active].pid, signal.SIGKILL)
@@ -346,7 +350,7 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
     print(f"\nkill -9 {active} under 50 calls/s: {standby} answered the caller "
           f"{served:.2f} s after the kill ({active}'s last packet "
           f"{last_old - killed:+.3f} s, {after_kill} from its host after the kill); "
-          f"calls {loaded.successful} completed, {loaded.failed} failed of 400; long-hold "
+          f"calls {loaded.successful} completed, {loaded.failed} failed of {CALLS}; long-hold "
           f"calls {holding.successful} of 20 ended by a BYE sent "
           f"{min(byes) - killed if byes else 0:+.2f}..{max(byes) - killed if byes else 0:+.2f}"
           f" s after the kill")  # fmt: skip
@@ -359,9 +363,9 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
           f"it ended with a BYE: {counters.get('stray_byes_sent', 0)}")  # fmt: skip
     finals, lost = _outcomes(loaded.messages, killed)
     refused = sum(1 for code in finals.values() if code == 503)
-    print(f"the 400 calls: {loaded.successful} completed, {refused} refused 503, {len(lost)} "
+    print(f"the {CALLS} calls: {loaded.successful} completed, {refused} refused 503, {len(lost)} "
           f"left waiting after a 100 Trying from {active} before it died, "
-          f"{400 - loaded.successful - refused - len(lost)} otherwise failed")  # fmt: skip
+          f"{CALLS - loaded.successful - refused - len(lost)} otherwise failed")  # fmt: skip
     assert answered, "the standby never answered the caller"
     # Zero failed is the aim, and what an idle machine shows. Two kinds of loss are not the
     # takeover's doing, and are counted apart: a call the new active refused (503) because
@@ -371,6 +375,6 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
     # failure fails the test.
     assert refused <= shed, loaded.describe()
     assert all(t <= killed + 0.05 for t in lost.values()), lost
-    assert loaded.successful + refused + len(lost) == 400, loaded.describe()
+    assert loaded.successful + refused + len(lost) == CALLS, loaded.describe()
     assert holding.successful == 20 and holding.failed == 0, holding.describe()
     assert byes and min(byes) > answered[0], "a BYE went out before the takeover"

@@ -205,3 +205,59 @@ def test_the_capture_says_who_answered_on_the_service_address(
     assert carrier.received("INVITE") == 10
     with pytest.raises(LabError):
         lab.run("r1", ["false"])
+
+
+def _pcap(frames: list[tuple[float, bytes]], order: str = "<", nano: bool = False) -> bytes:
+    import struct
+
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, 1)
+    for when, data in frames:
+        sec = int(when)
+        frac = round((when - sec) * (1e9 if nano else 1e6))
+        out += struct.pack(order + "IIII", sec, frac, len(data), len(data)) + data
+    return out
+
+
+def _udp_from(mac: str, src: str, dst: str = "10.77.0.2") -> bytes:
+    eth = bytes.fromhex("027700000002") + bytes.fromhex(mac.replace(":", "")) + b"\x08\x00"
+    ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0])
+    ip += socket.inet_aton(src) + socket.inet_aton(dst)
+    return eth + ip + b"\x13\xc4\x13\xc4\x00\x08\x00\x00"
+
+
+def _garp_from(mac: str, address: str) -> bytes:
+    raw = bytes.fromhex(mac.replace(":", ""))
+    eth = b"\xff" * 6 + raw + b"\x08\x06"
+    arp = bytes.fromhex("0001080006040001") + raw + socket.inet_aton(address)
+    return eth + arp + b"\x00" * 6 + socket.inet_aton(address)
+
+
+@pytest.mark.parametrize(("order", "nano"), [("<", False), (">", False), ("<", True)])
+def test_the_pcap_reader_on_known_frames(tmp_path: Path, order: str, nano: bool) -> None:
+    a, b = "02:77:00:00:00:0b", "02:77:00:00:00:0c"
+    frames = [
+        (100.25, _udp_from(a, SERVICE_ADDRESS)),
+        (100.5, _udp_from(a, "10.77.0.11")),  # not from the service address
+        (101.0, _garp_from(b, SERVICE_ADDRESS)),
+        (101.125, _udp_from(b, SERVICE_ADDRESS)),
+    ]
+    path = tmp_path / "known.pcap"
+    # A truncated last record (tcpdump killed mid-write) is left out.
+    path.write_bytes(_pcap(frames, order, nano) + b"\x01\x02\x03")
+    read = read_pcap(path)
+    assert [round(f.time, 6) for f in read] == [100.25, 100.5, 101.0, 101.125]
+    assert read[2].arp_op == 1 and read[2].src_ip == SERVICE_ADDRESS
+    spans = senders(read, SERVICE_ADDRESS)
+    assert [(s.mac, s.first, s.last, s.packets) for s in spans] == [
+        (a, pytest.approx(100.25), pytest.approx(100.25), 1),
+        (b, pytest.approx(101.0), pytest.approx(101.125), 2),
+    ]
+    assert overlaps(spans) == []
+    assert [r[0] for r in sequence(read, SERVICE_ADDRESS)] == [a, b]
+    assert [s.mac for s in senders(read, SERVICE_ADDRESS, arp=False)] == [a, b]
+    # a answering again after b started is an overlap, and a second run of a.
+    path.write_bytes(_pcap([*frames, (101.5, _udp_from(a, SERVICE_ADDRESS))], order, nano))
+    again = read_pcap(path)
+    assert len(overlaps(senders(again, SERVICE_ADDRESS))) == 1
+    assert [r[0] for r in sequence(again, SERVICE_ADDRESS)] == [a, b, a]
