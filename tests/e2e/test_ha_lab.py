@@ -97,7 +97,7 @@ class Pair:
 
         def one() -> tuple[str, str] | None:
             views = {n: self.ha(n) for n in self.routers if self.routers[n]._proc is not None}
-            act = [n for n, v in views.items() if v["role"] == "active" and v["serving"]]
+            act = [n for n, v in views.items() if v["role"] == "active" and v.get("serving", True)]
             if len(act) != 1:
                 return None
             other = next(n for n in ROUTER_HOSTS if n != act[0])
@@ -142,6 +142,11 @@ def _outcomes(
             finals.setdefault(m.call_id, status)
     lost = {c: t for c, t in last_1xx.items() if c not in finals}
     return finals, lost
+
+
+def _stopped(view: dict[str, Any]) -> bool:
+    """The node no longer serves: fenced (or already standby again), not serving."""
+    return view["role"] in ("fenced", "standby") and not view.get("serving", False)
 
 
 def _shed(pair: Pair, node: str) -> int:
@@ -247,17 +252,19 @@ def test_one_etcd_member_killed_nothing_changes(pair: Pair) -> None:
           f"completed, {result.failed} failed; roles {before[active]['role']}/"
           f"{before[standby]['role']} -> {after[active]['role']}/{after[standby]['role']}, "
           f"epoch {before[active]['epoch']} -> {after[active]['epoch']}, takeovers "
-          f"{before[standby]['takeovers']} -> {after[standby]['takeovers']}, "
+          f"{before[standby].get('takeovers')} -> {after[standby].get('takeovers')}, "
           f"{time.monotonic() - killed:.1f} s observed")  # fmt: skip
     assert result.successful == 100 and result.failed == 0, result.describe()
     assert after[active]["role"] == "active" and after[standby]["role"] == "standby"
     assert after[active]["epoch"] == before[active]["epoch"]
-    assert after[standby]["takeovers"] == before[standby]["takeovers"]
+    # Beyond ha-spec.md's block (node, mode, role, epoch, leader, etcd...), when given.
+    assert after[standby].get("takeovers") == before[standby].get("takeovers")
     # The raft leader's death stops lease renewals for one election (about 0.5-1.3 s here):
     # with fence_after 0.6 s the active may fence for that moment, which the calls above
     # ride out on retransmissions. Shown, so the figure is in the output.
-    print(f"{active} fenced itself {after[active]['fences'] - before[active]['fences']} "
-          f"time(s) meanwhile")
+    if "fences" in after[active]:
+        print(f"{active} fenced itself {after[active]['fences'] - before[active]['fences']} "
+              f"time(s) meanwhile")
     pair.etcd.start_member(leader)
     pair.etcd.wait_healthy(members=[leader])
 
@@ -271,8 +278,7 @@ def test_partitioned_active_fences_before_the_standby_takes_over(pair: Pair) -> 
         assert wait_for(lambda: calls.sent("INVITE") >= 20, 20.0)
         cut = time.time()
         with lab.partition(active, ["e1", "e2", "e3"]):
-            fenced = wait_for(lambda: pair.ha(active)["role"] in ("fenced", "standby")
-                              and not pair.ha(active)["serving"], 20.0, 0.02)  # fmt: skip
+            fenced = wait_for(lambda: _stopped(pair.ha(active)), 20.0, 0.02)
             t_fenced = time.time() - cut
             took_over = wait_for(lambda: pair.ha(standby)["role"] == "active", 30.0, 0.02)
             t_active = time.time() - cut
