@@ -59,6 +59,10 @@ class HaNode:
         self._wake = asyncio.Event()
         self._stopping = False
         self._leader_kv: KeyValue | None = None
+        # Called (no argument, quick, must not raise) when the role, the leader or etcd's
+        # reachability changed: the dashboard pushes its HA line then.
+        self.watchers: list[Callable[[], None]] = []
+        self._shown: tuple[object, ...] | None = None
         runtime.listeners.append(self._on_event)
         runtime.ha = self
         if runtime.prober is not None:
@@ -136,6 +140,20 @@ class HaNode:
                 self._spawn(self.hooks.run(False))
             # GRANT_LEASE: the lease loop sees that there is none
         self._arm()
+        self._notify()
+
+    def _notify(self) -> None:
+        r = self.role
+        shown = (r.role, r.etcd_ok, r.etcd_lost_since, r.leader, r.epoch)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception:  # a watcher's bug must not stop the role machine
+                self.counters["watcher_errors"] += 1
+                log.exception("HA: a watcher failed")
 
     _etcd_was_ok = False
 
