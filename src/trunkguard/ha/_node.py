@@ -65,8 +65,11 @@ class HaNode:
         self._shown: tuple[object, ...] | None = None
         runtime.listeners.append(self._on_event)
         runtime.ha = self
-        if runtime.prober is not None:
-            runtime.prober.paused = not self.role.may_serve(self.loop.time())
+        if not self.role.may_serve(self.loop.time()):
+            # Before the first REGISTER or probe leaves: only the serving node sends them.
+            if runtime.prober is not None:
+                runtime.prober.paused = True
+            runtime.registrations.pause(self.loop.time())
 
     # -- the gate ------------------------------------------------------------------------
     def serving(self) -> bool:
@@ -168,6 +171,12 @@ class HaNode:
             log.warning("HA: %s stopped serving (%s)", self.settings.node, why)
         if self.runtime.prober is not None:
             self.runtime.prober.paused = not on
+        # A register: carrier: the new active registers at once (not at its old schedule,
+        # nor after the standby's backoff), the one that stopped refreshes no more.
+        if on:
+            self.runtime.registrations.resume(now)
+        else:
+            self.runtime.registrations.pause(now)
         self.runtime.store.record_notice(
             self.settings.node, "ha", self.role.role.value,
             f"epoch {self.role.epoch}" if on else "not serving", self.runtime._wall(now),
