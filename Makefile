@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql halab-tools ha-lab wheel lab clean
+.PHONY: demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd halab-tools ha-lab wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,16 @@ postgresql:
 	  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 	@$(POSTGRES_FOUND) || { echo "PostgreSQL is still missing: install Debian's postgresql" >&2; exit 1; }
 
+# etcd (Debian's etcd-server) holds the HA tests' leadership and shared state; each test
+# runs its own members in a temporary directory. Only the program is needed: the packaged
+# service is not used (nor started where systemd is not PID 1).
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd (Debian package etcd-server)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null; }
+	@command -v etcd >/dev/null 2>&1 || { echo "etcd is still missing: install Debian's etcd-server" >&2; exit 1; }
+
 # Headless Chromium checks that the lab's HTML report renders its charts, and drives the
 # dashboard (Playwright, on this chromium: no browser download).
 chromium:
@@ -80,16 +90,16 @@ systemd-analyze:
 	  apt-get update -qq && apt-get install -y -qq systemd >/dev/null; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { echo "systemd-analyze is still missing: install Debian's systemd" >&2; exit 1; }
 
-# The HA lab (network namespaces): a 3-member etcd cluster (Debian's etcd-server), tcpdump
-# on the lab's bridge, arping for the service address's gratuitous ARP. Installed only when
-# missing; etcd-server's own service is not used (each lab runs its members in namespaces).
-HALAB_FOUND = command -v etcd && command -v tcpdump && command -v arping
-halab-tools:
+# The HA lab (network namespaces): tcpdump on the lab's bridge, arping for the service
+# address's gratuitous ARP (Debian's arping is Habets'), and etcd (above). Installed only
+# when missing.
+HALAB_FOUND = command -v tcpdump && command -v arping
+halab-tools: etcd
 	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { \
-	  echo "installing the HA lab's tools (Debian packages etcd-server, tcpdump, arping)"; \
+	  echo "installing the HA lab's tools (Debian packages tcpdump, arping)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq etcd-server tcpdump arping >/dev/null; }
-	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { echo "the HA lab's tools are still missing: install Debian's etcd-server, tcpdump and arping" >&2; exit 1; }
+	  apt-get update -qq && apt-get install -y -qq tcpdump arping >/dev/null; }
+	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { echo "the HA lab's tools are still missing: install Debian's tcpdump and arping" >&2; exit 1; }
 
 # stress-ng keeps a core busy for make test-stressed.
 stress-ng:
@@ -126,10 +136,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql halab-tools
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd halab-tools
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql halab-tools lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd halab-tools lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is

@@ -309,6 +309,14 @@ async def _run(
 
     dialer = DialerService(runtime, config.dialer_settings())
     dialer.start()
+    ha_node = None
+    ha_settings = config.ha_settings()
+    if ha_settings is not None:
+        # Leadership and shared target state on etcd (docs/ha.md): the router's gate.
+        from .ha._node import HaNode
+
+        ha_node = HaNode(runtime, ha_settings)
+        await ha_node.start()
     drains: set[asyncio.Task[None]] = set()
     # systemd (Type=notify): READY once listening, STATUS, RELOADING, STOPPING, watchdog.
     notifier = Notifier()
@@ -375,6 +383,8 @@ async def _run(
         nonlocal watcher
         routers.append(router)
         router.on_events = runtime.pump
+        if ha_node is not None:
+            ha_node.router = router
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in router.bound)
         log.info("trunkguard listening on %s (config %s)", where, source)
         queries = config.dns_queries()
@@ -468,11 +478,17 @@ async def _run(
 
     recorder = start_recorder(config, runtime, loop)  # call records, in a thread of their own
     try:
-        await serve(proxy, listeners, stop, ready, before_stop, tls_server)
+        await serve(
+            proxy, listeners, stop, ready, before_stop, tls_server,
+            gate=None if ha_node is None else ha_node.serving,
+            freebind=ha_settings is not None and ha_settings.service_address is not None,
+        )  # fmt: skip
     except OSError as exc:
         log.error("cannot listen on %s: %s", ", ".join(config.listen), exc.strerror or exc)
         return 1
     finally:
+        if ha_node is not None:
+            await ha_node.stop()  # the lease is revoked: the standby takes over at once
         gc_policy.stop()
         heartbeat.stop()
         notifier.close()

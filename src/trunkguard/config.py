@@ -34,6 +34,7 @@ from .agi import AgiSettings, check_dial
 from .alerts import AlertSettings, DampingSettings, HookSettings
 from .dialer import CampaignSettings, DialerSettings, Step, VicidialSettings, WebhookSettings
 from .dns import Destination, DnsSettings, Query
+from .ha._settings import HaSettings
 from .health import FailureTable, HealthPolicy, OutcomeClass
 from .prober import ProbeSettings
 from .proxy import ProxySettings
@@ -1122,6 +1123,103 @@ class DialerConfig(Strict):
         )
 
 
+# -- high availability (docs/ha.md) ----------------------------------------------------------
+_HA_FIELDS = ("{address}", "{interface}", "{node}")
+
+
+def _ha_argv(value: list[str]) -> list[str]:
+    for item in value:
+        if not item or "\x00" in item or "\n" in item:
+            raise ValueError("each argv item must be one non-empty line")
+        rest = item
+        for name in _HA_FIELDS:
+            rest = rest.replace(name, "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(f"{item!r}: the only fields are {', '.join(_HA_FIELDS)}")
+    return value
+
+
+class HaConfig(Strict):
+    """Two or more routers sharing leadership and target state on etcd."""
+
+    node: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    etcd: list[str] = Field(min_length=1, max_length=16)
+    prefix: str = Field(default="/trunkguard/main", pattern=r"^/[A-Za-z0-9_./-]{0,200}$")
+    mode: Literal["active-standby", "active-active"] = "active-standby"
+    lease_ttl: float = Field(default=2.0, ge=1.0, le=3600)
+    renew_every: float = Field(default=0.25, gt=0, le=600)
+    fence_after: float = Field(default=1.2, gt=0, le=3600)
+    service_address: str | None = None
+    interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
+    acquire: list[str] = Field(default_factory=list)
+    release: list[str] = Field(default_factory=list)
+    hook_timeout: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("etcd", mode="before")
+    @classmethod
+    def _etcd_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("etcd")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for url in value:
+            m = re.fullmatch(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})/?", url)
+            if m is None or not 0 < int(m.group(2)) < 65536:
+                raise ValueError(f"{url!r}: expected http://HOST:PORT (an etcd client URL)")
+        return [url.rstrip("/") for url in value]
+
+    @field_validator("service_address")
+    @classmethod
+    def _service_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                iface = ipaddress.ip_interface(value)
+            except ValueError:
+                raise ValueError(f"{value!r}: expected ADDRESS/PREFIX, like 10.0.0.9/24") from None
+            if "/" not in value:
+                value = f"{iface.ip}/{iface.network.prefixlen}"
+        return value
+
+    @field_validator("acquire", "release")
+    @classmethod
+    def _hooks(cls, value: list[str]) -> list[str]:
+        return _ha_argv(value)
+
+    @model_validator(mode="after")
+    def _timing(self) -> HaConfig:
+        if self.fence_after >= self.lease_ttl:
+            raise ValueError(
+                f"fence_after ({self.fence_after:g}s) must be less than lease_ttl "
+                f"({self.lease_ttl:g}s): a node must stop serving before its lease expires"
+            )
+        if self.renew_every * 2 > self.fence_after:
+            raise ValueError(
+                f"renew_every ({self.renew_every:g}s) must be at most half of fence_after "
+                f"({self.fence_after:g}s): one late renewal must not fence the node"
+            )
+        if self.service_address is not None and self.interface is None:
+            raise ValueError("service_address needs interface (where the address goes)")
+        return self
+
+    def settings(self) -> HaSettings:
+        return HaSettings(
+            node=self.node,
+            etcd=tuple(self.etcd),
+            prefix=self.prefix.rstrip("/") or "/",
+            mode=self.mode,
+            lease_ttl=self.lease_ttl,
+            renew_every=self.renew_every,
+            fence_after=self.fence_after,
+            service_address=self.service_address,
+            interface=self.interface,
+            acquire=tuple(self.acquire),
+            release=tuple(self.release),
+            hook_timeout=self.hook_timeout,
+            request_timeout=min(0.5, max(0.1, self.fence_after / 3)),
+        )
+
+
 class LogConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"  # json: one object per line (ts, level, ...)
@@ -1161,6 +1259,7 @@ class RouterConfig(Strict):
     dialog_keepalive: DialogKeepaliveConfig = DialogKeepaliveConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
     tls: TlsListenConfig | None = None  # needed by tls: listeners
+    ha: HaConfig | None = None  # absent: a single node
     dns: DnsConfig = DnsConfig()
     # The key that signs Record-Route; neither: one generated into the state directory.
     secret: str | None = Field(default=None, min_length=32, repr=False)
@@ -1277,6 +1376,10 @@ class RouterConfig(Strict):
         )
         numbers = (self.numbers or NumbersConfig()).rules()
         return table, numbers
+
+    def ha_settings(self) -> HaSettings | None:
+        """The ``ha:`` section's settings, or None for a single node."""
+        return None if self.ha is None else self.ha.settings()
 
     def quality_settings(self) -> QualitySettings | None:
         """The quality tracker's settings, or None when ``quality.enabled`` is off."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import RouterConfig, destination_targets
 from .dns import Destination, DnsWatcher
@@ -28,6 +29,9 @@ from .register import FAILED, RegisterSettings, Registrations
 from .routing import NumberRules, RoutingTable
 from .stats import TargetStats
 from .store import EventStore
+
+if TYPE_CHECKING:
+    from .ha._node import HaNode
 
 log = logging.getLogger("trunkguard.health")
 
@@ -102,6 +106,7 @@ class Runtime:
             else None
         )
         self.registrations = Registrations(self.proxy, self.health, config.register_settings())
+        self.ha: HaNode | None = None  # set by the HA node (the ha: section)
         self._clock = 0.0  # monotonic "now" of the last call into us
         self._offset = time.time()  # wall clock minus monotonic clock
 

@@ -43,7 +43,7 @@ T = TypeVar("T")
 def etcd_binary() -> str:
     path = shutil.which("etcd") or ("/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None)
     if path is None:
-        raise RuntimeError("etcd is not installed (Debian's etcd-server): make halab-tools")
+        raise RuntimeError("etcd is not installed (Debian's etcd-server): make etcd")
     return path
 
 

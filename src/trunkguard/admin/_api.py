@@ -227,6 +227,7 @@ class _Api:
                 "open": proxy.open_work(),
                 "active": proxy.active(),
                 **proxy.load_view(self._now()),
+                **({"ha": self.runtime.ha.view()} if self.runtime.ha is not None else {}),
             }
         )
 

@@ -173,7 +173,20 @@ SPECS: tuple[Spec, ...] = (
         "trunkguard_receive_queue_bytes", "gauge", (),
         "Bytes waiting in the fullest UDP receive queue, at the last load sample",
     ),
+    # HA (the ha: section only; docs/ha.md)
+    Spec(
+        "trunkguard_ha_role", "gauge", ("role",),
+        "This node's HA role: 1 for the one it is in (standby, campaigning, active, fenced)",
+    ),
+    Spec("trunkguard_ha_serving", "gauge", (), "1 while this HA node serves (its gate is open)"),
+    Spec("trunkguard_ha_etcd_connected", "gauge", (), "1 while etcd answers this HA node"),
+    Spec("trunkguard_ha_takeovers_total", "counter", (), "Times this HA node became active"),
+    Spec(
+        "trunkguard_ha_fences_total", "counter", (),
+        "Times this HA node stopped serving because it could not renew its lease in time",
+    ),
 )  # fmt: skip
+HA_ROLES: tuple[str, ...] = ("standby", "campaigning", "active", "fenced")
 SPEC = {s.name: s for s in SPECS}
 
 
@@ -222,6 +235,26 @@ class RouterCollector:
         yield from self._targets(now)
         yield from self._registrations(now)
         yield from self._process()
+        yield from self._ha()
+
+    def _ha(self) -> Iterator[Metric]:
+        node = self.runtime.ha
+        if node is None:
+            return
+        view = node.view()
+        role = _family("trunkguard_ha_role")
+        for r in HA_ROLES:
+            role.add_metric([r], 1.0 if view["role"] == r else 0.0)
+        yield role
+        for name, value in (
+            ("trunkguard_ha_serving", view["serving"]),
+            ("trunkguard_ha_etcd_connected", view["etcd"] == "connected"),
+            ("trunkguard_ha_takeovers_total", view["takeovers"]),
+            ("trunkguard_ha_fences_total", view["fences"]),
+        ):
+            family = _family(name)
+            family.add_metric([], float(value))
+            yield family
 
     def _targets(self, now: float) -> Iterator[Metric]:
         rt = self.runtime

@@ -172,10 +172,25 @@ def _print(base: str, listing: dict[str, Any], counters: dict[str, Any]) -> None
         left = _duration(float(ban["left"]))
         line = f"banned {ban['source']}: {ban['why']}, {left} left, {ban['dropped']} dropped"
         console.print(Text(line))
+    ha = counters.get("ha")
+    if isinstance(ha, dict):
+        console.print(Text(ha_line(ha), style="" if ha.get("etcd") == "connected" else "bold red"))
     open_work = counters.get("open") or {}
     console.print(Text("open: " + _pairs(open_work)))
     totals = {k: v for k, v in (counters.get("counters") or {}).items() if v}
     console.print(Text("counters: " + (_pairs(totals) or "none yet")))
+
+
+def ha_line(ha: dict[str, Any]) -> str:
+    """The HA block in one line: "HA r1 (active-standby): active, epoch 7, leader r1, etcd ..."."""
+    line = f"HA {ha.get('node')} ({ha.get('mode')}): {ha.get('role')}"
+    if ha.get("mode") != "active-active":
+        line += f", epoch {ha.get('epoch')}, leader {ha.get('leader') or 'none'}"
+    line += f", etcd {ha.get('etcd')}"
+    if ha.get("etcd") != "connected" and ha.get("etcd_lost_since"):
+        lost = datetime.fromtimestamp(float(ha["etcd_lost_since"])).astimezone()
+        line += f" since {lost.strftime('%H:%M:%S')}: routing on the last-known state"
+    return line
 
 
 def _left(target: dict[str, Any], now: datetime) -> str:

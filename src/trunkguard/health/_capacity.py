@@ -17,6 +17,7 @@ class Capacity:
     active: int = 0
     tokens: float = 0.0
     stamp: float | None = None
+    taken: int = 0  # calls ever started (a node's usage rate, for shared capacity)
 
     def _refill(self, now: float) -> None:
         if self.max_cps is None:
@@ -39,6 +40,7 @@ class Capacity:
 
     def take(self, now: float) -> None:
         self.active += 1
+        self.taken += 1
         if self.max_cps is not None:
             self._refill(now)
             self.tokens -= 1.0

@@ -186,6 +186,51 @@ class HealthEngine:
         elif state is State.FORCED_DOWN:
             h.forced_until = until
 
+    def adopt(
+        self,
+        name: str,
+        state: State,
+        now: float,
+        *,
+        reason: str,
+        since: float,
+        hold_down_until: float | None = None,
+        forced_until: float | None = None,
+        hold_down: float = 0.0,
+        trips: int = 0,
+        last_trip: float | None = None,
+        before_operator: State = State.UP,
+    ) -> list[StateChange]:
+        """Take a target's state from another node (shared state), times on this clock.
+
+        The other node's engine made the move; this one follows it as it is,
+        without the table (a DOWN target here may be UP there). Returns the change
+        (for the log, the store and the plans), or none when the state was the same
+        (its deadlines are still brought in line).
+        """
+        h = self.targets.get(name)
+        if h is None:
+            return []
+        old = h.state
+        h.hold_down, h.trips, h.last_trip = hold_down, trips, last_trip
+        h.hold_down_until = hold_down_until if state is State.DOWN else None
+        h.forced_until = forced_until if state is State.FORCED_DOWN else None
+        if state in _OPERATOR:
+            h.before_operator = before_operator
+        if state is old:
+            return []
+        h.state, h.since, h.reason = state, since, reason
+        h.suspect_since = now if state is State.SUSPECT else None
+        h.consecutive_faults = 0
+        h.window.clear()
+        h.probe_ok_streak = h.probe_fail_streak = 0
+        h.trials_passed, h.trial_in_flight = 0, False
+        hold = None
+        if state is State.DOWN and hold_down_until is not None:
+            hold = max(0.0, hold_down_until - now)  # the log keeps at + hold as its end
+        counts = {"trips": trips}
+        return [StateChange(name, old, state, reason, now, counts, hold)]
+
     # -- reading ----------------------------------------------------------------------
     def state(self, name: str) -> State:
         return self.targets[name].state

@@ -88,6 +88,9 @@ class Prober:
         self._next: dict[str, TimerHandle] = {}
         # Seconds from the last answered OPTIONS to its final response, by target (metrics).
         self.rtt: dict[str, float] = {}
+        # An HA node that does not serve (standby, fenced) sends no probes and takes no
+        # result: its gate would drop them, and the lost answers are no carrier's fault.
+        self.paused = False
 
     def start(self, now: float) -> None:
         # Spread the first probes over a second so targets are not probed in a burst.
@@ -129,6 +132,8 @@ class Prober:
             return  # removed by a reload
         target = current  # a reload may have moved it
         self._schedule(target, now + self._interval(target))
+        if self.paused:
+            return
         if self.health.state(target.name) in (State.DRAINED, State.FORCED_DOWN):
             return  # the operator's: probes would not change it
         if not target.flow.addr[1]:
@@ -158,6 +163,8 @@ class Prober:
         self.proxy.counters[f"probes_to:{target.name}"] += 1
 
     def result(self, target: Target, ok: bool, detail: str, now: float) -> None:
+        if self.paused:
+            return
         self.proxy.counters[f"probes_{'ok' if ok else 'failed'}:{target.name}"] += 1
         changes = []
         if not ok and detail == "unreachable":

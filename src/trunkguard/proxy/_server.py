@@ -51,6 +51,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MAX_FLUSH_ROUNDS = 1000  # sends that fail make more work; this bounds one flush
 FLOW_CACHE = 4096  # peers whose Flow a listener keeps made
 MAX_CONNECTIONS = 10_000  # TCP/TLS connections open at once; more are closed at connect
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux: bind an address not (yet) on the host
+IPV6_FREEBIND = 78
 
 
 class _UdpListener(asyncio.DatagramProtocol):
@@ -175,6 +177,12 @@ class Router:
         self._inputs = 0
         self._drops: dict[int, int] = {}  # kernel drops so far, by socket
         self._meminfo = True  # SO_MEMINFO works here
+        # HA: while this returns False (a standby, a fenced node) every datagram and frame
+        # in and out is dropped and counted; the sockets stay bound, so serving resumes
+        # with the next packet. freebind: listeners bind the service address before the
+        # host holds it (IP_FREEBIND), so the standby is ready the moment it moves here.
+        self.gate: Callable[[], bool] | None = None
+        self.freebind = False
 
     # -- set-up -----------------------------------------------------------------------------
     async def start(self, listeners: list[tuple[str, str, int]]) -> None:
@@ -182,9 +190,15 @@ class Router:
         for transport, host, port in listeners:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if transport == "udp":
-                udp, listener = await self.loop.create_datagram_endpoint(
-                    lambda: _UdpListener(self), local_addr=(host, port), family=family
-                )
+                if self.freebind:
+                    udp, listener = await self.loop.create_datagram_endpoint(
+                        lambda: _UdpListener(self),
+                        sock=_freebind_socket(family, socket.SOCK_DGRAM, host, port),
+                    )
+                else:
+                    udp, listener = await self.loop.create_datagram_endpoint(
+                        lambda: _UdpListener(self), local_addr=(host, port), family=family
+                    )
                 assert listener.local is not None
                 self.udp[listener.local] = listener
                 self._grow_buffers(udp.get_extra_info("socket"))
@@ -192,13 +206,20 @@ class Router:
             else:
                 if transport == "tls" and self.tls_server is None:
                     raise ValueError("a tls: listener needs a certificate (the tls: section)")
-                server = await self.loop.create_server(
-                    partial(_TcpConnection, self, transport),
-                    host=host,
-                    port=port,
-                    family=family,
-                    ssl=self.tls_server if transport == "tls" else None,
-                )
+                tls = self.tls_server if transport == "tls" else None
+                if self.freebind:
+                    sock = _freebind_socket(family, socket.SOCK_STREAM, host, port)
+                    server = await self.loop.create_server(
+                        partial(_TcpConnection, self, transport), sock=sock, ssl=tls
+                    )
+                else:
+                    server = await self.loop.create_server(
+                        partial(_TcpConnection, self, transport),
+                        host=host,
+                        port=port,
+                        family=family,
+                        ssl=tls,
+                    )
                 self._servers.append(server)
                 self.bound.append((transport, host, server.sockets[0].getsockname()[1]))
         host, port = self.proxy.settings.advertise
@@ -341,6 +362,9 @@ class Router:
 
     # -- the loop -------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow) -> None:
+        if self.gate is not None and not self.gate():
+            self.proxy.counters["ha_dropped_in"] += 1
+            return
         started = time.perf_counter()
         self.proxy.receive(data, flow, self.loop.time())
         self.flush()
@@ -378,6 +402,9 @@ class Router:
                 if not proxy.outbox:
                     break
                 outbox, proxy.outbox = proxy.outbox, []
+                if self.gate is not None and not self.gate():
+                    proxy.counters["ha_dropped_out"] += len(outbox)
+                    continue
                 failed = [flow for flow, data in outbox if not self._send(flow, data)]
                 if failed:
                     now = self.loop.time()
@@ -491,13 +518,19 @@ async def serve(
     on_ready: Callable[[Router], Awaitable[None] | None] | None = None,
     before_stop: Callable[[Router], Awaitable[None]] | None = None,
     tls_server: ssl.SSLContext | None = None,
+    *,
+    gate: Callable[[], bool] | None = None,
+    freebind: bool = False,
 ) -> Router:
     """Run the router until ``stop`` is set; return it (stopped) for its counters.
 
     ``before_stop`` runs while the sockets are still open (to unregister, say).
+    ``gate`` and ``freebind``: see :class:`Router` (an HA node's).
     """
     router = Router(proxy)
     router.tls_server = tls_server
+    router.gate = gate
+    router.freebind = freebind
     await router.start(listeners)
     if on_ready is not None:
         started = on_ready(router)
@@ -510,6 +543,26 @@ async def serve(
     finally:
         await router.stop()
     return router
+
+
+def _freebind_socket(family: int, kind: int, host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` even if the host does not hold the address yet."""
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's own
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _resident() -> int:
