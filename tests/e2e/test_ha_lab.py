@@ -126,22 +126,30 @@ class Pair:
 
 def _outcomes(
     messages: list[sipp.ShortMessage], killed: float
-) -> tuple[dict[str, int], dict[str, float]]:
-    """Per call, the first final status its INVITE got; and for the calls that got none,
-    when their last provisional came (0 if none)."""
+) -> tuple[dict[str, int], dict[str, float], set[str]]:
+    """Per call, the first final status its INVITE got; for the calls that got none, when
+    their last provisional came (0 if none); and the answered calls whose BYE went out
+    before ``killed`` and never got a 200 (the dead node held their BYE)."""
     finals: dict[str, int] = {}
     last_1xx: dict[str, float] = {}
+    bye_sent: dict[str, float] = {}
+    bye_ok: set[str] = set()
     for m in messages:
         status = m.status
-        if m.direction != "R" or status is None or m.cseq_method != "INVITE":
-            last_1xx.setdefault(m.call_id, 0.0)
-            continue
-        if status < 200:
-            last_1xx[m.call_id] = m.time
-        else:
-            finals.setdefault(m.call_id, status)
+        last_1xx.setdefault(m.call_id, 0.0)
+        if m.direction == "S" and m.method == "BYE":
+            bye_sent.setdefault(m.call_id, m.time)
+        elif m.direction == "R" and status is not None and m.cseq_method == "BYE":
+            if status == 200:
+                bye_ok.add(m.call_id)
+        elif m.direction == "R" and status is not None and m.cseq_method == "INVITE":
+            if status < 200:
+                last_1xx[m.call_id] = m.time
+            else:
+                finals.setdefault(m.call_id, status)
     lost = {c: t for c, t in last_1xx.items() if c not in finals}
-    return finals, lost
+    held_bye = {c for c, t in bye_sent.items() if t < killed and c not in bye_ok}
+    return finals, lost, held_bye
 
 
 def _stopped(view: dict[str, Any]) -> bool:
@@ -170,6 +178,8 @@ def _router_config(pair_root: Path, node: str, key: Path) -> dict[str, object]:
             "acquire": ACQUIRE,
         },
         "probe": {"interval": 2.0},
+        # The lab's end stops the routers: a call left in setup need not hold them 10 s.
+        "shutdown": {"drain_timeout": 1.0},
         "routes": [{"prefix": "9", "pin": ["c2"]}],
     }
 
@@ -182,8 +192,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     key.chmod(0o600)
     started = time.monotonic()
     with Lab(root / "lab") as lab, lab_etcd(lab) as etcd:
-        # c1: SIPp, every call but the long-hold ones; c2: the simulator, the long-hold
-        # calls (numbers 9...), whose BYE's 200 must reach the new active (see lab_sim_carrier).
+        # c1: SIPp, the calls that see no change of node; c2: the simulator, the calls
+        # across a takeover (numbers 9...), whose responses must reach the new active: SIPp
+        # answers the node a call first came through (lab_sim_carrier, docs/ha-lab.md).
         carriers = [lab_uas(lab, "c1", root, lifetime=600)]
         sim = lab_sim_carrier(lab, "c2", root)
         routers = {
@@ -273,7 +284,8 @@ def test_partitioned_active_fences_before_the_standby_takes_over(pair: Pair) -> 
     lab = pair.lab
     active, standby = pair.active()
     capture = lab.capture(pair.root / "partition.pcap")
-    calls = pair.calls(5062, calls=240, rate=20, timeout=90)
+    # 12 s of calls; the bound ends a call the fenced node had answered 100 Trying for.
+    calls = pair.calls(5062, calls=240, rate=20, timeout=30, service="9003")  # the simulator
     try:
         assert wait_for(lambda: calls.sent("INVITE") >= 20, 20.0)
         cut = time.time()
@@ -294,6 +306,7 @@ def test_partitioned_active_fences_before_the_standby_takes_over(pair: Pair) -> 
     frames = read_pcap(capture.path)
     spans = senders(frames, SERVICE_ADDRESS)
     runs = sequence(frames, SERVICE_ADDRESS)
+    _, lost, _ = _outcomes(result.messages, cut)
     old_mac, new_mac = lab.mac(active), lab.mac(standby)
     old = [s for s in spans if s.mac == old_mac]
     new = [s for s in spans if s.mac == new_mac]
@@ -304,8 +317,8 @@ def test_partitioned_active_fences_before_the_standby_takes_over(pair: Pair) -> 
           f" s, {standby}'s first {new[0].first - cut if new else 0:+.3f} s (gap "
           f"{gap * 1000:.0f} ms); runs of senders: "
           f"{[lab.host_of_mac(r[0]) for r in runs]}; calls {result.successful} completed, "
-          f"{result.failed} failed of 240; healed, {active} is "
-          f"{pair.ha(active)['role']}")  # fmt: skip
+          f"{result.failed} failed, {len(lost)} left waiting after a 100 Trying from "
+          f"{active}, of 240; healed, {active} is {pair.ha(active)['role']}")  # fmt: skip
     assert old and new, spans
     assert overlaps(spans) == [], spans
     assert [lab.host_of_mac(r[0]) for r in runs] == [active, standby], runs
@@ -318,6 +331,7 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
     lab = pair.lab
     active, standby = pair.active()
     shed_before = _shed(pair, standby)
+    shed_old_before = _shed(pair, active)
     capture = lab.capture(pair.root / "kill.pcap")
     # Long-hold calls set up before the kill; their BYE goes out after the takeover.
     held = pair.calls(5063, calls=20, rate=20, pause_ms=8000, timeout=60, service="9001")
@@ -326,8 +340,12 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
         assert wait_for(lambda: held.responses_received(200) >= 20, 20.0), held.describe()
         # 8 s of calls; a call the dead node had answered 100 Trying for waits (the caller
         # no longer retransmits) until this run's end, hence the bound.
-        load = pair.calls(5064, calls=CALLS, rate=50, timeout=CALLS / 50 + 17)
+        # To the simulator too: SIPp's UAS pins each call to the address its first INVITE
+        # came from, so a call the dead node had sent on, or whose BYE the new one relays,
+        # is answered at the dead node (see docs/ha-lab.md).
+        load = pair.calls(5064, calls=CALLS, rate=50, timeout=CALLS / 50 + 17, service="9002")
         assert wait_for(lambda: load.sent("INVITE") >= 100, 20.0)
+        shed_old = _shed(pair, active)
         killed = time.time()
         os.kill(pair.routers[active].pid, signal.SIGKILL)
         pair.routers[active]._proc.wait()  # type: ignore[union-attr]
@@ -364,23 +382,28 @@ def test_kill_9_the_active_under_50_calls_per_second(pair: Pair) -> None:
                if k.startswith("dialog_refused")}  # fmt: skip
     counters = admin_get(lab, standby, "/api/counters")["counters"]
     shed = _shed(pair, standby) - shed_before
+    shed_old -= shed_old_before
     print(f"in-dialog requests {standby} refused: {refused or 'none'}; calls it shed as "
           f"overloaded: {shed} (loop stalls {counters.get('loop_stalls', 0)}); stray 2xx "
           f"it ended with a BYE: {counters.get('stray_byes_sent', 0)}")  # fmt: skip
-    finals, lost = _outcomes(loaded.messages, killed)
+    finals, lost, held_bye = _outcomes(loaded.messages, killed)
     refused = sum(1 for code in finals.values() if code == 503)
-    print(f"the {CALLS} calls: {loaded.successful} completed, {refused} refused 503, {len(lost)} "
-          f"left waiting after a 100 Trying from {active} before it died, "
-          f"{CALLS - loaded.successful - refused - len(lost)} otherwise failed")  # fmt: skip
+    other = CALLS - loaded.successful - refused - len(lost) - len(held_bye)
+    print(f"the {CALLS} calls: {loaded.successful} completed, {refused} refused 503 (shed "
+          f"as overloaded: {shed_old} by {active} before the kill, {shed} by {standby}), "
+          f"{len(lost)} left waiting after a 100 Trying from {active} before it died, "
+          f"{len(held_bye)} whose BYE {active} held when it died, {other} otherwise "
+          f"failed")  # fmt: skip
     assert answered, "the standby never answered the caller"
-    # Zero failed is the aim, and what an idle machine shows. Two kinds of loss are not the
-    # takeover's doing, and are counted apart: a call the new active refused (503) because
-    # its own event loop stalled (the overload guard, on a busy machine), and a call whose
-    # INVITE the dead node had already answered 100 Trying (the caller then stops
-    # retransmitting, RFC 3261 17.1.1.2, so no INVITE reaches the new active). Any other
-    # failure fails the test.
-    assert refused <= shed, loaded.describe()
+    # Zero failed is the aim, and what an idle machine shows. Three kinds of loss are not
+    # the takeover's doing, and are counted apart: a call a node refused (503) because its
+    # own event loop was late (the overload guard, on a busy machine); a call whose INVITE
+    # the dead node had already answered 100 Trying (the caller then stops retransmitting,
+    # RFC 3261 17.1.1.2, so no INVITE reaches the new active); a call whose BYE the dead
+    # node had received (its retransmissions may reach a carrier whose dialog is over).
+    # Any other failure fails the test.
+    assert refused <= shed + shed_old, loaded.describe()
     assert all(t <= killed + 0.05 for t in lost.values()), lost
-    assert loaded.successful + refused + len(lost) == CALLS, loaded.describe()
+    assert other == 0, loaded.describe()
     assert holding.successful == 20 and holding.failed == 0, holding.describe()
     assert byes and min(byes) > answered[0], "a BYE went out before the takeover"
