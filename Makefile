@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 
-.PHONY: bench-decks demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd wheel lab clean
+.PHONY: bench-decks demo run test test-stressed lint typecheck unit e2e bench fuzz sipp dnsmasq kamailio sipvicious chromium stress-ng systemd-analyze postgresql etcd halab-tools ha-lab wheel lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,17 @@ systemd-analyze:
 	  apt-get update -qq && apt-get install -y -qq systemd >/dev/null; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { echo "systemd-analyze is still missing: install Debian's systemd" >&2; exit 1; }
 
+# The HA lab (network namespaces): tcpdump on the lab's bridge, arping for the service
+# address's gratuitous ARP (Debian's arping is Habets'), and etcd (above). Installed only
+# when missing.
+HALAB_FOUND = command -v tcpdump && command -v arping
+halab-tools: etcd
+	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { \
+	  echo "installing the HA lab's tools (Debian packages tcpdump, arping)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq tcpdump arping >/dev/null; }
+	@{ $(HALAB_FOUND); } >/dev/null 2>&1 || { echo "the HA lab's tools are still missing: install Debian's tcpdump and arping" >&2; exit 1; }
+
 # stress-ng keeps a core busy for make test-stressed.
 stress-ng:
 	@command -v stress-ng >/dev/null 2>&1 || { \
@@ -107,6 +118,11 @@ demo: $(STAMP)
 run: $(STAMP)
 	$(BIN)/trunkguard run
 
+# The HA lab (network namespaces, root): the harness, then issue 12's scenarios with 2,000
+# calls around the kill -9, each printing its figures (about 2 minutes).
+ha-lab: $(STAMP) sipp halab-tools
+	HALAB_CALLS=2000 $(BIN)/pytest -q -s tests/e2e/test_netns_lab.py tests/e2e/test_ha_lab.py
+
 # Every lab scenario and the summary table quoted in the README (under 10 minutes).
 lab: $(STAMP)
 	$(BIN)/trunkguard lab all --no-live --out lab-results
@@ -120,10 +136,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd
+e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd halab-tools
 	$(BIN)/pytest -q tests/e2e
 
-test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd lint typecheck
+test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd halab-tools lint typecheck
 	$(BIN)/pytest -q
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is

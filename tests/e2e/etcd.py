@@ -2,14 +2,17 @@
 
 ``EtcdCluster(["127.0.0.1"])`` is one member on loopback on free ports;
 ``EtcdCluster(["10.77.0.31", "10.77.0.32", "10.77.0.33"], run=...)`` is a three-member
-cluster on those host addresses (the network-namespace lab passes a ``run`` that
-prefixes each command with ``ip netns exec NS``). Members can be killed and started
-again one by one (``kill(i)``, ``start_member(i)``). Use it as a context manager:
-however the test ends, every member is stopped (SIGTERM, then SIGKILL) and its
-directory removed.
+cluster on those host addresses (the network-namespace lab passes a ``run`` that puts each
+member in its host's namespace, and a ``call`` that makes the test's own requests from a
+host of the lab). Members can be killed and started again one by one (``kill(i)``,
+``start_member(i)``). Use it as a context manager: however the test ends, every member is
+stopped (SIGTERM, then SIGKILL) and its directory removed.
 
-The heartbeat and election timeout are short (50 ms, 500 ms), so that etcd honours
-leases of about a second (its minimum TTL is 1.5 x the election timeout).
+The heartbeat and election timeout are short (50 ms, 500 ms), so that etcd honours leases
+of about a second (its minimum TTL is 1.5 x the election timeout).
+
+Requests go to etcd's v3 JSON gateway (``/v3/kv/range``, ``/v3/kv/put``,
+``/v3/maintenance/status``), keys and values in base64, like the router's own client.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sipp import die_with_parent
 
 START_TIMEOUT = 30.0  # seconds for a member, then the cluster, to answer (loaded CI is slow)
+T = TypeVar("T")
 
 
 def etcd_binary() -> str:
@@ -50,6 +54,9 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _direct(fn: Callable[[], T]) -> T:
+    return fn()
+
 
 class EtcdCluster:
     def __init__(
@@ -57,18 +64,22 @@ class EtcdCluster:
         hosts: Sequence[str] = ("127.0.0.1",),
         *,
         run: Callable[[int, list[str]], list[str]] | None = None,
+        call: Callable[[Callable[[], Any]], Any] | None = None,
         client_port: int | None = None,
         peer_port: int | None = None,
         heartbeat_ms: int = 50,
         election_ms: int = 500,
     ) -> None:
-        """``run(i, argv)`` returns the command that runs member ``i`` (default: argv itself).
+        """``run(i, argv)`` returns the command that runs member ``i`` (default: argv itself);
+        ``call(fn)`` runs the test's request ``fn`` where it can reach the members (default:
+        here).
 
         Ports: on loopback (one host for all) each member gets free ports; on distinct
         hosts every member uses ``client_port``/``peer_port`` (2379/2380 by default).
         """
         self.hosts = list(hosts)
         self.run = run or (lambda i, argv: argv)
+        self.call = call or _direct
         self.root = Path(tempfile.mkdtemp(prefix="trunkguard-etcd-"))
         shared = len(set(self.hosts)) < len(self.hosts) or len(self.hosts) == 1
         self.client_ports: list[int] = []
@@ -107,6 +118,7 @@ class EtcdCluster:
     # -- life --------------------------------------------------------------------------
     def _argv(self, i: int) -> list[str]:
         initial = ",".join(f"{self.name(j)}={self.peer_url(j)}" for j in range(len(self.hosts)))
+        # A member started again rejoins with its data directory.
         state = "existing" if self._started[i] else "new"
         return [
             etcd_binary(),
@@ -125,8 +137,12 @@ class EtcdCluster:
             "--logger", "zap",
         ]  # fmt: skip
 
+    def running(self, i: int) -> bool:
+        proc = self.procs[i]
+        return proc is not None and proc.poll() is None
+
     def start_member(self, i: int) -> None:
-        if self.procs[i] is not None and self.procs[i].poll() is None:  # type: ignore[union-attr]
+        if self.running(i):
             return
         log = open(self.log_path(i), "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -142,15 +158,20 @@ class EtcdCluster:
         self._started[i] = True
 
     def start(self) -> Self:
-        for i in range(len(self.hosts)):
-            self.start_member(i)
-        self.wait_healthy()
+        try:
+            for i in range(len(self.hosts)):
+                self.start_member(i)
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def wait_healthy(
         self, timeout: float = START_TIMEOUT, members: Sequence[int] | None = None
     ) -> None:
-        """Until each member (or those named) answers a read through its JSON gateway."""
+        """Until each member (or those named) answers a write and a read through its JSON
+        gateway (a write needs the cluster's quorum and a leader)."""
         deadline = time.monotonic() + timeout
         for i in members if members is not None else range(len(self.hosts)):
             while True:
@@ -158,9 +179,10 @@ class EtcdCluster:
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"etcd {self.name(i)} exited: {self.log_text(i)}")
                 try:
-                    self.request(i, "/v3/kv/range", {"key": _b64("health")}, timeout=2.0)
+                    self.put("/trunkguard-test/health", self.name(i), i=i, timeout=2.0)
+                    self.get("/trunkguard-test/health", i=i, timeout=2.0)
                     break
-                except (OSError, urllib.error.URLError, ValueError):
+                except (OSError, urllib.error.URLError, ValueError, KeyError):
                     if time.monotonic() > deadline:
                         raise RuntimeError(
                             f"etcd {self.name(i)} did not answer in {timeout:g}s: "
@@ -198,7 +220,7 @@ class EtcdCluster:
     ) -> None:
         self.close()
 
-    # -- reading -----------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------
     def request(
         self, i: int, path: str, body: dict[str, Any], timeout: float = 5.0
     ) -> dict[str, Any]:
@@ -207,15 +229,47 @@ class EtcdCluster:
             self.client_url(i) + path, data=data, headers={"Content-Type": "application/json"}
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(req, timeout=timeout) as response:
-            out: dict[str, Any] = json.loads(response.read())
-            return out
 
-    def get(self, key: str, i: int = 0) -> str | None:
+        def send() -> dict[str, Any]:
+            with opener.open(req, timeout=timeout) as response:
+                out: dict[str, Any] = json.loads(response.read())
+                return out
+
+        result: dict[str, Any] = self.call(send)
+        return result
+
+    def get(self, key: str, i: int = 0, timeout: float = 5.0) -> str | None:
         """The value of ``key`` (text), or None."""
-        reply = self.request(i, "/v3/kv/range", {"key": _b64(key)})
+        reply = self.request(i, "/v3/kv/range", {"key": _b64(key)}, timeout=timeout)
         kvs = reply.get("kvs") or []
         return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+    def put(self, key: str, value: str, i: int = 0, timeout: float = 5.0) -> int:
+        """Write ``key``; returns the cluster's revision after the write."""
+        reply = self.request(
+            i, "/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, timeout=timeout
+        )
+        return int(reply["header"]["revision"])
+
+    def status(self, i: int, timeout: float = 5.0) -> dict[str, Any]:
+        """Member ``i``'s ``/v3/maintenance/status``: its id (``header.member_id``), the
+        leader's id (``leader``), the raft term (``raftTerm``)."""
+        return self.request(i, "/v3/maintenance/status", {}, timeout=timeout)
+
+    def leader(self, timeout: float = 5.0) -> int | None:
+        """The index of the member that is raft leader, as a live member reports it."""
+        for i in range(len(self.hosts)):
+            if not self.running(i):
+                continue
+            with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+                status = self.status(i, timeout=timeout)
+                leader_id = str(status["leader"])
+                for j in range(len(self.hosts)):
+                    if self.running(j):
+                        with contextlib.suppress(OSError, urllib.error.URLError, KeyError):
+                            if str(self.status(j, timeout)["header"]["member_id"]) == leader_id:
+                                return j
+        return None
 
     def log_text(self, i: int) -> str:
         try:

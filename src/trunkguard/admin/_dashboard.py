@@ -9,7 +9,9 @@
   script and style: no build step, no asset from anywhere else.
 - ``GET /api/stream`` Server-Sent Events: a snapshot on connect, then the
   state changes as they happen, the failovers, and the cards once a second
-  (what came meanwhile goes out together, at most twice a second).
+  (what came meanwhile goes out together, at most twice a second); with an
+  ``ha:`` section also the node's HA line (``ha``) whenever its role, leader or
+  etcd's reachability changes.
 - ``GET /api/dashboard`` the snapshot as JSON; ``GET /api/failovers`` the last
   calls that moved from one target to another, with the plan and each step.
 - ``POST /api/login-links`` (bearer token only): a one-time login link.
@@ -121,6 +123,7 @@ class Dashboard:
         self._login = (STATIC / "login.html").read_text(encoding="utf-8")
         self._wake: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._ha_changed = False
 
     @staticmethod
     def _now() -> float:
@@ -150,6 +153,8 @@ class Dashboard:
         for row in self.runtime.store.events(limit=TIMELINE):
             self.timeline.append(event_view(row))
         self.runtime.listeners.append(self.feed)
+        if self.runtime.ha is not None:
+            self.runtime.ha.watchers.append(self._on_ha)
         self._wake = asyncio.Event()
         self._ticker = asyncio.create_task(self._tick(), name="dashboard-ticker")
 
@@ -165,6 +170,9 @@ class Dashboard:
     async def _cleanup(self, app: web.Application) -> None:
         with contextlib.suppress(ValueError):
             self.runtime.listeners.remove(self.feed)
+        if self.runtime.ha is not None:
+            with contextlib.suppress(ValueError):
+                self.runtime.ha.watchers.remove(self._on_ha)
 
     # -- what the page shows --------------------------------------------------------------
     def feed(self, event: object) -> None:
@@ -176,6 +184,31 @@ class Dashboard:
             self._changes.append(view)
             if self._wake is not None:
                 self._wake.set()  # out now, not at the next tick
+
+    def _on_ha(self) -> None:
+        """The HA node's role, leader or etcd state changed: out now, not at the next tick."""
+        self._ha_changed = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def ha(self) -> dict[str, Any] | None:
+        """The HA line's data (None without an ``ha:`` section)."""
+        node = self.runtime.ha
+        if node is None:
+            return None
+        v = node.view()
+        lost = v["etcd_lost_since"]
+        return {
+            "node": v["node"],
+            "mode": v["mode"],
+            "role": v["role"],
+            "serving": v["serving"],
+            "epoch": v["epoch"],
+            "leader": v["leader"],
+            "etcd": v["etcd"],
+            "etcd_lost_since": None if lost is None else iso(lost),
+            "takeovers": v["takeovers"],
+        }
 
     def _on_failover(self, view: dict[str, Any]) -> None:
         self._failovers.append(view)  # out with the next tick
@@ -208,6 +241,7 @@ class Dashboard:
             "timeline": list(self.timeline),
             "failovers": self.failovers.views(),
             "window_s": self.runtime.stats.window,
+            "ha": self.ha(),
         }
 
     async def _tick(self) -> None:
@@ -219,6 +253,7 @@ class Dashboard:
             changes, failovers = list(self._changes), list(reversed(self._failovers))
             self._changes.clear()
             self._failovers.clear()
+            ha_changed, self._ha_changed = self._ha_changed, False
             if not self.hub.clients:
                 continue  # a page that connects later gets them in its snapshot
             now = self._now()
@@ -229,6 +264,8 @@ class Dashboard:
                 self.hub.broadcast("changes", changes)  # oldest first
             if failovers:
                 self.hub.broadcast("failovers", failovers)  # newest first
+            if ha_changed:
+                self.hub.broadcast("ha", self.ha())
             try:
                 self.hub.broadcast("targets", self._targets())
             except Exception:  # a bug here must not end the stream for good

@@ -59,10 +59,17 @@ class HaNode:
         self._wake = asyncio.Event()
         self._stopping = False
         self._leader_kv: KeyValue | None = None
+        # Called (no argument, quick, must not raise) when the role, the leader or etcd's
+        # reachability changed: the dashboard pushes its HA line then.
+        self.watchers: list[Callable[[], None]] = []
+        self._shown: tuple[object, ...] | None = None
         runtime.listeners.append(self._on_event)
         runtime.ha = self
-        if runtime.prober is not None:
-            runtime.prober.paused = not self.role.may_serve(self.loop.time())
+        if not self.role.may_serve(self.loop.time()):
+            # Before the first REGISTER or probe leaves: only the serving node sends them.
+            if runtime.prober is not None:
+                runtime.prober.paused = True
+            runtime.registrations.pause(self.loop.time())
 
     # -- the gate ------------------------------------------------------------------------
     def serving(self) -> bool:
@@ -136,6 +143,20 @@ class HaNode:
                 self._spawn(self.hooks.run(False))
             # GRANT_LEASE: the lease loop sees that there is none
         self._arm()
+        self._notify()
+
+    def _notify(self) -> None:
+        r = self.role
+        shown = (r.role, r.etcd_ok, r.etcd_lost_since, r.leader, r.epoch)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception:  # a watcher's bug must not stop the role machine
+                self.counters["watcher_errors"] += 1
+                log.exception("HA: a watcher failed")
 
     _etcd_was_ok = False
 
@@ -150,6 +171,12 @@ class HaNode:
             log.warning("HA: %s stopped serving (%s)", self.settings.node, why)
         if self.runtime.prober is not None:
             self.runtime.prober.paused = not on
+        # A register: carrier: the new active registers at once (not at its old schedule,
+        # nor after the standby's backoff), the one that stopped refreshes no more.
+        if on:
+            self.runtime.registrations.resume(now)
+        else:
+            self.runtime.registrations.pause(now)
         self.runtime.store.record_notice(
             self.settings.node, "ha", self.role.role.value,
             f"epoch {self.role.epoch}" if on else "not serving", self.runtime._wall(now),

@@ -51,6 +51,7 @@ FAILED = "FAILED"  # refused or lost: the carrier is out, a retry is scheduled
 STOPPED = "STOPPED"  # unregistered at shutdown (or never to be registered again)
 
 NOT_YET = "registration: not registered yet"  # why a carrier waits for its first 200
+PAUSED = "registration: this node is not serving (HA); the active one registers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class Registrations:
         self.health = health
         self.rng = rng or random.Random()
         self.by_carrier: dict[str, Registration] = {}
+        self.paused = False  # an HA node that does not serve: no REGISTER goes out
         for carrier, s in settings.items():
             self.by_carrier[carrier] = self._new(carrier, s)
         self._share_registrars()
@@ -163,6 +165,48 @@ class Registrations:
         for target in self._targets(reg.carrier):
             if target.name in self.health.targets:
                 self.health.hold(target.name, NOT_YET)
+
+    def pause(self, now: float) -> None:
+        """This node stops serving (an HA standby, or fenced): no REGISTER until :meth:`resume`.
+
+        Nothing is unregistered: the node that serves registers the same service
+        address, and an Expires: 0 from here would take away its binding. Refreshes
+        stop (a REGISTER out would be dropped by the gate anyway, and its timeouts
+        would gate the carrier here for nothing); the carrier waits for this node's
+        own registration before it takes calls from it again.
+        """
+        self.paused = True
+        for reg in self.by_carrier.values():
+            if reg.state == STOPPED:
+                continue
+            self._stop_timers(reg)
+            reg.next_at = None
+            was = reg.state
+            reg.state, reg.detail = UNREGISTERED, "paused: this node is not serving (HA)"
+            reg.granted = reg.expires_at = None
+            if was != UNREGISTERED:
+                reg.since = now
+                self._event(reg, now)
+            for target in self._targets(reg.carrier):
+                if target.name in self.health.targets:
+                    self.health.hold(target.name, PAUSED)
+
+    def resume(self, now: float) -> None:
+        """This node serves now (it took over): every registration goes out at once.
+
+        The backoff of refusals and timeouts seen before is forgotten: they were the
+        standby's, or another node's registrar trouble, not a reason to wait now.
+        """
+        if not self.paused:
+            return
+        self.paused = False
+        for reg in self.by_carrier.values():
+            if reg.state == STOPPED:
+                continue
+            self._stop_timers(reg)
+            reg.refusals = reg.timeouts = 0
+            reg.detail = "registering: this node serves now (HA)"
+            self._schedule(reg, now)
 
     def reconfigure(self, settings: dict[str, RegisterSettings], now: float) -> None:
         """A reload: new and changed registrations start over; removed ones are dropped."""
@@ -252,8 +296,8 @@ class Registrations:
     def _due(self, reg: Registration, now: float) -> None:
         reg.timer = None
         reg.next_at = None
-        if reg.state == STOPPED:
-            return
+        if reg.state == STOPPED or self.paused:
+            return  # paused: resume() schedules every registration again
         if reg.state == REGISTERED and reg.expires_at is not None and now >= reg.expires_at:
             self._lost(reg, "registration lost: expired without a refresh", now)
             return

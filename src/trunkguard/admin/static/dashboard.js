@@ -112,6 +112,29 @@ function showTargets(data) {
   document.getElementById("updated").textContent = `updated ${clock(data.now)}`;
 }
 
+// -- the HA line (only with an ha: section) ------------------------------------------------
+function showHa(ha) {
+  const box = document.getElementById("ha");
+  if (!ha) { box.hidden = true; return; }
+  let text = `HA ${ha.node} (${ha.mode}): ${ha.role}`;
+  if (ha.mode !== "active-active") {
+    text += ` · epoch ${ha.epoch ?? "–"} · leader ${ha.leader || "none"}`;
+  }
+  text += ha.serving ? " · serving" : " · not serving";
+  text += ` · etcd ${ha.etcd}`;
+  document.getElementById("ha-text").textContent = text;
+  const lost = document.getElementById("ha-lost");
+  const isLost = ha.etcd !== "connected";
+  lost.textContent = isLost
+    ? `etcd lost since ${ha.etcd_lost_since ? clock(ha.etcd_lost_since) : "start"}, ` +
+      "routing on last-known state" : "";
+  lost.hidden = !isLost;
+  box.classList.toggle("etcd-lost", isLost);
+  box.dataset.role = ha.role;
+  box.dataset.etcd = ha.etcd;
+  box.hidden = false;
+}
+
 // -- timeline and failovers ----------------------------------------------------------------
 function showTimeline() {
   const body = document.querySelector("#timeline tbody");
@@ -170,12 +193,14 @@ function connect() {
   source = new EventSource("/api/stream");
   handle("snapshot", d => {
     showTargets(d);
+    showHa(d.ha);
     timeline = d.timeline;
     failovers = d.failovers;
     showTimeline();
     showFailovers();
   });
   handle("targets", showTargets);
+  handle("ha", showHa);
   handle("changes", list => { // oldest first
     timeline = timeline.concat(list).slice(-KEEP);
     showTimeline();
