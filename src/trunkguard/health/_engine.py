@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from ._capacity import Capacity
 from ._outcome import TIMEOUT, OutcomeClass, Verdict
 from ._rto import ResponseTimer
+from ._silence import (
+    CONFIRM,
+    NEVER,
+    ResponseTimes,
+    Silence,
+    SilenceEvent,
+    ms,
+    threshold,
+    waiting_since,
+)
 from ._state import TRANSITIONS, Input, State
 
 _OPERATOR = (State.DRAINED, State.FORCED_DOWN)
@@ -41,6 +51,14 @@ class HealthPolicy:
     suspect_outstanding: int = 3
     invite_timeout: float = 2.0
     response_timeout_floor: float = 0.3
+    # Silence (see _silence): an INVITE waiting longer than margin x the quantile of the
+    # target's recent first-response times (never less than the floor) holds new calls back.
+    silence: bool = True
+    silence_floor: float = 0.02
+    silence_margin: float = 2.0
+    silence_quantile: float = 0.99
+    silence_min_samples: int = 20
+    silence_window: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,7 @@ class TargetHealth:
     # Why the target may not come back whatever its probes say (its registration is
     # lost, say), or None. Set and cleared by gate() and ungate().
     gate: str | None = None
+    silence: Silence = field(default_factory=Silence)
 
 
 class HealthEngine:
@@ -103,6 +122,8 @@ class HealthEngine:
         for name in targets:
             self.add_target(name)
         self._next_attempt = 0
+        self._clock = NEVER  # the latest ``now`` any call brought: next_deadline() has none
+        self.silence_events: list[SilenceEvent] = []  # taken by take_silences()
 
     def set_policy(self, policy: HealthPolicy) -> None:
         """New thresholds (a reload); states, counts and hold-downs in force are kept."""
@@ -111,6 +132,7 @@ class HealthEngine:
             h.timer.floor, h.timer.cap = policy.response_timeout_floor, policy.invite_timeout
             if h.window.maxlen != policy.window_size:
                 h.window = deque(h.window, maxlen=policy.window_size)
+            h.silence.times.resize(policy.silence_window)
 
     def set_capacity(self, name: str, max_calls: int | None, max_cps: float | None) -> None:
         h = self.targets[name]
@@ -154,6 +176,7 @@ class HealthEngine:
         p = self.policy
         health = TargetHealth(name, window=deque(maxlen=p.window_size))
         health.timer = ResponseTimer(floor=p.response_timeout_floor, cap=p.invite_timeout)
+        health.silence = Silence(ResponseTimes(p.silence_window))
         self.targets[name] = health
         return health
 
@@ -231,7 +254,132 @@ class HealthEngine:
                 times.append(heapq.nsmallest(k, h.outstanding.values())[-1] + h.timer.timeout())
             elif h.state is State.SUSPECT and h.suspect_since is not None:
                 times.append(h.suspect_since + self.policy.invite_timeout)
+            if h.state is State.UP and h.outstanding:
+                due = self._silence_deadline(h)
+                if due is not None:
+                    times.append(due)
         return min(times) if times else None
+
+    # -- silence (see _silence) ------------------------------------------------------------
+    def silenced(self, name: str, now: float) -> str | None:
+        """Why no new call should go to ``name`` now ("silent 21 ms, usually 2 ms"), or None.
+
+        Only between a silence the engine confirmed (in :meth:`tick`) and its end, and
+        only while the condition still holds at ``now``.
+        """
+        h = self.targets.get(name)
+        if h is None or h.silence.since is None:
+            return None
+        return self._silent(h, now)
+
+    def take_silences(self) -> list[SilenceEvent]:
+        """The silence episodes that started or ended since the last call."""
+        events, self.silence_events = self.silence_events, []
+        return events
+
+    def silence_threshold(self, name: str) -> float | None:
+        """The wait past which ``name`` counts as silent; None before enough samples."""
+        h = self.targets[name]
+        limit = self._limit(h)
+        return None if limit is None or limit >= h.timer.timeout() else limit
+
+    def _limit(self, h: TargetHealth) -> float | None:
+        p = self.policy
+        if not p.silence:
+            return None
+        return threshold(
+            h.silence.times,
+            floor=p.silence_floor,
+            margin=p.silence_margin,
+            quantile=p.silence_quantile,
+            min_samples=p.silence_min_samples,
+        )
+
+    def _waiting(self, h: TargetHealth, now: float) -> tuple[float, float, float] | None:
+        """(sent, threshold, timer) of the oldest INVITE still waiting, when silence applies."""
+        if h.state is not State.UP or not h.outstanding:
+            return None
+        limit = self._limit(h)
+        timer = h.timer.timeout()
+        if limit is None or limit >= timer:
+            return None  # the adaptive timer comes first: nothing for silence to add
+        sent = waiting_since(h.outstanding, h.silence.heard_sent, timer, now)
+        return None if sent is None else (sent, limit, timer)
+
+    def _silent(self, h: TargetHealth, now: float) -> str | None:
+        waiting = self._waiting(h, now)
+        if waiting is None:
+            return None
+        sent, limit, _ = waiting
+        # The same sum as the deadline's: a float rounding must not make the deadline
+        # come and the check disagree (the timer would be re-armed at now, for ever).
+        if now < sent + limit:
+            return None
+        usual = h.silence.times.quantile(0.5)
+        return f"silent {ms(now - sent)}, usually {ms(usual)}"
+
+    def _silence_deadline(self, h: TargetHealth) -> float | None:
+        s = h.silence
+        now = self._clock
+        waiting = self._waiting(h, now)
+        if waiting is None:
+            # A silence in force with nothing waiting any more ends at the next tick.
+            return now if s.since is not None else None
+        sent, limit, timer = waiting
+        if s.since is not None:
+            if now < sent + limit:
+                return now  # no longer past the threshold (a new policy): end it at once
+            return sent + timer  # this INVITE leaves the silence to the usual rules then
+        if s.seen is not None:
+            return s.seen + CONFIRM
+        return sent + limit
+
+    def _tick_silence(self, h: TargetHealth, now: float) -> None:
+        s = h.silence
+        why = self._silent(h, now)
+        if s.since is not None:
+            if why is None:
+                self._end_silence(h, now, "no INVITE waiting under its adaptive timer any more")
+            return
+        if why is None:
+            s.seen = None
+            return
+        if s.seen is None:
+            waiting = self._waiting(h, now)
+            assert waiting is not None  # why is not None
+            sent, limit, _ = waiting
+            if now > sent + limit + CONFIRM:
+                # Our timer fired late: the loop was busy, and the answer may be waiting in
+                # our socket. Seen, not yet believed: one loop turn first, to read it.
+                s.seen = now
+                return
+        elif now < s.seen + CONFIRM:
+            return
+        s.seen, s.since = None, now
+        s.episodes += 1
+        limit = self._limit(h) or 0.0
+        detail = (
+            f"{why} (threshold {ms(limit)}): no new calls until it answers; "
+            "calls waiting on it keep their timer"
+        )
+        self.silence_events.append(SilenceEvent(h.name, "silent", detail, now))
+
+    def _recheck_silence(self, h: TargetHealth, now: float, how: str) -> None:
+        s = h.silence
+        if s.since is None:
+            s.seen = None if self._silent(h, now) is None else s.seen
+            return
+        if self._silent(h, now) is None:
+            self._end_silence(h, now, how)
+
+    def _end_silence(self, h: TargetHealth, now: float, how: str) -> None:
+        s = h.silence
+        if s.since is None:
+            return
+        lasted = now - s.since
+        s.since = s.seen = None
+        detail = f"{how}; held new calls back for {ms(lasted)}"
+        self.silence_events.append(SilenceEvent(h.name, "heard", detail, now))
 
     # -- moves ------------------------------------------------------------------------------
     def _move(self, h: TargetHealth, what: Input, reason: str, now: float) -> list[StateChange]:
@@ -248,6 +396,9 @@ class HealthEngine:
         if new in _OPERATOR and old not in _OPERATOR:
             h.before_operator = old
         h.state, h.since, h.reason = new, now, reason
+        if new is not State.UP:
+            self._end_silence(h, now, f"now {new}: {reason}")
+            h.silence.seen = None
         hold = None
         if new is State.DOWN:
             hold = self._start_hold_down(h, now)
@@ -301,6 +452,8 @@ class HealthEngine:
     def attempt_started(self, name: str, now: float) -> int:
         """An INVITE left for ``name``; returns the attempt id for the calls below."""
         h = self.targets[name]
+        if now > self._clock:
+            self._clock = now
         self._prune(h, now)
         h.capacity.take(now)
         self._next_attempt += 1
@@ -321,9 +474,15 @@ class HealthEngine:
     def first_response(self, name: str, attempt: int, now: float) -> list[StateChange]:
         """The first 100/18x (or any response) for ``attempt``: the carrier is alive."""
         h = self.targets[name]
+        if now > self._clock:
+            self._clock = now
         started = h.outstanding.pop(attempt, None)
         if started is not None:
             h.timer.sample(now - started)
+            h.silence.times.add(now - started)
+            # Older INVITEs still unanswered were lost, not met by a silent carrier.
+            h.silence.heard_sent = max(h.silence.heard_sent, started)
+            self._recheck_silence(h, now, f"answered after {ms(now - started)}")
         if h.state is State.SUSPECT:
             return self._move(h, Input.ANSWERED, "answered again while suspect", now)
         return []
@@ -345,8 +504,10 @@ class HealthEngine:
         several of them late at once is what makes a carrier SUSPECT.
         """
         h = self.targets[name]
-        if what != TIMEOUT:
-            h.outstanding.pop(attempt, None)
+        if now > self._clock:
+            self._clock = now
+        if what != TIMEOUT and h.outstanding.pop(attempt, None) is not None:
+            self._recheck_silence(h, now, f"its waiting INVITE ended ({what})")
         if verdict is None or verdict.klass is not OutcomeClass.SUCCESS:
             h.capacity.release()  # an answered call holds its place until call_ended()
         trial = h.state is State.PROBING and h.trial_in_flight
@@ -505,6 +666,8 @@ class HealthEngine:
         """Hold-downs that ended, forced-downs that revert, INVITEs unanswered too long."""
         out: list[StateChange] = []
         p = self.policy
+        if now > self._clock:
+            self._clock = now
         for h in self.targets.values():
             if (
                 h.state is State.FORCED_DOWN
@@ -532,4 +695,6 @@ class HealthEngine:
                     reason = f"{late} INVITEs unanswered after {limit * 1000:.0f} ms"
                     out += self._move(h, Input.SILENT, reason, now)
                     h.suspect_since = now
+            if h.state is State.UP and (h.outstanding or h.silence.since is not None):
+                self._tick_silence(h, now)
         return out
