@@ -371,9 +371,27 @@ def test_when_every_route_is_silent_the_plan_tries_them_in_order_anyway() -> Non
     engine, now = _silent_engine("a", "b", "c")
     counters: Counter[str] = Counter()
     plan = hold_back_silent(_plan(), engine, now, counters)
-    assert [t.name for t in plan.targets] == ["a", "b", "c"]
+    assert [t.name for t in plan.targets] == ["a", "b", "c"]  # silent as long: plan order
     assert plan.explain[-1].startswith("every route is silent (a silent 50 ms")
+    assert plan.explain[-1].endswith("trying them anyway, the shortest silence first")
     assert counters["plans_all_silent"] == 1
+
+
+def test_when_every_route_is_silent_the_shortest_silence_goes_first() -> None:
+    # a went quiet long ago (a blackhole); b is merely late for a moment: b first.
+    engine = HealthEngine(["a", "b", "c"], None, random.Random(3))
+    c = Clock()
+    c.engine = engine
+    for name in ("a", "b", "c"):
+        c.learn(name)
+    engine.attempt_started("a", c.now)
+    c.tick_until(c.now + 0.2)
+    engine.attempt_started("b", c.now)
+    engine.attempt_started("c", c.now - 0.1)
+    c.tick_until(c.now + 0.03)
+    assert all(engine.silenced(n, c.now) for n in ("a", "b", "c"))
+    plan = hold_back_silent(_plan(), engine, c.now, Counter())
+    assert [t.name for t in plan.targets] == ["b", "c", "a"]
 
 
 def test_panic_and_refused_plans_are_left_alone() -> None:

@@ -272,6 +272,13 @@ class HealthEngine:
             return None
         return self._silent(h, now)
 
+    def silent_for(self, name: str, now: float) -> float | None:
+        """How long the INVITE that makes ``name`` silent has waited; None when not silent."""
+        if self.silenced(name, now) is None:
+            return None
+        waiting = self._waiting(self.targets[name], now)
+        return None if waiting is None else now - waiting[0]
+
     def take_silences(self) -> list[SilenceEvent]:
         """The silence episodes that started or ended since the last call."""
         events, self.silence_events = self.silence_events, []

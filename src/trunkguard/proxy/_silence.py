@@ -4,7 +4,9 @@ The health engine says which targets are silent (``HealthEngine.silenced``:
 an INVITE waiting on them far longer than they usually take to answer). A
 new call's plan keeps them, after every other route, so a call whose other
 routes all fail may still reach them; and when every route of the plan is
-silent, it tries them all in their usual order, as if nothing were said.
+silent, it still tries them all. Silent ones go by how long they have been
+silent, shortest first (a carrier 25 ms late is likelier to answer than one
+silent for 250 ms), then in the plan's order.
 A silent carrier is healthy by every other rule: pools, capacity and the
 failover of calls already in flight do not look at silence.
 """
@@ -27,15 +29,18 @@ def hold_back_silent(plan: Plan, health: HealthEngine, now: float, counters: Cou
         return plan
     explain = list(plan.explain)
     loud = [t for t in plan.targets if t.name not in quiet]
+    held = sorted(
+        (t for t in plan.targets if t.name in quiet),
+        key=lambda t: health.silent_for(t.name, now) or 0.0,  # stable: plan order on ties
+    )
     if not loud:
         counters["plans_all_silent"] += 1
         explain.append(
             "every route is silent ("
-            + "; ".join(f"{name} {why}" for name, why in quiet.items())
-            + "): trying them in order anyway"
+            + "; ".join(f"{t.name} {quiet[t.name]}" for t in held)
+            + "): trying them anyway, the shortest silence first"
         )
-        return dataclasses.replace(plan, explain=explain)
+        return dataclasses.replace(plan, targets=held, explain=explain)
     counters["plans_silence_held_back"] += 1
-    explain += [f"{name}: held back to the end, {why}" for name, why in quiet.items()]
-    held = [t for t in plan.targets if t.name in quiet]
+    explain += [f"{t.name}: held back to the end, {quiet[t.name]}" for t in held]
     return dataclasses.replace(plan, targets=loud + held, explain=explain)
