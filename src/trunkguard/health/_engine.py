@@ -24,6 +24,7 @@ from ._silence import (
     Silence,
     SilenceEvent,
     ms,
+    oldest_unanswered,
     threshold,
     waiting_since,
 )
@@ -264,20 +265,23 @@ class HealthEngine:
     def silenced(self, name: str, now: float) -> str | None:
         """Why no new call should go to ``name`` now ("silent 21 ms, usually 2 ms"), or None.
 
-        Only between a silence the engine confirmed (in :meth:`tick`) and its end, and
-        only while the condition still holds at ``now``.
+        Only within a silent episode the engine confirmed (in :meth:`tick`), only while
+        an INVITE still waits on the target, and only while an INVITE unanswered since
+        its last answer is older than its threshold: between two waiting INVITEs, one
+        new call may go, one at a time, until the target answers.
         """
         h = self.targets.get(name)
         if h is None or h.silence.since is None:
             return None
-        return self._silent(h, now)
+        return self._held(h, now)
 
     def silent_for(self, name: str, now: float) -> float | None:
-        """How long the INVITE that makes ``name`` silent has waited; None when not silent."""
+        """How long ``name``'s oldest INVITE unanswered since its last answer has waited,
+        while its new calls are held back; else None."""
         if self.silenced(name, now) is None:
             return None
-        waiting = self._waiting(self.targets[name], now)
-        return None if waiting is None else now - waiting[0]
+        oldest = oldest_unanswered(self.targets[name].outstanding, self.targets[name].silence)
+        return None if oldest is None else now - oldest
 
     def take_silences(self) -> list[SilenceEvent]:
         """The silence episodes that started or ended since the last call."""
@@ -285,76 +289,91 @@ class HealthEngine:
         return events
 
     def silence_threshold(self, name: str) -> float | None:
-        """The wait past which ``name`` counts as silent; None before enough samples."""
-        h = self.targets[name]
-        limit = self._limit(h)
-        return None if limit is None or limit >= h.timer.timeout() else limit
+        """The wait past which ``name`` counts as silent; None when silence does not apply
+        (too few samples yet, turned off, or not shorter than its adaptive timer)."""
+        return self._limit(self.targets[name])
 
     def _limit(self, h: TargetHealth) -> float | None:
         p = self.policy
         if not p.silence:
             return None
-        return threshold(
+        limit = threshold(
             h.silence.times,
             floor=p.silence_floor,
             margin=p.silence_margin,
             quantile=p.silence_quantile,
             min_samples=p.silence_min_samples,
         )
+        if limit is None or limit >= h.timer.timeout():
+            return None  # the adaptive timer comes first: nothing for silence to add
+        return limit
 
-    def _waiting(self, h: TargetHealth, now: float) -> tuple[float, float, float] | None:
-        """(sent, threshold, timer) of the oldest INVITE still waiting, when silence applies."""
+    def _waiting(self, h: TargetHealth, now: float) -> float | None:
+        """When the oldest INVITE still waiting on ``h`` (see ``waiting_since``) was sent."""
         if h.state is not State.UP or not h.outstanding:
             return None
-        limit = self._limit(h)
-        timer = h.timer.timeout()
-        if limit is None or limit >= timer:
-            return None  # the adaptive timer comes first: nothing for silence to add
-        sent = waiting_since(h.outstanding, h.silence.heard_sent, timer, now)
-        return None if sent is None else (sent, limit, timer)
+        return waiting_since(h.outstanding, h.silence.heard_sent, h.timer.timeout(), now)
 
     def _silent(self, h: TargetHealth, now: float) -> str | None:
-        waiting = self._waiting(h, now)
-        if waiting is None:
+        """Why ``h`` turns silent now (the start of an episode), or None."""
+        limit = self._limit(h)
+        sent = self._waiting(h, now)
+        if limit is None or sent is None:
             return None
-        sent, limit, _ = waiting
         # The same sum as the deadline's: a float rounding must not make the deadline
         # come and the check disagree (the timer would be re-armed at now, for ever).
         if now < sent + limit:
             return None
-        usual = h.silence.times.quantile(0.5)
-        return f"silent {ms(now - sent)}, usually {ms(usual)}"
+        return f"silent {ms(now - sent)}, usually {ms(h.silence.times.quantile(0.5))}"
+
+    def _still(self, h: TargetHealth, now: float) -> float | None:
+        """Within an episode: the oldest INVITE unanswered since the last answer, if it is
+        still past the threshold (and still kept); None when the episode is over."""
+        limit = self._limit(h)
+        if limit is None or h.state is not State.UP:
+            return None
+        oldest = oldest_unanswered(h.outstanding, h.silence)
+        if oldest is None or now < oldest + limit:
+            return None
+        return oldest
+
+    def _held(self, h: TargetHealth, now: float) -> str | None:
+        oldest = self._still(h, now)
+        if oldest is None or self._waiting(h, now) is None:
+            return None  # over, or nothing waits on it now: one new call may go
+        return f"silent {ms(now - oldest)}, usually {ms(h.silence.times.quantile(0.5))}"
 
     def _silence_deadline(self, h: TargetHealth) -> float | None:
         s = h.silence
         now = self._clock
-        waiting = self._waiting(h, now)
-        if waiting is None:
-            # A silence in force with nothing waiting any more ends at the next tick.
-            return now if s.since is not None else None
-        sent, limit, timer = waiting
         if s.since is not None:
-            if now < sent + limit:
-                return now  # no longer past the threshold (a new policy): end it at once
-            return sent + timer  # this INVITE leaves the silence to the usual rules then
+            oldest = self._still(h, now)
+            if oldest is None:
+                return now  # over (an answer, a new policy): end it at the next tick
+            # Pruned then (see _prune), with no answer: the episode ends.
+            return oldest + 2 * self.policy.invite_timeout
+        limit = self._limit(h)
+        sent = self._waiting(h, now)
+        if limit is None or sent is None:
+            return None
         if s.seen is not None:
             return s.seen + CONFIRM
         return sent + limit
 
     def _tick_silence(self, h: TargetHealth, now: float) -> None:
         s = h.silence
-        why = self._silent(h, now)
         if s.since is not None:
-            if why is None:
-                self._end_silence(h, now, "no INVITE waiting under its adaptive timer any more")
+            if self._still(h, now) is None:
+                self._end_silence(h, now, "no answer, and its unanswered INVITEs are forgotten")
             return
+        why = self._silent(h, now)
         if why is None:
             s.seen = None
             return
         if s.seen is None:
-            waiting = self._waiting(h, now)
-            assert waiting is not None  # why is not None
-            sent, limit, _ = waiting
+            sent = self._waiting(h, now)
+            limit = self._limit(h)
+            assert sent is not None and limit is not None  # why is not None
             if now > sent + limit + CONFIRM:
                 # Our timer fired late: the loop was busy, and the answer may be waiting in
                 # our socket. Seen, not yet believed: one loop turn first, to read it.
@@ -366,17 +385,17 @@ class HealthEngine:
         s.episodes += 1
         limit = self._limit(h) or 0.0
         detail = (
-            f"{why} (threshold {ms(limit)}): no new calls until it answers; "
-            "calls waiting on it keep their timer"
+            f"{why} (threshold {ms(limit)}): no new calls while an INVITE waits on it, "
+            "until it answers; calls waiting on it keep their timer"
         )
         self.silence_events.append(SilenceEvent(h.name, "silent", detail, now))
 
     def _recheck_silence(self, h: TargetHealth, now: float, how: str) -> None:
         s = h.silence
         if s.since is None:
-            s.seen = None if self._silent(h, now) is None else s.seen
-            return
-        if self._silent(h, now) is None:
+            if self._silent(h, now) is None:
+                s.seen = None
+        elif self._still(h, now) is None:
             self._end_silence(h, now, how)
 
     def _end_silence(self, h: TargetHealth, now: float, how: str) -> None:

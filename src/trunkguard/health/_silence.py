@@ -17,11 +17,15 @@ an outlier by its own measure. That is *silence*:
   is a lost packet, not a silent carrier), and still inside its adaptive
   timer (past it, its call has moved on and the usual rules own it: it
   counts toward SUSPECT like any late INVITE).
-- A silent carrier gets no new calls (plans put it last); calls already
-  waiting on it keep their adaptive timer, so a carrier only slow for a
-  moment loses nothing. The silence lasts while the condition holds: it
-  ends when the carrier answers, when the waiting INVITE passes its timer
-  (the usual path takes over), or when the target leaves UP.
+- A silent carrier gets no new calls while an INVITE waits on it (plans put
+  it last); calls already waiting on it keep their adaptive timer, so a
+  carrier only slow for a moment loses nothing. When its waiting INVITEs
+  have passed their timer and it still has not answered, one new call may
+  go, and the next waits for that one: one at a time, which gives the usual
+  rule its late INVITEs (three make it SUSPECT) without a burst of calls.
+- The episode ends when the carrier answers anything, when it leaves UP
+  (SUSPECT, DOWN...: the usual path took over), or when its unanswered
+  INVITEs are forgotten (2 x ``invite_timeout``) with no answer.
 - The router's own lateness must not look like a carrier's silence: when
   the engine's timer fires late (more than ``CONFIRM`` past the moment the
   INVITE crossed its threshold, so the loop was busy), it confirms the
@@ -29,8 +33,8 @@ an outlier by its own measure. That is *silence*:
   first; and the proxy does not run the check at all while its loop is
   stalled or overloaded (see ``Proxy._on_health_timer``).
 
-Invariant (tested with Hypothesis): a target with no waiting INVITE older
-than its threshold is never reported silent.
+Invariant (tested with Hypothesis): a target with no INVITE unanswered since
+its last answer and older than its threshold is never reported silent.
 """
 
 from __future__ import annotations
@@ -115,6 +119,15 @@ def waiting_since(
     """
     for started in outstanding.values():
         if started > heard_sent and started + timer > now:
+            return started
+    return None
+
+
+def oldest_unanswered(outstanding: dict[int, float], silence: Silence) -> float | None:
+    """When the oldest INVITE unanswered since the target's last answer was sent (any
+    age, until the engine forgets it); None when there is none."""
+    for started in outstanding.values():
+        if started > silence.heard_sent:
             return started
     return None
 
