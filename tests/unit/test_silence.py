@@ -496,3 +496,32 @@ def test_silence_notices_reach_the_core_events_once_per_episode() -> None:
     assert "now SUSPECT" in ends[-1].detail
     _, sent = lab.dial()
     assert invites(sent, A) == 0 and invites(sent, B) == 1
+
+
+def test_a_router_late_itself_silences_no_carrier() -> None:
+    # The loop stalled (or is overloaded): answers may sit in our own socket, so silence is
+    # not judged, as timeouts are excused; the usual path still runs once the grace is over.
+    a = Switch()
+    lab = SilenceLab({A: a, B: answers(200), C: answers(200)})
+    for _ in range(30):
+        lab.dial()
+        lab.step(0.02)
+    lab.proxy.note_stall(0.4, lab.now)
+    a.dead = True
+    for _ in range(50):  # one second, within the stall's grace
+        lab.dial()
+        lab.step(0.02)
+    assert lab.silences == []
+    assert lab.health.silenced("a", lab.now) is None
+    assert lab.proxy.counters["plans_silence_held_back"] == 0
+
+
+def test_a_probing_target_is_never_silenced_its_trial_has_the_usual_timer() -> None:
+    c = Clock(HealthPolicy(probe_successes=0))
+    c.learn()
+    [down] = c.engine.unreachable("a", c.now, "test")
+    c.tick_until(c.now + (down.hold_down or 0.0) + 0.01)
+    assert c.engine.state("a") is State.PROBING
+    c.engine.attempt_started("a", c.now)  # the trial
+    c.tick_until(c.now + 0.2)
+    assert c.engine.silenced("a", c.now) is None and c.events == []
