@@ -570,11 +570,26 @@ class HealthConfig(Strict):
     retry_after_max: Seconds = 600.0
     suspect_outstanding: int = Field(default=3, ge=1, le=1000)
     response_timeout_floor: Seconds = 0.3
+    # Silence (docs/silent-carrier.md): no new calls to a carrier whose INVITE waits far
+    # longer than its own first responses usually take.
+    silence: bool = True
+    silence_floor: Seconds = 0.02
+    silence_margin: float = Field(default=2.0, ge=1, le=100)
+    silence_quantile: float = Field(default=0.99, ge=0.5, le=1)
+    silence_min_samples: int = Field(default=20, ge=1, le=10_000)
+    silence_window: int = Field(default=100, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _window(self) -> HealthConfig:
         if self.window_min_volume > self.window_size:
             raise ValueError("window_min_volume cannot exceed window_size")
+        if self.silence_min_samples > self.silence_window:
+            raise ValueError("silence_min_samples cannot exceed silence_window")
+        if self.silence and self.silence_floor >= self.response_timeout_floor:
+            raise ValueError(
+                "silence_floor must be shorter than response_timeout_floor "
+                "(the adaptive timer would always act first)"
+            )
         if self.hold_down_max < self.hold_down:
             raise ValueError("hold_down_max cannot be shorter than hold_down")
         return self

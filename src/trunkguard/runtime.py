@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import RouterConfig, destination_targets
 from .dns import Destination, DnsWatcher
-from .health import HealthEngine, State, StateChange
+from .health import HealthEngine, SilenceEvent, State, StateChange
 from .prober import Prober
 from .proxy import Alarm, AttemptRecord, CoreEvent, Flow, Proxy, RegistrationEvent, Target
 from .proxy._overload import OverloadEvent
@@ -230,6 +230,12 @@ class Runtime:
                 log.warning("router %s: %s", event.state, event.detail)
                 self.store.record_notice(
                     "router", "overload", event.state, event.detail, self._wall(event.at)
+                )
+            elif isinstance(event, SilenceEvent):
+                # Once per episode (its start and its end), never per call.
+                log.info("%s %s: %s", event.target, event.state, event.detail)
+                self.store.record_notice(
+                    event.target, "silence", event.state, event.detail, self._wall(event.at)
                 )
             elif isinstance(event, AttemptRecord) and self.on_attempt is not None:
                 self.on_attempt(event)

@@ -509,6 +509,11 @@ def test_engine_timer_learns_from_first_responses() -> None:
     assert f.engine.response_timeout("b") == 2.0  # per carrier
 
 
+# The adaptive timer and SUSPECT alone: silence (which would act first on these INVITEs)
+# has tests of its own, in test_silence.py.
+USUAL_PATH = HealthPolicy(silence=False)
+
+
 def silent_invites(f: Feed, n: int = 3) -> list[int]:
     """Teach the timer a 0.1 s carrier, then send ``n`` INVITEs 10 ms apart that get nothing."""
     for _ in range(20):
@@ -524,7 +529,7 @@ def silent_invites(f: Feed, n: int = 3) -> list[int]:
 
 
 def test_silent_invites_turn_suspect_on_tick_then_down() -> None:
-    f = feed()
+    f = feed(USUAL_PATH)
     silent_invites(f)
     limit = f.engine.response_timeout("a")
     deadline = f.engine.next_deadline()
@@ -543,7 +548,7 @@ def test_silent_invites_turn_suspect_on_tick_then_down() -> None:
 
 
 def test_a_suspect_target_that_answers_is_up_again() -> None:
-    f = feed()
+    f = feed(USUAL_PATH)
     attempts = silent_invites(f)
     deadline = f.engine.next_deadline()
     assert deadline is not None
@@ -556,7 +561,7 @@ def test_a_suspect_target_that_answers_is_up_again() -> None:
 
 
 def test_fewer_late_invites_than_the_threshold_need_no_timer() -> None:
-    f = feed()
+    f = feed(USUAL_PATH)
     attempts = silent_invites(f, n=2)
     assert f.engine.next_deadline() is None
     assert f.at(f.now + 5.0) == [] and f.state() is UP

@@ -352,6 +352,34 @@ def test_a_request_delayed_by_slow_meets_the_mode_in_force_when_its_time_comes()
     assert codes(clock.run_until(START + 1)) == [100, 503]
 
 
+# -- jitter ------------------------------------------------------------------------------------
+def test_jitter_takes_each_request_up_after_its_own_delay_within_the_bounds() -> None:
+    clock = Clock(Mode("jitter", delay_ms=1, jitter_ms=50))
+    delays = []
+    for i in range(200):
+        sent = clock.now
+        assert clock.send(invite(call_id=f"j{i}", branch=f"z9hG4bKj{i}")) == []
+        mine: list[int] = []
+        while not mine:  # (the earlier calls' 200s are resent meanwhile: no ACK here)
+            deadline = clock.core.next_deadline()
+            assert deadline is not None
+            out = clock.run_until(deadline)
+            mine = [r.status for r in map(response, out) if r.call_id == f"j{i}"]
+        assert mine[:2] == [100, 180]  # then answered as healthy
+        delays.append(clock.now - sent)
+        clock.run_until(clock.now + 0.1)
+    assert all(0.001 - 1e-9 <= d <= 0.05 + 1e-9 for d in delays)
+    assert max(delays) - min(delays) > 0.03  # they do vary, over the whole span
+    assert clock.counters()["acting_as"] == "jitter"
+
+
+def test_jitter_bounds_are_checked_and_described() -> None:
+    assert Mode("jitter", delay_ms=1, jitter_ms=50).describe() == "jitter 1 to 50 ms"
+    with pytest.raises(ModeError, match="jitter_ms \\(5\\) must be at least delay_ms \\(10\\)"):
+        Mode("jitter", delay_ms=10, jitter_ms=5)
+    assert mode_from_json({"name": "jitter", "jitter_ms": 20}).jitter_ms == 20
+
+
 # -- flap --------------------------------------------------------------------------------------
 def test_flap_schedule_boundaries() -> None:
     mode = Mode("flap", period_s=20)
@@ -443,6 +471,7 @@ def test_snapshot_describes_the_mode() -> None:
         "period_s": 20.0,
         "hangup_ms": 2000,
         "busy_pct": 80,
+        "jitter_ms": 50,
     }
 
 

@@ -109,6 +109,10 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("trunkguard_target_trips_total", "counter", T, "Times the target was taken DOWN"),
     Spec(
+        "trunkguard_target_silences_total", "counter", T,
+        "Times the target went silent past its own first-response times (new calls held back)",
+    ),
+    Spec(
         "trunkguard_target_probe_rtt_seconds", "gauge", T,
         "Round trip of the last answered OPTIONS probe (absent before the first)",
     ),
@@ -295,6 +299,7 @@ class RouterCollector:
             if fig.acd is not None:
                 f["trunkguard_target_acd_seconds"].add_metric([name], fig.acd)
             f["trunkguard_target_trips_total"].add_metric([name], h.trips)
+            f["trunkguard_target_silences_total"].add_metric([name], h.silence.episodes)
             if name in rtt:
                 f["trunkguard_target_probe_rtt_seconds"].add_metric([name], rtt[name])
             f["trunkguard_target_probes_total"].add_metric([name], counters[f"probes_to:{name}"])

@@ -38,6 +38,23 @@ def registration_views(runtime: Runtime, now: float) -> JSON:
     return {c: reg.view(now) for c, reg in runtime.registrations.by_carrier.items()}
 
 
+def _silence_view(runtime: Runtime, name: str, now: float) -> JSON:
+    """``silent``: why new calls are held back now ("silent 21 ms, usually 2 ms"), or None;
+    ``silence``: the threshold that applies (None before enough samples) and the episodes."""
+    health = runtime.health
+    times = health.targets[name].silence.times
+    limit = health.silence_threshold(name)
+    return {
+        "silent": health.silenced(name, now),
+        "silence": {
+            "threshold_ms": None if limit is None else round(limit * 1000, 1),
+            "usual_ms": round(times.quantile(0.5) * 1000, 1) if len(times) else None,
+            "samples": len(times),
+            "episodes": health.targets[name].silence.episodes,
+        },
+    }
+
+
 def target_view(runtime: Runtime, name: str, now: float) -> JSON:
     h = runtime.health.targets[name]
     since = _since(runtime, h)
@@ -66,6 +83,7 @@ def target_view(runtime: Runtime, name: str, now: float) -> JSON:
         "forced_until": _iso_mono(runtime, h.forced_until),
         "calls_up": h.capacity.active,
         "response_timeout_ms": round(h.timer.timeout() * 1000),
+        **_silence_view(runtime, name, now),
         "attempts": h.attempts,
         "faults": h.faults,
     }

@@ -14,6 +14,7 @@ from ._outcome import (
     q850_cause,
 )
 from ._rto import ResponseTimer
+from ._silence import SilenceEvent
 from ._state import TRANSITIONS, Input, State, transition_table
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Input",
     "OutcomeClass",
     "ResponseTimer",
+    "SilenceEvent",
     "State",
     "StateChange",
     "TargetHealth",

@@ -17,6 +17,17 @@ from dataclasses import dataclass, field
 from ._capacity import Capacity
 from ._outcome import TIMEOUT, OutcomeClass, Verdict
 from ._rto import ResponseTimer
+from ._silence import (
+    CONFIRM,
+    NEVER,
+    ResponseTimes,
+    Silence,
+    SilenceEvent,
+    ms,
+    oldest_unanswered,
+    threshold,
+    waiting_since,
+)
 from ._state import TRANSITIONS, Input, State
 
 _OPERATOR = (State.DRAINED, State.FORCED_DOWN)
@@ -41,6 +52,14 @@ class HealthPolicy:
     suspect_outstanding: int = 3
     invite_timeout: float = 2.0
     response_timeout_floor: float = 0.3
+    # Silence (see _silence): an INVITE waiting longer than margin x the quantile of the
+    # target's recent first-response times (never less than the floor) holds new calls back.
+    silence: bool = True
+    silence_floor: float = 0.02
+    silence_margin: float = 2.0
+    silence_quantile: float = 0.99
+    silence_min_samples: int = 20
+    silence_window: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,7 @@ class TargetHealth:
     # Why the target may not come back whatever its probes say (its registration is
     # lost, say), or None. Set and cleared by gate() and ungate().
     gate: str | None = None
+    silence: Silence = field(default_factory=Silence)
 
 
 class HealthEngine:
@@ -103,6 +123,8 @@ class HealthEngine:
         for name in targets:
             self.add_target(name)
         self._next_attempt = 0
+        self._clock = NEVER  # the latest ``now`` any call brought: next_deadline() has none
+        self.silence_events: list[SilenceEvent] = []  # taken by take_silences()
 
     def set_policy(self, policy: HealthPolicy) -> None:
         """New thresholds (a reload); states, counts and hold-downs in force are kept."""
@@ -111,6 +133,7 @@ class HealthEngine:
             h.timer.floor, h.timer.cap = policy.response_timeout_floor, policy.invite_timeout
             if h.window.maxlen != policy.window_size:
                 h.window = deque(h.window, maxlen=policy.window_size)
+            h.silence.times.resize(policy.silence_window)
 
     def set_capacity(self, name: str, max_calls: int | None, max_cps: float | None) -> None:
         h = self.targets[name]
@@ -154,6 +177,7 @@ class HealthEngine:
         p = self.policy
         health = TargetHealth(name, window=deque(maxlen=p.window_size))
         health.timer = ResponseTimer(floor=p.response_timeout_floor, cap=p.invite_timeout)
+        health.silence = Silence(ResponseTimes(p.silence_window))
         self.targets[name] = health
         return health
 
@@ -276,7 +300,157 @@ class HealthEngine:
                 times.append(heapq.nsmallest(k, h.outstanding.values())[-1] + h.timer.timeout())
             elif h.state is State.SUSPECT and h.suspect_since is not None:
                 times.append(h.suspect_since + self.policy.invite_timeout)
+            if h.state is State.UP and h.outstanding:
+                due = self._silence_deadline(h)
+                if due is not None:
+                    times.append(due)
         return min(times) if times else None
+
+    # -- silence (see _silence) ------------------------------------------------------------
+    def silenced(self, name: str, now: float) -> str | None:
+        """Why no new call should go to ``name`` now ("silent 21 ms, usually 2 ms"), or None.
+
+        Only within a silent episode the engine confirmed (in :meth:`tick`), only while
+        an INVITE still waits on the target, and only while an INVITE unanswered since
+        its last answer is older than its threshold: between two waiting INVITEs, one
+        new call may go, one at a time, until the target answers.
+        """
+        h = self.targets.get(name)
+        if h is None or h.silence.since is None:
+            return None
+        return self._held(h, now)
+
+    def silent_for(self, name: str, now: float) -> float | None:
+        """How long ``name``'s oldest INVITE unanswered since its last answer has waited,
+        while its new calls are held back; else None."""
+        if self.silenced(name, now) is None:
+            return None
+        oldest = oldest_unanswered(self.targets[name].outstanding, self.targets[name].silence)
+        return None if oldest is None else now - oldest
+
+    def take_silences(self) -> list[SilenceEvent]:
+        """The silence episodes that started or ended since the last call."""
+        events, self.silence_events = self.silence_events, []
+        return events
+
+    def silence_threshold(self, name: str) -> float | None:
+        """The wait past which ``name`` counts as silent; None when silence does not apply
+        (too few samples yet, turned off, or not shorter than its adaptive timer)."""
+        return self._limit(self.targets[name])
+
+    def _limit(self, h: TargetHealth) -> float | None:
+        p = self.policy
+        if not p.silence:
+            return None
+        limit = threshold(
+            h.silence.times,
+            floor=p.silence_floor,
+            margin=p.silence_margin,
+            quantile=p.silence_quantile,
+            min_samples=p.silence_min_samples,
+        )
+        if limit is None or limit >= h.timer.timeout():
+            return None  # the adaptive timer comes first: nothing for silence to add
+        return limit
+
+    def _waiting(self, h: TargetHealth, now: float) -> float | None:
+        """When the oldest INVITE still waiting on ``h`` (see ``waiting_since``) was sent."""
+        if h.state is not State.UP or not h.outstanding:
+            return None
+        return waiting_since(h.outstanding, h.silence.heard_sent, h.timer.timeout(), now)
+
+    def _silent(self, h: TargetHealth, now: float) -> str | None:
+        """Why ``h`` turns silent now (the start of an episode), or None."""
+        limit = self._limit(h)
+        sent = self._waiting(h, now)
+        if limit is None or sent is None:
+            return None
+        # The same sum as the deadline's: a float rounding must not make the deadline
+        # come and the check disagree (the timer would be re-armed at now, for ever).
+        if now < sent + limit:
+            return None
+        return f"silent {ms(now - sent)}, usually {ms(h.silence.times.quantile(0.5))}"
+
+    def _still(self, h: TargetHealth, now: float) -> float | None:
+        """Within an episode: the oldest INVITE unanswered since the last answer, if it is
+        still past the threshold (and still kept); None when the episode is over."""
+        limit = self._limit(h)
+        if limit is None or h.state is not State.UP:
+            return None
+        oldest = oldest_unanswered(h.outstanding, h.silence)
+        if oldest is None or now < oldest + limit:
+            return None
+        return oldest
+
+    def _held(self, h: TargetHealth, now: float) -> str | None:
+        oldest = self._still(h, now)
+        if oldest is None or self._waiting(h, now) is None:
+            return None  # over, or nothing waits on it now: one new call may go
+        return f"silent {ms(now - oldest)}, usually {ms(h.silence.times.quantile(0.5))}"
+
+    def _silence_deadline(self, h: TargetHealth) -> float | None:
+        s = h.silence
+        now = self._clock
+        if s.since is not None:
+            oldest = self._still(h, now)
+            if oldest is None:
+                return now  # over (an answer, a new policy): end it at the next tick
+            # Pruned then (see _prune), with no answer: the episode ends.
+            return oldest + 2 * self.policy.invite_timeout
+        limit = self._limit(h)
+        sent = self._waiting(h, now)
+        if limit is None or sent is None:
+            return None
+        if s.seen is not None:
+            return s.seen + CONFIRM
+        return sent + limit
+
+    def _tick_silence(self, h: TargetHealth, now: float) -> None:
+        s = h.silence
+        if s.since is not None:
+            if self._still(h, now) is None:
+                self._end_silence(h, now, "no answer, and its unanswered INVITEs are forgotten")
+            return
+        why = self._silent(h, now)
+        if why is None:
+            s.seen = None
+            return
+        if s.seen is None:
+            sent = self._waiting(h, now)
+            limit = self._limit(h)
+            assert sent is not None and limit is not None  # why is not None
+            if now > sent + limit + CONFIRM:
+                # Our timer fired late: the loop was busy, and the answer may be waiting in
+                # our socket. Seen, not yet believed: one loop turn first, to read it.
+                s.seen = now
+                return
+        elif now < s.seen + CONFIRM:
+            return
+        s.seen, s.since = None, now
+        s.episodes += 1
+        limit = self._limit(h) or 0.0
+        detail = (
+            f"{why} (threshold {ms(limit)}): no new calls while an INVITE waits on it, "
+            "until it answers; calls waiting on it keep their timer"
+        )
+        self.silence_events.append(SilenceEvent(h.name, "silent", detail, now))
+
+    def _recheck_silence(self, h: TargetHealth, now: float, how: str) -> None:
+        s = h.silence
+        if s.since is None:
+            if self._silent(h, now) is None:
+                s.seen = None
+        elif self._still(h, now) is None:
+            self._end_silence(h, now, how)
+
+    def _end_silence(self, h: TargetHealth, now: float, how: str) -> None:
+        s = h.silence
+        if s.since is None:
+            return
+        lasted = now - s.since
+        s.since = s.seen = None
+        detail = f"{how}; held new calls back for {ms(lasted)}"
+        self.silence_events.append(SilenceEvent(h.name, "heard", detail, now))
 
     # -- moves ------------------------------------------------------------------------------
     def _move(self, h: TargetHealth, what: Input, reason: str, now: float) -> list[StateChange]:
@@ -293,6 +467,9 @@ class HealthEngine:
         if new in _OPERATOR and old not in _OPERATOR:
             h.before_operator = old
         h.state, h.since, h.reason = new, now, reason
+        if new is not State.UP:
+            self._end_silence(h, now, f"now {new}: {reason}")
+            h.silence.seen = None
         hold = None
         if new is State.DOWN:
             hold = self._start_hold_down(h, now)
@@ -346,6 +523,8 @@ class HealthEngine:
     def attempt_started(self, name: str, now: float) -> int:
         """An INVITE left for ``name``; returns the attempt id for the calls below."""
         h = self.targets[name]
+        if now > self._clock:
+            self._clock = now
         self._prune(h, now)
         h.capacity.take(now)
         self._next_attempt += 1
@@ -366,9 +545,15 @@ class HealthEngine:
     def first_response(self, name: str, attempt: int, now: float) -> list[StateChange]:
         """The first 100/18x (or any response) for ``attempt``: the carrier is alive."""
         h = self.targets[name]
+        if now > self._clock:
+            self._clock = now
         started = h.outstanding.pop(attempt, None)
         if started is not None:
             h.timer.sample(now - started)
+            h.silence.times.add(now - started)
+            # Older INVITEs still unanswered were lost, not met by a silent carrier.
+            h.silence.heard_sent = max(h.silence.heard_sent, started)
+            self._recheck_silence(h, now, f"answered after {ms(now - started)}")
         if h.state is State.SUSPECT:
             return self._move(h, Input.ANSWERED, "answered again while suspect", now)
         return []
@@ -390,8 +575,10 @@ class HealthEngine:
         several of them late at once is what makes a carrier SUSPECT.
         """
         h = self.targets[name]
-        if what != TIMEOUT:
-            h.outstanding.pop(attempt, None)
+        if now > self._clock:
+            self._clock = now
+        if what != TIMEOUT and h.outstanding.pop(attempt, None) is not None:
+            self._recheck_silence(h, now, f"its waiting INVITE ended ({what})")
         if verdict is None or verdict.klass is not OutcomeClass.SUCCESS:
             h.capacity.release()  # an answered call holds its place until call_ended()
         trial = h.state is State.PROBING and h.trial_in_flight
@@ -550,6 +737,8 @@ class HealthEngine:
         """Hold-downs that ended, forced-downs that revert, INVITEs unanswered too long."""
         out: list[StateChange] = []
         p = self.policy
+        if now > self._clock:
+            self._clock = now
         for h in self.targets.values():
             if (
                 h.state is State.FORCED_DOWN
@@ -577,4 +766,6 @@ class HealthEngine:
                     reason = f"{late} INVITEs unanswered after {limit * 1000:.0f} ms"
                     out += self._move(h, Input.SILENT, reason, now)
                     h.suspect_since = now
+            if h.state is State.UP and (h.outstanding or h.silence.since is not None):
+                self._tick_silence(h, now)
         return out

@@ -14,6 +14,9 @@ reject         INVITE: 100 then ``code`` (with Retry-After if set); the rest
 options-only   INVITE: ``code`` at once, no 100: only keepalives look alive.
 slow           as healthy, but each new request is taken up ``delay_ms``
                later; its retransmissions meanwhile are absorbed.
+jitter         as slow, with a delay drawn anew for each request, evenly
+               between ``delay_ms`` and ``jitter_ms`` (a seeded draw: one
+               carrier's run repeats).
 blackhole      nothing is answered, and nothing already due is sent either.
 killed         as blackhole, and every call and transaction is forgotten (the
                adapter closes the socket: the kernel answers, not us).
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -75,6 +79,7 @@ TxnKey = tuple[str, str, str]  # branch, sent-by, method (an ACK belongs to its 
 MAX_CALLS = 100_000
 MAX_REGISTER_LOG = 10_000
 DEFAULT_TIMERS = TimerConfig()
+_DELAYED = frozenset({"slow", "jitter"})  # behaviours that take each request up late
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
@@ -142,6 +147,7 @@ class CarrierCore:
         self._out: list[Datagram] = []
         self._busy_seen = 0  # fake-busy: INVITEs so far, for an even 486 share
         self._hung_up: dict[str, None] = {}  # false-answer: Call-IDs we sent a BYE for
+        self._rng = random.Random(name)  # jitter's delays
         self.registrar = Registrar(registrar) if registrar is not None else None
         #: (time, what) for every new REGISTER: "received", then "unanswered" or the
         #: registrar's outcome ("challenged", "accepted", ...). Oldest dropped first.
@@ -245,12 +251,18 @@ class CarrierCore:
             self._retransmitted(txn, req)
         elif key in self._pending:
             pass  # slow: the first copy is queued already
-        elif acting == "slow":
+        elif acting in _DELAYED:
             self._pending.add(key)
-            self._at(self._now + self.mode.delay_ms / 1000, lambda: self._delayed(req, addr, key))
+            self._at(self._now + self._delay(acting), lambda: self._delayed(req, addr, key))
         else:
             # Also a retransmission of a request that met a silent carrier: answer it now.
             self._dispatch(req, addr, key, acting)
+
+    def _delay(self, acting: str) -> float:
+        mode = self.mode
+        if acting == "jitter":
+            return self._rng.uniform(mode.delay_ms, mode.jitter_ms) / 1000
+        return mode.delay_ms / 1000
 
     def _delayed(self, req: Request, addr: Addr, key: TxnKey) -> None:
         self._pending.discard(key)
@@ -258,7 +270,7 @@ class CarrierCore:
         if acting in SILENT or (acting in REGISTRAR_SILENT and req.method == "REGISTER"):
             self.counters.swallowed += 1
         elif key not in self._txns:
-            self._dispatch(req, addr, key, "healthy" if acting == "slow" else acting)
+            self._dispatch(req, addr, key, "healthy" if acting in _DELAYED else acting)
 
     def _dispatch(self, req: Request, addr: Addr, key: TxnKey, acting: str) -> None:
         method = req.method

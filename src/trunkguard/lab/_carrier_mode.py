@@ -3,6 +3,8 @@
 A mode is data; what a carrier does at an instant is its *behaviour*, one of
 ``healthy``, ``reject``, ``options-only``, ``slow``, ``blackhole``, ``killed`` or
 ``registrar-silent`` (REGISTER goes unanswered, everything else as healthy),
+``jitter`` (as healthy, each new request taken up after a delay drawn anew
+between ``delay_ms`` and ``jitter_ms``: a carrier whose latency varies),
 ``false-answer`` (answers as healthy, then hangs up with a BYE ``hangup_ms`` after
 the 200) or ``fake-busy`` (486 to ``busy_pct`` % of INVITEs, evenly spread; the
 rest answered as healthy). The last two look fine to health: they are quality
@@ -28,6 +30,7 @@ MODE_NAMES = (
     "registrar-silent",
     "false-answer",
     "fake-busy",
+    "jitter",
 )
 # The name for the options-only carrier, accepted where users type a mode.
 ALIASES = {"options-only-alive": "options-only"}
@@ -44,6 +47,7 @@ _FIELDS = (
     "period_s",
     "hangup_ms",
     "busy_pct",
+    "jitter_ms",
 )
 
 
@@ -72,6 +76,7 @@ class Mode:
     period_s: float = 20.0  # flap: length of each healthy and each dead phase
     hangup_ms: int = 2000  # false-answer: the carrier's BYE this long after its 200
     busy_pct: int = 80  # fake-busy: the share of INVITEs answered 486
+    jitter_ms: int = 50  # jitter: the longest delay (the shortest is delay_ms)
 
     def __post_init__(self) -> None:
         if self.name not in MODE_NAMES:
@@ -83,6 +88,11 @@ class Mode:
         _int_field("delay_ms", self.delay_ms, 0)
         _int_field("hangup_ms", self.hangup_ms, 0)
         _int_field("busy_pct", self.busy_pct, 0, 100)
+        _int_field("jitter_ms", self.jitter_ms, 0)
+        if self.name == "jitter" and self.jitter_ms < self.delay_ms:
+            raise ModeError(
+                f"jitter_ms ({self.jitter_ms}) must be at least delay_ms ({self.delay_ms})"
+            )
         period = self.period_s
         if isinstance(period, bool) or not isinstance(period, int | float):
             raise ModeError(f"period_s must be a number of seconds, not {period!r}")
@@ -98,6 +108,8 @@ class Mode:
         ring = f", ring {self.ring_ms} ms" if self.ring_ms else ""
         if name == "slow":
             return f"slow {self.delay_ms} ms{ring}"
+        if name == "jitter":
+            return f"jitter {self.delay_ms} to {self.jitter_ms} ms{ring}"
         if name == "false-answer":
             return f"false-answer: BYE {self.hangup_ms} ms after the 200{ring}"
         if name == "fake-busy":

@@ -57,6 +57,11 @@ def _print_result(result: LabResult, console: Console) -> None:
         f"faulted carrier {m['last_invite_to_faulted_s']} s after the fault; route flips "
         f"{m['route_flips']}"
     )
+    if "invites_during_fault" in m:
+        console.print(
+            f"  new INVITEs to the faulted carrier during the fault "
+            f"{m['invites_during_fault']}; held back as silent {m['silences']} times"
+        )
     for phase in ("before", "during", "after"):
         p = m[f"pdd_{phase}"]
         console.print(
@@ -85,6 +90,8 @@ def summary_table(results: list[LabResult]) -> Table:
         "last INVITE to a (s)",
         "PDD p95 during (ms)",
         "flips",
+        "INVITEs to a in fault",
+        "silences",
         "returns (s)",
         "result",
     ):
@@ -101,6 +108,8 @@ def summary_table(results: list[LabResult]) -> Table:
             str(m["last_invite_to_faulted_s"]),
             str(m["pdd_during"]["p95_ms"]),
             f"{m['route_flips']}" + (f" (bound {m['flip_bound']})" if "flip_bound" in m else ""),
+            str(m.get("invites_during_fault", "—")),
+            str(m.get("silences", "—")),
             str(m.get("traffic_returns_s", "—")),
             "PASS" if r.passed else "FAIL",
         )

@@ -215,12 +215,19 @@ async def run_scenario(
         )
         t0 = loop.time()
         wall0 = time.time()
+        # New INVITEs (Call-IDs) the faulted carriers had when the fault began and ended.
+        invites_at: dict[str, dict[str, int]] = {}
+
+        def invites_now() -> dict[str, int]:
+            return {n: _count(sims[n].counters().get("invites")) for n in scenario.faulted}
 
         def inject() -> None:
+            invites_at["fault"] = invites_now()
             for name in scenario.faulted:
                 sims[name].set_mode(scenario.fault)
 
         def recover() -> None:
+            invites_at["recover"] = invites_now()
             for name in scenario.faulted:
                 sims[name].set_mode(Mode("healthy"))
 
@@ -243,6 +250,7 @@ async def run_scenario(
         finally:
             sampler.cancel()
         carrier_counters = {n: s.counters() for n, s in sims.items()}
+        invites_at.setdefault("recover", invites_now())
         counters = await router.stop()
         events = _events(router.events_path, wall0)
         notices = _notices(router.events_path, wall0)
@@ -271,6 +279,10 @@ async def run_scenario(
         registrar_log=registrar_log,
         carrier_counters=carrier_counters,
     )
+    if "fault" in invites_at:
+        result.metrics["invites_during_fault"] = sum(
+            invites_at["recover"][n] - invites_at["fault"][n] for n in scenario.faulted
+        )
     measure(result, scenario)
     return result
 
@@ -309,6 +321,30 @@ def _pdd_stats(calls: list[dict[str, Any]]) -> dict[str, float | int | None]:
         "p95_ms": None if not pdds else round(_pct(pdds, 0.95) * 1000, 1),  # type: ignore[operator]
         "max_ms": None if not pdds else round(max(pdds) * 1000, 1),
     }
+
+
+# The silent-carrier aims (docs/silent-carrier.md), at 50 calls/s.
+MAX_INVITES_TO_SILENT = 3
+
+
+def measure_silence(result: LabResult, scenario: Scenario) -> None:
+    """The checks of the silent-carrier scenarios: few INVITEs to a blackholed carrier,
+    and a carrier whose latency merely varies never held back nor flipped."""
+    m, checks = result.metrics, result.checks
+    if scenario.name == "blackhole-50" and "invites_during_fault" in m:
+        n = m["invites_during_fault"]
+        checks.append(
+            (
+                f"at most {MAX_INVITES_TO_SILENT} new INVITEs to the blackholed carrier",
+                n <= MAX_INVITES_TO_SILENT,
+                f"{n} new INVITEs after the fault",
+            )
+        )
+    if scenario.name == "jitter":
+        checks.append(("no route flips", m["route_flips"] == 0, f"{m['route_flips']} flips"))
+        checks.append(
+            ("never held back as silent", m["silences"] == 0, f"{m['silences']} silences")
+        )
 
 
 def flip_bound(scenario: Scenario, base: float, window: float) -> int:
@@ -378,6 +414,12 @@ def measure(result: LabResult, scenario: Scenario) -> None:
         if e["target"] in faulted and e["t"] >= 0 and ("UP" in (e["old"], e["new"]))
     ]
     m["route_flips"] = len(flips)
+    m["silences"] = sum(
+        1
+        for n in result.notices
+        if n["kind"] == "silence" and n["state"] == "silent" and n["target"] in faulted
+    )
+    measure_silence(result, scenario)
     if scenario.recover_at is not None:
         back = [
             c

@@ -58,6 +58,28 @@ SCENARIOS: dict[str, Scenario] = {
             Mode("blackhole"),
         ),
         Scenario(
+            # The silent-carrier figure (docs/silent-carrier.md): how many new calls a
+            # carrier that stops answering still gets at 50 calls/s.
+            "blackhole-50",
+            "carrier a receives everything and answers nothing, at 50 calls/s",
+            Mode("blackhole"),
+            fault_at=8.0,
+            duration=20.0,
+            rate=50.0,
+        ),
+        Scenario(
+            # From the start: a carrier whose latency varies is its normal, not a fault.
+            # (One that turns from 1 ms to 50 ms at once is held back for its first slow
+            # answers, until they are in its figures: docs/silent-carrier.md.)
+            "jitter",
+            "carrier a takes each request up 1 to 50 ms late (its 100 Trying too), "
+            "at 50 calls/s: nothing to fail over for",
+            Mode("jitter", delay_ms=1, jitter_ms=50),
+            fault_at=0.0,
+            duration=20.0,
+            rate=50.0,
+        ),
+        Scenario(
             "slow-answer",
             "carrier a answers every request 3 s late, past invite_timeout",
             Mode("slow", delay_ms=3000),

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import NamedTuple
 
-from ..health import TIMEOUT, UNREACHABLE, HealthEngine, StateChange
+from ..health import TIMEOUT, UNREACHABLE, HealthEngine, SilenceEvent, StateChange
 from ..routing import (
     CARRIER,
     NumberRules,
@@ -99,6 +99,7 @@ from ._overload import (
     shed_response,
 )
 from ._relay import Relay
+from ._silence import hold_back_silent
 from ._sources import BanEvent, SourceLimits
 from ._stray import stray_request
 from ._timers import TimerHandle, TimerQueue
@@ -144,7 +145,14 @@ _CALL_END = {
 }
 
 CoreEvent = (
-    AttemptRecord | CallRecord | StateChange | Alarm | RegistrationEvent | BanEvent | OverloadEvent
+    AttemptRecord
+    | CallRecord
+    | StateChange
+    | Alarm
+    | RegistrationEvent
+    | BanEvent
+    | OverloadEvent
+    | SilenceEvent
 )
 ORPHAN_MAC_HEX = 12  # hex digits of the MAC in a signed branch (48 bits)
 ORPHAN_MEMORY = 10_000  # late 2xx of other nodes' INVITEs remembered, so one BYE each
@@ -837,7 +845,7 @@ class Proxy:
     def plan(self, request: Request, now: float, source: Flow | None = None) -> Plan:
         """The ordered targets for a new call, each with the reason (``routing.build_plan``)."""
         peer = self.admission.peer(source) if source is not None else None
-        return build_plan(
+        plan = build_plan(
             request.request_uri.user or "",
             self.targets,
             now,
@@ -848,6 +856,9 @@ class Proxy:
             inbound_from=peer if peer is not None and peer.kind == CARRIER else None,
             quality=self.quality,
         )
+        if self.health is None:
+            return plan
+        return hold_back_silent(plan, self.health, now, self.counters)
 
     def admits(self, target: Target, now: float) -> bool:
         """May a call be sent to ``target`` right now (for a failover, later than its plan)?"""
@@ -1201,6 +1212,8 @@ class Proxy:
         for change in changes:
             self.counters[f"state:{change.target}:{change.new}"] += 1
         self.events += changes
+        if self.health is not None and self.health.silence_events:
+            self.events += self.health.take_silences()
         self._retime_health()
         if now is None and changes:
             now = max(c.at for c in changes)

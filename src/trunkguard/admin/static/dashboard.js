@@ -87,7 +87,7 @@ function showCard(t) {
   f.state.textContent = t.state;
   f.state.className = `state ${t.state}`;
   f.carrier.textContent = t.destination ? `${t.carrier || t.name} at ${t.destination}` : "";
-  f.reason.textContent = t.reason;
+  f.reason.textContent = t.silent ? `${t.reason}; no new calls: ${t.silent}` : t.reason;
   f.since.textContent = `since ${clock(t.since)} (${span(t.for_seconds)})`;
   if (t.figures) {
     f.cps.textContent = figure(t.figures.calls_per_s, "", 2);
