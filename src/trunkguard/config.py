@@ -1139,7 +1139,7 @@ class DialerConfig(Strict):
 
 
 # -- high availability (docs/ha.md) ----------------------------------------------------------
-_HA_FIELDS = ("{address}", "{interface}", "{node}")
+_HA_FIELDS = ("{address}", "{ip}", "{interface}", "{node}")
 
 
 def _ha_argv(value: list[str]) -> list[str]:

@@ -1,16 +1,19 @@
 """The address hooks: put the service address on the interface, take it off.
 
-argv lists, never a shell; ``{address}``, ``{interface}`` and ``{node}`` are
-filled in. Each runs with a timeout (killed past it); a failure is logged and
-counted, and never stops the node: fencing does not depend on a hook working
-(the gate drops every datagram whatever the interface holds).
+argv lists, never a shell; ``{address}`` (with its prefix length), ``{ip}``
+(without), ``{interface}`` and ``{node}`` are filled in. Each runs with a timeout
+(killed past it); a failure is logged and counted, and never stops the node: fencing
+does not depend on a hook working (the gate drops every datagram whatever the
+interface holds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
+import subprocess
 from collections import Counter
 
 from ._settings import HaSettings
@@ -20,10 +23,36 @@ log = logging.getLogger("trunkguard.ha")
 
 def default_acquire(settings: HaSettings) -> list[list[str]]:
     out = [["ip", "addr", "add", "{address}", "dev", "{interface}"]]
-    if shutil.which("arping"):
-        # A gratuitous ARP: switches and neighbours learn the address moved now.
+    flavour = _arping_flavour()
+    # A gratuitous ARP, sent from the service address: neighbours learn it moved now.
+    if flavour == "iputils":
         out.append(["arping", "-U", "-c", "1", "-I", "{interface}", "{ip}"])
+    elif flavour == "habets":  # Debian's arping package: -S sets the sender address
+        out.append(["arping", "-U", "-S", "{ip}", "-c", "1", "-w", "0.2", "-i", "{interface}",
+                    "{ip}"])
     return out
+
+
+# Exit statuses of each default command that are no failure: Habets' arping exits 1 when
+# nobody answers, and nobody answers a gratuitous ARP.
+BEST_EFFORT = {"arping": frozenset({0, 1})}
+
+
+@functools.cache
+def _arping_flavour() -> str | None:
+    """Which arping is installed: iputils' (-I, sender = target with -U) or Thomas
+    Habets' (Debian's ``arping`` package: -i, -S for the sender), or none."""
+    path = shutil.which("arping")
+    if path is None:
+        return None
+    try:
+        done = subprocess.run(
+            [path, "-V"], capture_output=True, timeout=2, check=False, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = (done.stdout + done.stderr).decode("utf-8", "replace").lower()
+    return "iputils" if "iputils" in text else "habets"
 
 
 def default_release(settings: HaSettings) -> list[list[str]]:
@@ -66,12 +95,16 @@ class AddressHooks:
         what = "acquire" if acquire else "release"
         async with self._lock:
             ok = True
+            given = self.settings.acquire if acquire else self.settings.release
             for argv in self._commands(acquire):
-                ok = await self._run_one(what, self._fill(argv)) and ok
+                allowed = frozenset({0}) if given else BEST_EFFORT.get(argv[0], frozenset({0}))
+                ok = await self._run_one(what, self._fill(argv), allowed) and ok
             self.holding = acquire
             return ok
 
-    async def _run_one(self, what: str, argv: list[str]) -> bool:
+    async def _run_one(
+        self, what: str, argv: list[str], allowed: frozenset[int] = frozenset({0})
+    ) -> bool:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -91,7 +124,7 @@ class AddressHooks:
             self.counters[f"hook_{what}_failed"] += 1
             log.error("HA %s hook %s: killed after %gs", what, argv[0], self.settings.hook_timeout)
             return False
-        if proc.returncode != 0:
+        if proc.returncode not in allowed:
             self.counters[f"hook_{what}_failed"] += 1
             text = err.decode("utf-8", "replace").strip()[:300]
             log.error("HA %s hook %s exited %s: %s", what, argv[0], proc.returncode, text)
