@@ -395,8 +395,8 @@ def compare(args: argparse.Namespace) -> int:
     print(f"\nrouter CPU per call, {args.rounds} runs each, in turns (µs): least / median")
     for name, values in figures.items():
         print(f"  {name:<30} {min(values):8.1f} / {statistics.median(values):8.1f}")
-    base, new = (min(v) for v in figures.values())
-    print(f"  this tree / {args.against}: {base / new:.2f} of the time (least)")
+    ours, theirs = (min(v) for v in figures.values())
+    print(f"  this tree / {args.against}: {ours / theirs:.2f} of the time (least)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
