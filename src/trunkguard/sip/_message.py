@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._errors import LimitError, ParseError
 from ._syntax import SINGLE_VALUED, canonical_name, is_digits, is_token, split_top_level
-from ._uri import NameAddr, Uri, parse_name_addr, parse_uri, split_name_addrs
+from ._uri import CACHE_SIZE, NameAddr, Uri, parse_name_addr, parse_uri, split_name_addrs
 from ._via import Via, parse_via
 
 _CRLF = "\r\n"
@@ -51,6 +51,10 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+# Parsed CSeq values by their text (bounded, as _uri's caches: the texts come from the network).
+_CSEQS: dict[str, CSeq] = {}
+
+
 class Header:
     """One header field line: canonical name, exact text, unfolded value."""
 
@@ -74,8 +78,13 @@ class Message:
         self.headers = headers
         self.body = body
         index: dict[str, list[int]] = {}
+        get = index.get
         for i, h in enumerate(headers):
-            index.setdefault(h.name, []).append(i)
+            found = get(h.name)
+            if found is None:
+                index[h.name] = [i]
+            else:
+                found.append(i)
         self._index = index
         self._cache: dict[str, object] = {}
 
@@ -127,6 +136,11 @@ class Message:
         cached = self._cache.get("cseq")
         if cached is None:
             value = self._single("cseq", "CSeq")
+            # "1 INVITE", "2 BYE": the same few values in every call, parsed once.
+            known = _CSEQS.get(value)
+            if known is not None:
+                self._cache["cseq"] = known
+                return known
             parts = value.split()
             if len(parts) != 2 or not is_digits(parts[0]) or not _METHOD_RE.match(parts[1]):
                 raise ParseError(f"bad value {value!r}", header="CSeq")
@@ -135,6 +149,9 @@ class Message:
             if len(digits) > 10 or int(digits) >= 2**31:
                 raise ParseError(f"sequence number {parts[0]} too large", header="CSeq")
             self._cache["cseq"] = cached = CSeq(int(digits), parts[1])
+            if len(_CSEQS) >= CACHE_SIZE:
+                _CSEQS.clear()
+            _CSEQS[value] = cached
         assert isinstance(cached, CSeq)
         return cached
 
@@ -404,6 +421,15 @@ _NAMES: dict[str, str] = {}
 
 def _split_head(head: str, limits: Limits) -> tuple[str, list[Header]]:
     lines = head.split(_CRLF)
+    if (
+        len(head) <= limits.max_line
+        and len(lines) <= limits.max_headers + 1
+        and "\r\n " not in head
+        and "\r\n\t" not in head
+    ):
+        # The usual message: no line can be too long, nor can there be too many, and no
+        # line is folded. The same split without those checks on each line.
+        return lines[0], _plain_headers(lines)
     max_line = limits.max_line
     max_headers = limits.max_headers
     headers: list[Header] = []
@@ -441,6 +467,29 @@ def _split_head(head: str, limits: Limits) -> tuple[str, list[Header]]:
         if len(headers) > max_headers:
             raise LimitError(f"more than {max_headers} header lines")
     return start, headers
+
+
+def _plain_headers(lines: list[str]) -> list[Header]:
+    """Header lines after the start line, none folded nor over a limit (see _split_head)."""
+    headers: list[Header] = []
+    append = headers.append
+    names = _NAMES
+    for i in range(1, len(lines)):
+        line = lines[i]
+        colon = line.find(":")
+        if colon <= 0:
+            raise ParseError(f"header line without a name and ':': {line[:40]!r}")
+        raw_name = line[:colon]
+        name = names.get(raw_name)
+        if name is None:
+            stripped = raw_name.rstrip(" \t")
+            if not is_token(stripped):
+                raise ParseError(f"bad header name {stripped!r}")
+            name = canonical_name(stripped)
+            if len(names) < 4096:  # bounded: names come from the network
+                names[raw_name] = name
+        append(Header(name, line, line[colon + 1 :].strip()))
+    return headers
 
 
 def _content_length(headers: list[Header]) -> int | None:

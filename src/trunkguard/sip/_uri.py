@@ -16,6 +16,14 @@ _USER_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
 _PASSWORD_RE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
 _WS_RE = re.compile(r"\s")
 
+# Parsed values by their exact text. A call repeats its From, To, Contact, Route and
+# Request-URI values in each of its messages, so each is parsed once, not once a message.
+# The parsed objects are frozen and nobody edits their params, so one can be shared.
+# Bounded (cleared when full): the texts come from the network.
+CACHE_SIZE = 4096
+_URIS: dict[str, Uri] = {}
+_NAME_ADDRS: dict[str, NameAddr] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class Uri:
@@ -89,6 +97,16 @@ def split_hostport(text: str) -> tuple[str, int | None]:
 
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise :class:`ParseError` with the reason when it is malformed."""
+    found = _URIS.get(text)
+    if found is None:
+        found = _parse_uri(text)
+        if len(_URIS) >= CACHE_SIZE:
+            _URIS.clear()
+        _URIS[text] = found
+    return found
+
+
+def _parse_uri(text: str) -> Uri:
     if not text or _WS_RE.search(text):
         raise ParseError(f"bad URI {text!r}: empty or contains whitespace")
     scheme, colon, rest = text.partition(":")
@@ -172,6 +190,16 @@ def _check_display(display: str, header: str | None) -> str | None:
 
 def parse_name_addr(value: str, header: str | None = None) -> NameAddr:
     """Parse ``name-addr`` or ``addr-spec`` followed by header parameters."""
+    found = _NAME_ADDRS.get(value)
+    if found is None:
+        found = _parse_name_addr(value, header)
+        if len(_NAME_ADDRS) >= CACHE_SIZE:
+            _NAME_ADDRS.clear()
+        _NAME_ADDRS[value] = found
+    return found
+
+
+def _parse_name_addr(value: str, header: str | None) -> NameAddr:
     value = value.strip()
     try:
         if "<" in value:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ._errors import ParseError
 from ._syntax import parse_params
-from ._uri import split_hostport
+from ._uri import CACHE_SIZE, split_hostport
 
 MAGIC_COOKIE = "z9hG4bK"
 _WS_RE = re.compile(r"\s+")
@@ -36,8 +36,23 @@ class Via:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
 
+# Parsed Vias by their text: a response's top Via (ours) comes back in its 100, 18x and
+# final, and a request's retransmissions repeat it. Shared as _uri's caches are.
+_VIAS: dict[str, Via] = {}
+
+
 def parse_via(value: str) -> Via:
     """Parse one Via value (one element of a comma-joined Via header)."""
+    found = _VIAS.get(value)
+    if found is None:
+        found = _parse_via(value)
+        if len(_VIAS) >= CACHE_SIZE:
+            _VIAS.clear()
+        _VIAS[value] = found
+    return found
+
+
+def _parse_via(value: str) -> Via:
     m = _VIA_RE.match(value)
     if not m:
         raise ParseError(f"bad Via {value.strip()!r}", header="Via")
