@@ -140,7 +140,7 @@ e2e: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgres
 	$(BIN)/pytest -q tests/e2e
 
 test: $(STAMP) sipp dnsmasq kamailio sipvicious chromium systemd-analyze postgresql etcd halab-tools lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 # make test with one of the two cores kept busy, as CI's machine often is. stress-ng is
 # stopped however make test ends; its own --timeout is the backstop.
