@@ -433,7 +433,7 @@ class HaNode:
         now = self.loop.time()
         leader = r.leader
         lost = r.etcd_lost_since
-        return {
+        out: dict[str, Any] = {
             "node": self.settings.node,
             "mode": self.settings.mode,
             "role": r.role.value,
@@ -448,6 +448,9 @@ class HaNode:
             "service_address": self.settings.service_address,
             "counters": dict(sorted(self.counters.items())),
         }
+        if self.load is not None:
+            out["load"] = self.load.view()  # the others' last published usage, as used here
+        return out
 
 
 def install(runtime: Runtime, settings: HaSettings) -> Callable[[], bool]:
