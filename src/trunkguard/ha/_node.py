@@ -236,7 +236,7 @@ class HaNode:
     def _leader_of(self, kv: KeyValue | None) -> Leader | None:
         if kv is None:
             return None
-        leader, readable = leader_of(kv.value, kv.create_revision)
+        leader, readable = leader_of(kv.value, kv.create_revision, kv.lease or None)
         if not readable:
             self.counters["bad_leader_records"] += 1
         return leader
@@ -259,16 +259,18 @@ class HaNode:
         if won:
             epoch = kv.create_revision if kv else None
             log.info("HA: %s won the leader key (epoch %s)", self.settings.node, epoch)
-        self._apply(self.role.campaign_result(won, self._leader_of(kv), sent, self.loop.time()))
+        revision = kv.mod_revision if kv is not None else None
+        leader = self._leader_of(kv)
+        self._apply(self.role.campaign_result(won, leader, sent, self.loop.time(), revision))
 
     async def _check_leader(self) -> None:
         try:
-            kv, _ = await self.etcd.get(self.settings.key("leader"))
+            kv, revision = await self.etcd.get(self.settings.key("leader"))
         except EtcdError as exc:
             self._lost("leader read", exc)
             return
         self._leader_kv = kv
-        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time(), revision))
 
     # -- watches -------------------------------------------------------------------------
     def _start_watches(self) -> None:
@@ -286,13 +288,16 @@ class HaNode:
         while True:
             try:
                 kv, revision = await self.etcd.get(key)
-                self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+                leader = self._leader_of(kv)
+                self._apply(self.role.leader_seen(leader, self.loop.time(), revision))
                 watch = self.etcd.watch(key, prefix=False, start_revision=revision + 1)
-                async for _, events in watch:
+                async for header, events in watch:
                     for event in events:
                         kv = None if event.kind == "DELETE" else event.kv
                         self._leader_kv = kv
-                        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+                        at = event.kv.mod_revision or header  # a delete's too: its revision
+                        leader = self._leader_of(kv)
+                        self._apply(self.role.leader_seen(leader, self.loop.time(), at))
             except EtcdError as exc:
                 self.counters["watch_errors"] += 1
                 log.debug("HA: leader watch: %s", exc)

@@ -155,7 +155,9 @@ def on_this_clock(record: TargetRecord, offset: float) -> dict[str, Any]:
     }
 
 
-def leader_of(value: bytes | None, create_revision: int) -> tuple[Leader | None, bool]:
+def leader_of(
+    value: bytes | None, create_revision: int, lease: int | None = None
+) -> tuple[Leader | None, bool]:
     """The leader key's value as a Leader (None: no key), and whether it was readable.
 
     A key whose value names no node is still somebody's leadership (its lease holds
@@ -168,5 +170,5 @@ def leader_of(value: bytes | None, create_revision: int) -> tuple[Leader | None,
     except (ValueError, AttributeError):
         node = None
     if not isinstance(node, str) or not node:
-        return Leader("?", create_revision), False
-    return Leader(node[:64], create_revision), True
+        return Leader("?", create_revision, lease), False
+    return Leader(node[:64], create_revision, lease), True
