@@ -457,6 +457,8 @@ def test_etcd_lost_both_keep_their_state_and_say_so(
     _until("the active fenced", lambda: active.ha()["role"] == "fenced")
     assert active.ha()["serving"] is False and standby.ha()["role"] == "standby"
     assert active.state("a") == "DRAINED" and standby.state("a") == "DRAINED"
+    # A node that stops serving stops refreshing its registration (and does not unregister).
+    assert active.registration() == "UNREGISTERED"
     for n in pair.nodes:
         assert n.ha()["etcd_lost_since"] is not None
         # The command itself (its config, token and API call), in this process: an
@@ -514,7 +516,9 @@ def test_etcd_lost_both_keep_their_state_and_say_so(
 
         # Both changes were pushed over the stream: the same document, never reloaded.
         assert chromium.run(back(page)) == "yes"
-    active, _ = pair.settled()
+    active, standby = pair.settled()
+    _until("the active registered again", lambda: active.registration() == "REGISTERED")
+    assert standby.registration() == "UNREGISTERED"
     active.api("/api/targets/a/restore", {})
     _until("a UP on both", lambda: [n.state("a") for n in pair.nodes] == ["UP", "UP"])
 
