@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..health import State, StateChange
+from ..health import StateChange
 from ._capacity import LoadBoard
 from ._etcd import Etcd, EtcdError, KeyValue
 from ._hooks import AddressHooks
 from ._role import Action, Leader, Role, RoleName
 from ._settings import ACTIVE_ACTIVE, HaSettings
-from ._shared import BadRecord, decode, encode
+from ._shared import BadRecord, decode, encode, leader_of, on_this_clock, publishes, refusal
 
 if TYPE_CHECKING:
     from ..proxy._server import Router
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trunkguard.ha")
 
-_OPERATOR = (State.DRAINED, State.FORCED_DOWN)
 RETRY = 0.25  # s between attempts at a watch that broke
 
 
@@ -237,14 +236,10 @@ class HaNode:
     def _leader_of(self, kv: KeyValue | None) -> Leader | None:
         if kv is None:
             return None
-        try:
-            node = json.loads(kv.value).get("node")
-        except (ValueError, AttributeError):
-            node = None
-        if not isinstance(node, str):
+        leader, readable = leader_of(kv.value, kv.create_revision, kv.lease or None)
+        if not readable:
             self.counters["bad_leader_records"] += 1
-            return Leader("?", kv.create_revision)
-        return Leader(node, kv.create_revision)
+        return leader
 
     async def _campaign(self) -> None:
         lease = self.role.lease
@@ -264,16 +259,18 @@ class HaNode:
         if won:
             epoch = kv.create_revision if kv else None
             log.info("HA: %s won the leader key (epoch %s)", self.settings.node, epoch)
-        self._apply(self.role.campaign_result(won, self._leader_of(kv), sent, self.loop.time()))
+        revision = kv.mod_revision if kv is not None else None
+        leader = self._leader_of(kv)
+        self._apply(self.role.campaign_result(won, leader, sent, self.loop.time(), revision))
 
     async def _check_leader(self) -> None:
         try:
-            kv, _ = await self.etcd.get(self.settings.key("leader"))
+            kv, revision = await self.etcd.get(self.settings.key("leader"))
         except EtcdError as exc:
             self._lost("leader read", exc)
             return
         self._leader_kv = kv
-        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time(), revision))
 
     # -- watches -------------------------------------------------------------------------
     def _start_watches(self) -> None:
@@ -291,13 +288,16 @@ class HaNode:
         while True:
             try:
                 kv, revision = await self.etcd.get(key)
-                self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+                leader = self._leader_of(kv)
+                self._apply(self.role.leader_seen(leader, self.loop.time(), revision))
                 watch = self.etcd.watch(key, prefix=False, start_revision=revision + 1)
-                async for _, events in watch:
+                async for header, events in watch:
                     for event in events:
                         kv = None if event.kind == "DELETE" else event.kv
                         self._leader_kv = kv
-                        self._apply(self.role.leader_seen(self._leader_of(kv), self.loop.time()))
+                        at = event.kv.mod_revision or header  # a delete's too: its revision
+                        leader = self._leader_of(kv)
+                        self._apply(self.role.leader_seen(leader, self.loop.time(), at))
             except EtcdError as exc:
                 self.counters["watch_errors"] += 1
                 log.debug("HA: leader watch: %s", exc)
@@ -323,11 +323,9 @@ class HaNode:
     # -- shared target state -------------------------------------------------------------
     def _on_event(self, event: object) -> None:
         """A runtime listener: this node's own target changes go to etcd (never adopted ones)."""
-        if not isinstance(event, StateChange) or self._adopting:
+        if not isinstance(event, StateChange):
             return
-        operator = event.new in _OPERATOR or event.old in _OPERATOR
-        if not (operator or self.serving()):
-            # A standby's engine only follows (its ticks repeat the active's moves).
+        if not publishes(event, self.serving(), self._adopting):
             return
         self._dirty[event.target] = None
         self._wake.set()
@@ -361,28 +359,11 @@ class HaNode:
             self.counters["bad_target_records"] += 1
             log.warning("HA: %s: bad target record (%s): ignored", kv.key, exc)
             return
-        if record.node == self.settings.node or name not in self.runtime.health.targets:
+        if refusal(name, record, self.settings.node, self.runtime.health.targets, self._dirty):
             return
-        if name in self._dirty:
-            return  # our own newer change is on its way; it wins by revision
         now = self.loop.time()
-        offset = self.runtime._wall(0.0)
-
-        def mono(wall: float | None) -> float | None:
-            return None if wall is None else wall - offset
-
         changes = self.runtime.health.adopt(
-            name,
-            record.state,
-            now,
-            reason=f"{record.reason} (on {record.node})",
-            since=record.since - offset,
-            hold_down_until=mono(record.hold_down_until),
-            forced_until=mono(record.forced_until),
-            hold_down=record.hold_down,
-            trips=record.trips,
-            last_trip=mono(record.last_trip),
-            before_operator=record.before_operator,
+            name, record.state, now, **on_this_clock(record, self.runtime._wall(0.0))
         )
         self.counters["adopted"] += 1
         self._adopting = True
@@ -433,7 +414,7 @@ class HaNode:
         now = self.loop.time()
         leader = r.leader
         lost = r.etcd_lost_since
-        return {
+        out: dict[str, Any] = {
             "node": self.settings.node,
             "mode": self.settings.mode,
             "role": r.role.value,
@@ -448,6 +429,9 @@ class HaNode:
             "service_address": self.settings.service_address,
             "counters": dict(sorted(self.counters.items())),
         }
+        if self.load is not None:
+            out["load"] = self.load.view()  # the others' last published usage, as used here
+        return out
 
 
 def install(runtime: Runtime, settings: HaSettings) -> Callable[[], bool]:

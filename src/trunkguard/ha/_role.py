@@ -13,9 +13,14 @@ Invariants, in plain words:
   other node can win the leader key only once the lease is gone (the key is bound
   to it), so it wins only after this node has stopped serving.
 - A node becomes ACTIVE only by winning the campaign (creating the leader key,
-  whose create revision is its epoch) or, when FENCED, by seeing the leader key
-  still name it with the same epoch after a renewal that proved its lease alive.
-  A lease that etcd says is gone (keepalive TTL 0) is never used again.
+  whose create revision is its epoch), by finding the key bound to its own live
+  lease (its win, answered late or read first by a stale look), or, when FENCED,
+  by seeing the leader key still name it with the same epoch after a renewal that
+  proved its lease alive. A lease that etcd says is gone (keepalive TTL 0) is
+  never used again. A key bound to another lease of the same node name (an
+  earlier run of it) is someone else's: it waits for it to expire.
+- Looks at the leader key are ordered by etcd's revision: a read answered late
+  (sent before the campaign that won, say) never overrides a newer one.
 - In active-active mode there is no leader: every node serves.
 
 States: STANDBY (follows, campaigns when the leader key is absent), CAMPAIGNING
@@ -54,6 +59,7 @@ class Action(StrEnum):
 class Leader:
     node: str
     epoch: int  # the leader key's create revision
+    lease: int | None = None  # the lease the key is bound to, when known
 
 
 class Role:
@@ -69,6 +75,7 @@ class Role:
         self.epoch: int | None = None  # ours, while we hold (or held) the leader key
         self.leader: Leader | None = None  # the leader key as last seen (None: absent/unknown)
         self.leader_known = False  # have we read the leader key at all?
+        self.leader_revision = 0  # etcd's revision of the newest look at the leader key
         self.etcd_ok = False
         self.etcd_lost_since: float | None = None
         self.takeovers = 0  # times this node became active
@@ -113,14 +120,17 @@ class Role:
         return self.tick(now)
 
     def campaign_result(
-        self, won: bool, leader: Leader | None, sent: float, now: float
-    ) -> list[Action]:
+        self, won: bool, leader: Leader | None, sent: float, now: float,
+        revision: int | None = None,
+    ) -> list[Action]:  # fmt: skip
         """The create-if-absent transaction's answer: ``leader`` is the key as it now is."""
         del sent
         self._etcd(True, now)
-        self.leader, self.leader_known = leader, True
+        if not self._stale(revision):  # the campaign is decided by its own answer anyway
+            self.leader, self.leader_known = leader, True
         if self.role is not RoleName.CAMPAIGNING:
             return []
+        won = won or self._held_by_our_lease(leader)  # our own earlier win, answered late
         if won and leader is not None and leader.node == self.node and self.lease is not None:
             self.role = RoleName.ACTIVE
             self.epoch = leader.epoch
@@ -158,12 +168,25 @@ class Role:
         self._etcd(False, now)
         return self.tick(now)
 
-    def leader_seen(self, leader: Leader | None, now: float) -> list[Action]:
-        """The leader key as read or watched (None: absent)."""
+    def leader_seen(
+        self, leader: Leader | None, now: float, revision: int | None = None
+    ) -> list[Action]:
+        """The leader key as read or watched (None: absent), at etcd's ``revision`` if known."""
         self._etcd(True, now)
+        if self._stale(revision):
+            return []
         self.leader, self.leader_known = leader, True
         if self.active_active:
             return []
+        if self.role in (RoleName.STANDBY, RoleName.CAMPAIGNING) and self._held_by_our_lease(
+            leader
+        ):
+            # The key is bound to the lease we hold: we won it (the answer was lost, or a
+            # stale look demoted us). Nobody else can hold it while that lease lives.
+            assert leader is not None
+            self.role, self.epoch = RoleName.ACTIVE, leader.epoch
+            self.takeovers += 1
+            return self._gate(now)
         mine = leader is not None and leader.node == self.node and leader.epoch == self.epoch
         if self.role is RoleName.FENCED:
             if mine and self.may_serve_if_active(now):
@@ -199,6 +222,23 @@ class Role:
         return self._gate(now)
 
     # -- helpers -------------------------------------------------------------------------
+    def _stale(self, revision: int | None) -> bool:
+        """Is a look at the leader key at ``revision`` older than one already taken?"""
+        if revision is None:
+            return False
+        if revision < self.leader_revision:
+            return True
+        self.leader_revision = revision
+        return False
+
+    def _held_by_our_lease(self, leader: Leader | None) -> bool:
+        return (
+            leader is not None
+            and leader.node == self.node
+            and self.lease is not None
+            and leader.lease == self.lease
+        )
+
     def may_serve_if_active(self, now: float) -> bool:
         return self.renewed is not None and now < self.renewed + self.settings.fence_after
 

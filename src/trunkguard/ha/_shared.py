@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
-from ..health import State
+from ..health import State, StateChange
 from ..health._engine import TargetHealth
+from ._role import Leader
+
+_OPERATOR = (State.DRAINED, State.FORCED_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +103,72 @@ def decode(raw: bytes) -> TargetRecord:
         node=node[:64],
         seq=seq,
     )
+
+
+# -- what a node does with records: pure decisions, the node (``_node``) only carries them out --
+def publishes(change: StateChange, serving: bool, adopting: bool) -> bool:
+    """Does this node write ``change`` to etcd?
+
+    Never what it is adopting (that would echo another node's record back). An
+    operator's move (a drain, a forced-down, and their end) always: it may be made on
+    the standby's API. Any other move only while this node serves: a standby's engine
+    just follows (its own ticks repeat the active's moves, later).
+    """
+    if adopting:
+        return False
+    return serving or change.new in _OPERATOR or change.old in _OPERATOR
+
+
+def refusal(name: str, record: TargetRecord, node: str, known: Container[str],
+            dirty: Container[str]) -> str | None:  # fmt: skip
+    """Why ``record`` (the key of target ``name``) is not adopted here, or None: adopt it.
+
+    ``known`` are this node's targets, ``dirty`` the ones whose own change is still on
+    its way to etcd (it comes later in etcd's order, so it wins: adopting the older
+    record now would flap the target for a moment).
+    """
+    if record.node == node:
+        return "this node's own record"
+    if name not in known:
+        return "no such target here"
+    if name in dirty:
+        return "this node's newer change is on its way"
+    return None
+
+
+def on_this_clock(record: TargetRecord, offset: float) -> dict[str, Any]:
+    """The keyword arguments of ``HealthEngine.adopt`` for ``record``, times on this node's
+    monotonic clock (``offset`` = wall clock minus it), the reason naming the writer."""
+
+    def mono(wall: float | None) -> float | None:
+        return None if wall is None else wall - offset
+
+    return {
+        "reason": f"{record.reason} (on {record.node})",
+        "since": record.since - offset,
+        "hold_down_until": mono(record.hold_down_until),
+        "forced_until": mono(record.forced_until),
+        "hold_down": record.hold_down,
+        "trips": record.trips,
+        "last_trip": mono(record.last_trip),
+        "before_operator": record.before_operator,
+    }
+
+
+def leader_of(
+    value: bytes | None, create_revision: int, lease: int | None = None
+) -> tuple[Leader | None, bool]:
+    """The leader key's value as a Leader (None: no key), and whether it was readable.
+
+    A key whose value names no node is still somebody's leadership (its lease holds
+    it): it is a leader named "?", never an absent key a standby would campaign for.
+    """
+    if value is None:
+        return None, True
+    try:
+        node = json.loads(value).get("node")
+    except (ValueError, AttributeError):
+        node = None
+    if not isinstance(node, str) or not node:
+        return Leader("?", create_revision, lease), False
+    return Leader(node[:64], create_revision, lease), True
