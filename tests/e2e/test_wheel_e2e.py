@@ -63,7 +63,7 @@ def test_the_wheel_installs_in_a_clean_venv_and_runs(tmp_path: Path) -> None:
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
-    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+    pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile"]
     _run([*pip, "--disable-pip-version-check", str(wheels[0])], tmp_path, timeout=600)
 
     elsewhere = tmp_path / "elsewhere"  # not the checkout: nothing may come from the source
