@@ -457,16 +457,22 @@ def _split_head(head: str, limits: Limits) -> tuple[str, list[Header]]:
         raw_name = line[:colon]
         name = names.get(raw_name)
         if name is None:
-            stripped = raw_name.rstrip(" \t")
-            if not is_token(stripped):
-                raise ParseError(f"bad header name {stripped!r}")
-            name = canonical_name(stripped)
-            if len(names) < 4096:  # bounded: names come from the network
-                names[raw_name] = name
+            name = _new_name(raw_name)
         append(Header(name, line, line[colon + 1 :].strip()))
         if len(headers) > max_headers:
             raise LimitError(f"more than {max_headers} header lines")
     return start, headers
+
+
+def _new_name(raw_name: str) -> str:
+    """The canonical form of a header name not seen before (remembered, up to a bound)."""
+    stripped = raw_name.rstrip(" \t")
+    if not is_token(stripped):
+        raise ParseError(f"bad header name {stripped!r}")
+    name = canonical_name(stripped)
+    if len(_NAMES) < 4096:  # bounded: names come from the network
+        _NAMES[raw_name] = name
+    return name
 
 
 def _plain_headers(lines: list[str]) -> list[Header]:
@@ -482,12 +488,7 @@ def _plain_headers(lines: list[str]) -> list[Header]:
         raw_name = line[:colon]
         name = names.get(raw_name)
         if name is None:
-            stripped = raw_name.rstrip(" \t")
-            if not is_token(stripped):
-                raise ParseError(f"bad header name {stripped!r}")
-            name = canonical_name(stripped)
-            if len(names) < 4096:  # bounded: names come from the network
-                names[raw_name] = name
+            name = _new_name(raw_name)
         append(Header(name, line, line[colon + 1 :].strip()))
     return headers
 
