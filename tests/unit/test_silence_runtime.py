@@ -102,3 +102,26 @@ async def test_api_targets_says_why_new_calls_are_held_back(
 def test_the_silences_counter_is_a_per_target_metric() -> None:
     spec = SPEC["trunkguard_target_silences_total"]
     assert spec.type == "counter" and spec.labels == ("target",)
+
+
+def test_the_labs_bound_on_invites_to_a_silent_carrier_follows_its_threshold() -> None:
+    from trunkguard.health._silence import ms
+    from trunkguard.lab._run import LabResult, max_invites_to_silent, silence_threshold
+
+    result = LabResult.__new__(LabResult)
+    result.notices = [
+        {"kind": "silence", "state": "silent", "target": "b", "detail": "x (threshold 900 ms)"},
+        {
+            "kind": "silence",
+            "state": "silent",
+            "target": "a",
+            "detail": f"silent 71 ms, usually 4 ms (threshold {ms(0.0702)}): no new calls",
+        },
+    ]
+    threshold = silence_threshold(result, "a")
+    assert threshold == 0.070
+    assert max_invites_to_silent(threshold, 50.0) == 4  # 0, 20, 40, 60 ms: four calls
+    assert max_invites_to_silent(0.021, 50.0) == 3  # the floor: the SUSPECT rule's 3
+    assert max_invites_to_silent(None, 50.0) == 3
+    result.notices = []
+    assert silence_threshold(result, "a") is None

@@ -18,6 +18,8 @@ for ``_registration``, which measures what the registration scenarios show.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import secrets
 import sqlite3
 import time
@@ -325,6 +327,28 @@ def _pdd_stats(calls: list[dict[str, Any]]) -> dict[str, float | int | None]:
 
 # The silent-carrier aims (docs/silent-carrier.md), at 50 calls/s.
 MAX_INVITES_TO_SILENT = 3
+_THRESHOLD = re.compile(r"\(threshold (\d+(?:\.\d+)?) ?(ms|s)\)")
+
+
+def silence_threshold(result: LabResult, target: str) -> float | None:
+    """The threshold (seconds) the router reported with ``target``'s first silence."""
+    for n in result.notices:
+        if n["kind"] == "silence" and n["state"] == "silent" and n["target"] == target:
+            found = _THRESHOLD.search(str(n.get("detail") or ""))
+            if found is not None:
+                value = float(found.group(1))
+                return value / 1000 if found.group(2) == "ms" else value
+    return None
+
+
+def max_invites_to_silent(threshold: float | None, rate: float) -> int:
+    """New INVITEs a blackholed carrier may get: 3 (the SUSPECT rule's evidence), or the
+    calls that start within one silence threshold of the first unanswered one, whichever
+    is more (a carrier whose own 0.99 quantile is 35 ms has a 70 ms threshold: 4 calls at
+    50 calls/s)."""
+    if threshold is None:
+        return MAX_INVITES_TO_SILENT
+    return max(MAX_INVITES_TO_SILENT, math.floor(threshold * rate) + 1)
 
 
 def measure_silence(result: LabResult, scenario: Scenario) -> None:
@@ -333,11 +357,16 @@ def measure_silence(result: LabResult, scenario: Scenario) -> None:
     m, checks = result.metrics, result.checks
     if scenario.name == "blackhole-50" and "invites_during_fault" in m:
         n = m["invites_during_fault"]
+        threshold = silence_threshold(result, "a")
+        bound = max_invites_to_silent(threshold, scenario.rate)
+        m["silence_threshold_ms"] = None if threshold is None else round(threshold * 1000, 1)
         checks.append(
             (
-                f"at most {MAX_INVITES_TO_SILENT} new INVITEs to the blackholed carrier",
-                n <= MAX_INVITES_TO_SILENT,
-                f"{n} new INVITEs after the fault",
+                f"at most {bound} new INVITEs to the blackholed carrier (3, or the calls in "
+                "one silence threshold)",
+                n <= bound,
+                f"{n} new INVITEs after the fault; threshold "
+                f"{m['silence_threshold_ms']} ms",
             )
         )
     if scenario.name == "jitter":
