@@ -38,6 +38,8 @@ from sipp import (
     start_uas,
 )
 
+from trunkguard.lab._run import max_invites_to_silent
+
 pytestmark = pytest.mark.e2e
 
 # Generous margin on top of the calls' own duration: SIPp -timeout ends the run regardless.
@@ -483,8 +485,11 @@ RATE = 50
 
 
 def test_target_blackhole(tmp_path: Path) -> None:
-    """a keeps receiving but answers nothing: < 10 calls delayed over 0.5 s, and no new
-    INVITE reaches a later than 0.5 s after the fault."""
+    """a keeps receiving but answers nothing: < 10 calls delayed over 0.5 s, and few
+    INVITEs reach a after the fault: once the router judges a silent (its first-response
+    times are known), 3 or the calls that start within one silence threshold, sent one at
+    a time until it is SUSPECT (the last can be 0.6 s after the fault: three adaptive
+    timers of 0.3 s in a row); without a silence, none later than 0.5 s."""
     pa, pb = free_udp_ports(2)
     seconds, fault_after = 8.0, 3.0
     origin = time.time() + 1.5
@@ -526,7 +531,15 @@ def test_target_blackhole(tmp_path: Path) -> None:
     assert out is not None, timeline(events, fault)
     assert len(slow) < 10, [(c.call_id, c.pdd) for c in slow]
     assert after_fault, "the fault happened after the last call"
-    assert not late, f"{len(late)} INVITEs reached a more than 0.5 s after it went silent"
+    text = router.log_path.read_text(errors="replace")
+    silent = [line for line in text.splitlines() if "trunkguard.health: a silent:" in line]
+    if silent:
+        found = re.search(r"\(threshold (\d+(?:\.\d+)?) ms\)", silent[0])
+        bound = max_invites_to_silent(float(found.group(1)) / 1000 if found else None, RATE)
+        print(f"blackhole: a judged silent: {silent[0][-160:]}; at most {bound} INVITEs")
+        assert len(after_fault) <= bound, after_fault
+    else:
+        assert not late, f"{len(late)} INVITEs reached a more than 0.5 s after it went silent"
     assert counters.get("calls_answered") == len(calls)
 
 
